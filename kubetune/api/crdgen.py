@@ -1,0 +1,168 @@
+"""Generate the CustomResourceDefinitions in crds/ from the pydantic models (the one source of truth).
+
+Pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3.0 schema: no $ref, no
+anyOf-with-null for optionals, boolean exclusiveMinimum, no titles. ``structural()`` does that rewrite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from kubetune.api.adapterdeployment import AdapterDeploymentSpec, AdapterDeploymentStatus
+from kubetune.api.common import GROUP, VERSION
+from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
+
+_DROP = {"title", "$defs", "discriminator"}
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """Resolve every $ref and rewrite JSON Schema constructs into their OpenAPI v3.0 structural form."""
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _inline(merged, defs)
+    any_of = node.get("anyOf")
+    if any_of is not None:
+        variants = [v for v in any_of if v.get("type") != "null"]
+        if len(variants) != 1:
+            raise ValueError(f"union types are not structural: {any_of}")
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if rest.get("default", 0) is None:
+            del rest["default"]
+        return _inline({**variants[0], **rest}, defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "const":
+            out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
+        elif key == "properties":
+            out[key] = {name: _inline(prop, defs) for name, prop in value.items()}
+        elif key == "additionalProperties" and value is False:
+            continue  # the API server prunes unknown fields; `false` is not allowed in structural schemas
+        elif key == "default" and isinstance(value, dict):
+            out[key] = {}  # object defaults: let the nested field defaults apply
+        else:
+            out[key] = _inline(value, defs)
+    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def structural(model: type[BaseModel]) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of a pydantic model."""
+    schema = model.model_json_schema(by_alias=True, mode="validation")
+    return dict(_inline(schema, schema.get("$defs", {})))
+
+
+def _crd(
+    kind: str,
+    plural: str,
+    short: str,
+    spec: type[BaseModel],
+    status: type[BaseModel],
+    description: str,
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:
+    spec_schema = structural(spec)
+    status_schema = structural(status)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "kubetune"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
+                "categories": ["kubetune", "ml"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": description,
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def finetunejob_crd() -> dict[str, Any]:
+    return _crd(
+        "FineTuneJob",
+        "finetunejobs",
+        "ftj",
+        FineTuneJobSpec,
+        FineTuneJobStatus,
+        "A LoRA fine-tune of a pretrained base model on a domain dataset, evaluated before and after.",
+        [
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+            {"name": "Loss", "type": "number", "jsonPath": ".status.loss"},
+            {"name": "Accuracy", "type": "number", "jsonPath": ".status.accuracy"},
+            {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel.name", "priority": 1},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
+def adapterdeployment_crd() -> dict[str, Any]:
+    return _crd(
+        "AdapterDeployment",
+        "adapterdeployments",
+        "adep",
+        AdapterDeploymentSpec,
+        AdapterDeploymentStatus,
+        "Serves a base model with a LoRA adapter, rolls out new adapters, watches drift and accuracy.",
+        [
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Adapter", "type": "string", "jsonPath": ".status.activeAdapter.version"},
+            {"name": "Accuracy", "type": "number", "jsonPath": ".status.activeAdapter.accuracy"},
+            {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
+def all_crds() -> dict[str, dict[str, Any]]:
+    """File name in crds/ -> CRD object."""
+    return {
+        "kubetune.dev_finetunejobs.yaml": finetunejob_crd(),
+        "kubetune.dev_adapterdeployments.yaml": adapterdeployment_crd(),
+    }
+
+
+def render(crd: dict[str, Any]) -> str:
+    header = "# Generated by `kubetune crds` from kubetune/api; do not edit by hand.\n"
+    return header + yaml.safe_dump(crd, sort_keys=False, width=100)

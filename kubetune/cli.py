@@ -1,0 +1,114 @@
+"""The one `kubetune` command. Thin: parses arguments and calls into api / operator / trainer.
+
+Heavy imports (torch, kopf) happen inside subcommands so the operator image needs no torch and
+`kubetune crds` needs neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from kubetune.api.crdgen import all_crds, render
+
+    out = Path(args.out)
+    stale = []
+    for filename, crd in all_crds().items():
+        path = out / filename
+        text = render(crd)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date (run `kubetune crds`): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from kubetune_operator.main import run
+
+    return run(namespaces=args.namespace, all_namespaces=args.all_namespaces, standalone=args.standalone)
+
+
+def _load_train_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from kubetune.api.loading import load_train_config, parse_mounts
+
+    return load_train_config(
+        Path(args.file),
+        pvc_mounts=parse_mounts(args.pvc or [], "--pvc"),
+        configmap_mounts=parse_mounts(args.configmap or [], "--configmap"),
+        cache_dir=args.cache_dir,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from kubetune_trainer.entrypoint import run_train
+
+    return run_train(_load_train_config(args), log_format=args.log_format)
+
+
+def _cmd_validate_data(args: argparse.Namespace) -> int:
+    from kubetune_trainer.entrypoint import run_validate
+
+    return run_validate(_load_train_config(args), log_format=args.log_format)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", required=True, help="FineTuneJob manifest or TrainConfig (YAML/JSON)")
+    p.add_argument("--pvc", action="append", metavar="CLAIM=DIR",
+                   help="where a pvc:// claim is mounted here (repeatable)")
+    p.add_argument("--configmap", action="append", metavar="NAME=DIR",
+                   help="where a configmap:// ConfigMap is mounted here (repeatable)")
+    p.add_argument("--cache-dir", default=None, help="cache for converted weights (default ~/.cache/kubetune)")
+    p.add_argument("--log-format", choices=["auto", "json", "rich"], default="auto",
+                   help="json in pods (no TTY), a progress bar on a terminal")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    crds = sub.add_parser("crds", help="generate crds/*.yaml from the API models")
+    crds.add_argument("--out", default="crds")
+    crds.add_argument("--check", action="store_true", help="fail when the committed YAML is stale")
+    crds.set_defaults(func=_cmd_crds)
+
+    op = sub.add_parser("operator", help="run the Kopf operator")
+    op.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace")
+    op.add_argument("-A", "--all-namespaces", action="store_true")
+    op.add_argument("--standalone", action="store_true", help="no peering (single replica, tests)")
+    op.set_defaults(func=_cmd_operator)
+
+    train = sub.add_parser("train", help="fine-tune (locally or as the pod entrypoint)")
+    _add_train_args(train)
+    train.set_defaults(func=_cmd_train)
+
+    val = sub.add_parser("validate-data", help="validate every dataset row, then exit")
+    _add_train_args(val)
+    val.set_defaults(func=_cmd_validate_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from kubetune.api.loading import ConfigError
+
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"kubetune: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
