@@ -1,0 +1,1 @@
+"""The kubetune operator (Kopf): validated spec -> pure builders -> thin handlers -> pure status."""

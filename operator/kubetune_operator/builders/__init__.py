@@ -1,0 +1,1 @@
+"""Pure manifest builders: values in, dicts out, no network."""

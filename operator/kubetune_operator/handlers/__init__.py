@@ -1,0 +1,1 @@
+"""Kopf handlers, registered explicitly into a registry by ``kubetune_operator.main``."""

@@ -1,0 +1,143 @@
+"""A small async Kubernetes client for the children the operator owns.
+
+Kopf watches and patches our custom resources itself; this client creates and patches child objects
+with the same credentials Kopf logged in with (kubeconfig or in-cluster service account).
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import tempfile
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import kopf
+
+# apiVersion/kind -> (path prefix, plural) for every kind the builders produce.
+_PLURALS = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
+    ("batch/v1", "Job"): "jobs",
+    ("apps/v1", "Deployment"): "deployments",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors",
+    ("kubetune.dev/v1alpha1", "FineTuneJob"): "finetunejobs",
+    ("kubetune.dev/v1alpha1", "AdapterDeployment"): "adapterdeployments",
+}
+
+
+class KubeError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    plural = _PLURALS[(api_version, kind)]
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{quote(namespace)}/{plural}"
+
+
+def object_path(obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{collection_path(obj['apiVersion'], obj['kind'], meta['namespace'])}/{quote(meta['name'])}"
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if info.insecure:
+        return False
+    context = ssl.create_default_context(cafile=info.ca_path or None,
+                                         cadata=_text(info.ca_data) if info.ca_data else None)
+    if info.certificate_path or info.certificate_data:
+        cert = info.certificate_path or _to_file(info.certificate_data)
+        key = info.private_key_path or _to_file(info.private_key_data)
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def _text(data: str | bytes) -> str:
+    raw = data if isinstance(data, bytes) else data.encode()
+    try:
+        return base64.b64decode(raw, validate=True).decode()
+    except ValueError:
+        return raw.decode()
+
+
+def _to_file(data: str | bytes | None) -> str:
+    handle = tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False)  # noqa: SIM115
+    handle.write(_text(data or b""))
+    handle.close()
+    return handle.name
+
+
+class Kube:
+    """Create-or-patch, get, list, logs and delete over plain HTTP."""
+
+    def __init__(self, info: kopf.ConnectionInfo) -> None:
+        self._server = info.server.rstrip("/")
+        headers = {"Accept": "application/json"}
+        if info.token:
+            headers["Authorization"] = f"Bearer {info.token}"
+        auth = aiohttp.BasicAuth(info.username, info.password or "") if info.username else None
+        self._session = aiohttp.ClientSession(
+            headers=headers, auth=auth, connector=aiohttp.TCPConnector(ssl=_ssl_context(info)),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _request(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
+                       content_type: str = "application/json", text: bool = False) -> Any:
+        headers = {"Content-Type": content_type} if json is not None else {}
+        async with self._session.request(method, self._server + path, json=json, params=params,
+                                         headers=headers) as resp:
+            if resp.status == 404:
+                return None
+            if resp.status >= 400:
+                raise KubeError(resp.status, (await resp.text())[:500])
+            return await resp.text() if text else await resp.json(content_type=None)
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        result = await self._request("GET", path)
+        return result if isinstance(result, dict) else None
+
+    async def list(self, collection: str, label_selector: str) -> list[dict[str, Any]]:
+        result = await self._request("GET", collection, params={"labelSelector": label_selector})
+        return list((result or {}).get("items", []))
+
+    async def ensure(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create ``obj`` if absent; return (current object, created). Never duplicates: names are fixed."""
+        existing = await self.get(object_path(obj))
+        if existing is not None:
+            return existing, False
+        try:
+            created = await self._request(
+                "POST", collection_path(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"]), json=obj)
+        except KubeError as err:
+            if err.status != 409:
+                raise
+            again = await self.get(object_path(obj))
+            if again is None:
+                raise
+            return again, False
+        return created, True
+
+    async def merge_patch(self, obj_path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        result = await self._request("PATCH", obj_path, json=patch, content_type="application/merge-patch+json")
+        return result if isinstance(result, dict) else None
+
+    async def delete(self, obj_path: str) -> None:
+        await self._request("DELETE", obj_path, json={"propagationPolicy": "Background"})
+
+    async def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log"
+        try:
+            result = await self._request("GET", path, params={"container": container, "tailLines": str(tail_lines)},
+                                         text=True)
+        except KubeError:
+            return ""  # a pod that has not started yet has no log: not an error
+        return result or ""

@@ -1,0 +1,58 @@
+"""`kubetune operator`: settings, login, handler registration, then Kopf's loop."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from kubetune_operator.handlers import finetunejob
+from kubetune_operator.kube import Kube
+from kubetune_operator.settings import OperatorSettings
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger,
+                        **_: Any) -> None:
+        # Progress and diff-base live in annotations: the CRD schema prunes unknown status fields.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="kubetune.dev", key="last-handled-configuration")
+        settings.posting.enabled = False  # we post our own, meaningful events
+        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+            settings=settings)
+        if info is None:
+            raise kopf.PermanentError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")
+        memo.kube = Kube(info)
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(memo: kopf.Memo, **_: Any) -> None:
+        kube = getattr(memo, "kube", None)
+        if kube is not None:
+            await kube.close()
+
+    finetunejob.register(registry, settings)
+    return registry
+
+
+def run(namespaces: list[str], all_namespaces: bool, standalone: bool) -> int:
+    settings = OperatorSettings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+    liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+    kopf.run(
+        registry=build_registry(settings),
+        memo=kopf.Memo(settings=settings),
+        standalone=standalone,
+        peering_name=None if standalone else settings.peering_name,
+        namespaces=namespaces,
+        clusterwide=all_namespaces or not namespaces,
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,227 @@
+"""FineTuneJob status from the observed state of its children (pure, level-based).
+
+Nothing here asks "did the create handler run?": phase, conditions and progress are recomputed from
+what the Jobs and Pods look like now. Terminal phases are sticky: a finished job never trains again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kubetune.api.common import ConditionStatus
+from kubetune.api.finetunejob import TERMINAL_PHASES, CheckpointInfo, FineTuneJobSpec, FineTuneJobStatus, Phase
+from kubetune_operator.conditions import set_condition
+from kubetune_operator.progress import Progress
+from kubetune_operator.termination import newest_result
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the status depends on, read by the handler."""
+
+    generation: int | None
+    spec: FineTuneJobSpec | None
+    spec_error: str | None = None
+    validate_job: dict[str, Any] | None = None
+    validate_pods: list[dict[str, Any]] = field(default_factory=list)
+    train_job: dict[str, Any] | None = None
+    train_pods: list[dict[str, Any]] = field(default_factory=list)
+    progress: Progress = Progress()
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: str
+    message: str
+
+
+def job_condition(job: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for cond in (job or {}).get("status", {}).get("conditions", []) or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def is_disrupted(pod: dict[str, Any]) -> bool:
+    """Preempted, evicted or drained: the pod carries a DisruptionTarget condition."""
+    return any(
+        c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        for c in pod.get("status", {}).get("conditions", []) or []
+    )
+
+
+def preemption_count(pods: list[dict[str, Any]]) -> int:
+    return sum(1 for p in pods if is_disrupted(p))
+
+
+def failure_count(pods: list[dict[str, Any]]) -> int:
+    return sum(1 for p in pods if p.get("status", {}).get("phase") == "Failed" and not is_disrupted(p))
+
+
+@dataclass
+class _Verdict:
+    phase: Phase
+    reason: str
+    message: str
+
+
+def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
+    spec = obs.spec
+    if spec is None:
+        return _Verdict("Failed", "InvalidSpec", obs.spec_error or "invalid spec")
+    suspended = spec.suspend
+    vjob = obs.validate_job
+    if obs.train_job is None:
+        if vjob is None:
+            if prev.phase in ("ValidatingData", "Running"):
+                return _Verdict("Cancelled", "JobDeleted", "the data-validation Job was deleted")
+            return _Verdict("Suspended" if suspended else "Pending", "Creating", "creating the data-validation Job")
+        if failed := job_condition(vjob, "Failed"):
+            result = newest_result(obs.validate_pods)
+            detail = result.reason if result and result.reason else failed.get("message", "")
+            return _Verdict("Failed", "InvalidData", f"dataset validation failed: {detail}".strip())
+        if job_condition(vjob, "Complete") is None:
+            if suspended:
+                return _Verdict("Suspended", "Suspended", "spec.suspend is true")
+            return _Verdict("ValidatingData", "ValidatingData", "validating every dataset row (no GPU)")
+        if prev.phase == "Running":
+            return _Verdict("Cancelled", "JobDeleted", "the training Job was deleted")
+        return _Verdict("Suspended" if suspended else "Pending", "DataValidated", "creating the training Job")
+
+    job = obs.train_job
+    if job_condition(job, "Complete"):
+        result = newest_result(obs.train_pods)
+        return _Verdict("Succeeded", "Completed", _success_message(result, spec))
+    if failed := job_condition(job, "Failed"):
+        result = newest_result(obs.train_pods)
+        detail = result.reason if result and result.reason else failed.get("message", "")
+        reason = failed.get("reason") or "Failed"
+        return _Verdict("Failed", reason, f"training failed ({reason}): {detail}".strip())
+    preemptions = preemption_count(obs.train_pods)
+    if preemptions > spec.max_preemptions:
+        return _Verdict("Failed", "TooManyPreemptions",
+                        f"{preemptions} preemptions exceed spec.maxPreemptions={spec.max_preemptions}")
+    if job.get("spec", {}).get("suspend"):
+        if suspended:
+            return _Verdict("Suspended", "Suspended", "spec.suspend is true")
+        if spec.resources.queue_name:
+            return _Verdict("Pending", "Queued", f"waiting for Kueue admission in queue {spec.resources.queue_name}")
+        return _Verdict("Pending", "Resuming", "resuming the training Job")
+    running = [p for p in obs.train_pods if p.get("status", {}).get("phase") == "Running"]
+    if (job.get("status", {}).get("active") or 0) > 0 and running:
+        return _Verdict("Running", "Training", _running_message(obs.progress))
+    return _Verdict("Pending", "PodsPending", "waiting for training pods to be scheduled")
+
+
+def _success_message(result: Any, spec: FineTuneJobSpec) -> str:
+    if result is None:
+        return "training completed"
+    metric = spec.gate_metric
+    value = result.metrics.get(f"after_{metric}", result.metrics.get(metric))
+    text = "training completed"
+    if value is not None:
+        text += f"; {metric}={value:.4f}"
+    if result.adapter_uri:
+        text += f"; adapter {result.adapter_uri}"
+    return text
+
+
+def _running_message(progress: Progress) -> str:
+    if progress.fraction is None:
+        return "training"
+    text = f"step {progress.fraction}"
+    if progress.loss is not None:
+        text += f", loss {progress.loss:.4f}"
+    if progress.eta_seconds is not None:
+        text += f", ETA {int(progress.eta_seconds)}s"
+    return text
+
+
+def _bool(value: bool) -> ConditionStatus:
+    return "True" if value else "False"
+
+
+def derive_status(
+    obs: Observed, prev: FineTuneJobStatus, now: str
+) -> tuple[FineTuneJobStatus, list[Event]]:
+    """The next status and the events for what changed since ``prev``."""
+    if prev.phase in TERMINAL_PHASES:
+        return prev.model_copy(update={"observed_generation": obs.generation}), []
+    verdict = _verdict(obs, prev)
+    gen = obs.generation
+    status = prev.model_copy(deep=True)
+    status.phase = verdict.phase
+    status.message = verdict.message
+    status.observed_generation = gen
+
+    conds = status.conditions
+    conds = set_condition(conds, "SpecValid", _bool(obs.spec is not None),
+                          "Valid" if obs.spec is not None else "InvalidSpec",
+                          "" if obs.spec is not None else verdict.message, now, gen)
+    validated = obs.train_job is not None or job_condition(obs.validate_job, "Complete") is not None
+    if obs.spec is not None:
+        data_status: ConditionStatus = "True" if validated else (
+            "False" if verdict.reason == "InvalidData" else "Unknown")
+        conds = set_condition(conds, "DataValidated", data_status,
+                              "Validated" if validated else verdict.reason,
+                              "every dataset row is valid" if validated else verdict.message, now, gen)
+    conds = set_condition(conds, "Running", _bool(verdict.phase == "Running"), verdict.reason,
+                          verdict.message if verdict.phase == "Running" else "", now, gen)
+    conds = set_condition(conds, "Suspended", _bool(verdict.phase == "Suspended"), verdict.reason,
+                          verdict.message if verdict.phase == "Suspended" else "", now, gen)
+    if verdict.phase in TERMINAL_PHASES:
+        conds = set_condition(conds, "Succeeded", _bool(verdict.phase == "Succeeded"), verdict.reason,
+                              verdict.message, now, gen)
+        conds = set_condition(conds, "Failed", _bool(verdict.phase != "Succeeded"), verdict.reason,
+                              verdict.message if verdict.phase != "Succeeded" else "", now, gen)
+    # Ready is the one condition GitOps tools read: True only when the adapter exists.
+    conds = set_condition(conds, "Ready", _bool(verdict.phase == "Succeeded"), verdict.reason,
+                          verdict.message, now, gen)
+    status.conditions = conds
+
+    if obs.train_job is not None:
+        status.job_name = obs.train_job.get("metadata", {}).get("name")
+        job_status = obs.train_job.get("status", {})
+        status.start_time = status.start_time or job_status.get("startTime")
+        status.attempts = max(status.attempts, len(obs.train_pods))
+        status.failures = max(status.failures, failure_count(obs.train_pods))
+        status.preemptions = max(status.preemptions, preemption_count(obs.train_pods))
+    _apply_progress(status, obs.progress)
+    if verdict.phase in TERMINAL_PHASES:
+        status.completion_time = (obs.train_job or {}).get("status", {}).get("completionTime") or now
+        pods = obs.train_pods if obs.train_job is not None else obs.validate_pods
+        result = newest_result(pods)
+        if result is not None:
+            status.result = result
+            metric = obs.spec.gate_metric if obs.spec else "accuracy"
+            value = result.metrics.get(f"after_{metric}", result.metrics.get(metric))
+            status.accuracy = value if value is not None else status.accuracy
+        if verdict.phase == "Succeeded" and status.progress and "/" in status.progress:
+            total = status.progress.split("/", 1)[1]
+            status.progress = f"{total}/{total}"
+    return status, _events(prev, status, verdict)
+
+
+def _apply_progress(status: FineTuneJobStatus, progress: Progress) -> None:
+    if progress.fraction is not None:
+        status.progress = progress.fraction
+    if progress.loss is not None:
+        status.loss = round(progress.loss, 6)
+    if progress.checkpoint_step is not None:
+        status.last_checkpoint = CheckpointInfo(step=progress.checkpoint_step, time=progress.checkpoint_time)
+
+
+def _events(prev: FineTuneJobStatus, new: FineTuneJobStatus, verdict: _Verdict) -> list[Event]:
+    events: list[Event] = []
+    if new.phase != prev.phase:
+        kind: EventType = "Warning" if new.phase in ("Failed", "Cancelled") else "Normal"
+        events.append(Event(kind, verdict.reason, f"{prev.phase or 'New'} -> {new.phase}: {verdict.message}"))
+    if new.preemptions > prev.preemptions:
+        events.append(Event("Warning", "Preempted",
+                            f"training pod preempted or evicted ({new.preemptions} so far); "
+                            "it does not count as a failure"))
+    return events
