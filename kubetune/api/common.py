@@ -43,39 +43,51 @@ def reject_traversal(value: str) -> str:
     return value
 
 
-def _location(pattern: str, what: str) -> Any:
-    return Field(
-        description=what,
-        max_length=2048,
-        pattern=pattern,
-        json_schema_extra={"x-kubernetes-validations": [NO_TRAVERSAL_RULE]},
+def _location(pattern: str, what: str, accepted: str) -> Any:
+    """A location field: one readable message for a wrong scheme/shape, one for traversal.
+
+    The regex sits in a CEL rule (not `pattern`) so the API server answers with ``accepted`` instead of
+    echoing the regex; pydantic runs the same regex with the same message for local runs.
+    """
+    message = f"must be {accepted}"
+
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern.strip("^$"), value):
+            raise ValueError(f"{value!r} {message}")
+        return reject_traversal(value)
+
+    return (
+        Field(
+            description=f"{what} One of: {accepted}.",
+            max_length=2048,
+            json_schema_extra={
+                "x-kubernetes-validations": [
+                    {"rule": f'self.matches(r"{pattern}")', "message": message},
+                    NO_TRAVERSAL_RULE,
+                ]
+            },
+        ),
+        AfterValidator(check),
     )
 
 
-DataUri = Annotated[
-    str,
-    _location(
-        DATA_URI_PATTERN,
-        "Dataset location: pvc://<claim>/<path>, s3://<bucket>/<key>, https://<host>/<path> "
-        "or configmap://<name>/<key>.",
-    ),
-    AfterValidator(reject_traversal),
-]
-OutputUri = Annotated[
-    str,
-    _location(OUTPUT_URI_PATTERN, "Where the adapter goes: pvc://<claim>/<path> or s3://<bucket>/<prefix>."),
-    AfterValidator(reject_traversal),
-]
-ModelName = Annotated[
-    str,
-    _location(
-        MODEL_NAME_PATTERN,
-        "Base model: a Hugging Face id (org/name), an absolute path in the image, "
-        "pkg://<python-distribution> (model files shipped in a Python package), pvc://<claim>/<path>, "
-        "s3://<bucket>/<prefix> or https://<url>.",
-    ),
-    AfterValidator(reject_traversal),
-]
+_DATA_FIELD, _DATA_CHECK = _location(
+    DATA_URI_PATTERN, "Dataset location.",
+    "pvc://<claim>/<path>, s3://<bucket>/<key>, https://<host>/<path> or configmap://<name>/<key>",
+)
+_OUT_FIELD, _OUT_CHECK = _location(
+    OUTPUT_URI_PATTERN, "Where the adapter, checkpoints and metrics go.",
+    "pvc://<claim>/<path> or s3://<bucket>/<prefix>",
+)
+_MODEL_FIELD, _MODEL_CHECK = _location(
+    MODEL_NAME_PATTERN, "The pretrained base model.",
+    "a Hugging Face id (org/name), an absolute path in the image, pkg://<python-distribution> "
+    "(model files shipped in a Python package), pvc://<claim>/<path>, s3://<bucket>/<prefix> "
+    "or https://<url>",
+)
+DataUri = Annotated[str, _DATA_FIELD, _DATA_CHECK]
+OutputUri = Annotated[str, _OUT_FIELD, _OUT_CHECK]
+ModelName = Annotated[str, _MODEL_FIELD, _MODEL_CHECK]
 
 
 class ApiModel(BaseModel):

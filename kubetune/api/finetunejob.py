@@ -306,6 +306,14 @@ class FineTuneJobSpec(ApiModel):
             raise ValueError("multi-node training (resources.nodes > 1) needs resources.gpusPerNode >= 1")
         if self.training.packing and self.task.type != "causal-lm":
             raise ValueError("training.packing applies only to task.type causal-lm")
+        secrets = {ref.name for ref in (self.dataset.train.secret_ref, self.output.secret_ref,
+                                         self.dataset.validation.secret_ref if self.dataset.validation else None)
+                   if ref is not None}
+        if len(secrets) > 1:
+            raise ValueError(
+                f"dataset and output secretRefs name different Secrets ({', '.join(sorted(secrets))}); their "
+                "keys become the same environment variables (AWS_*), so use one Secret for all locations"
+            )
         metric = self.evaluation.metric
         if metric is not None and (self.task.type == "sequence-classification") != (
             metric in ("accuracy", "macro_f1")
