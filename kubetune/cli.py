@@ -14,18 +14,20 @@ EXIT_USAGE = 2
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
+    from kubetune.api.crddocs import reference
     from kubetune.api.crdgen import all_crds, render
 
     out = Path(args.out)
+    crds = all_crds()
+    files = {out / name: render(crd) for name, crd in crds.items()}
+    files[Path(args.docs)] = reference(crds)
     stale = []
-    for filename, crd in all_crds().items():
-        path = out / filename
-        text = render(crd)
+    for path, text in files.items():
         if args.check:
             if not path.exists() or path.read_text() != text:
                 stale.append(str(path))
         else:
-            out.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"wrote {path}")
     if stale:
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     crds = sub.add_parser("crds", help="generate crds/*.yaml from the API models")
     crds.add_argument("--out", default="crds")
+    crds.add_argument("--docs", default="docs/crd-reference.md", help="generated Markdown reference")
     crds.add_argument("--check", action="store_true", help="fail when the committed YAML is stale")
     crds.set_defaults(func=_cmd_crds)
 
