@@ -67,13 +67,27 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--file", required=True, help="FineTuneJob manifest or TrainConfig (YAML/JSON)")
-    p.add_argument("--pvc", action="append", metavar="CLAIM=DIR",
-                   help="where a pvc:// claim is mounted here (repeatable)")
-    p.add_argument("--configmap", action="append", metavar="NAME=DIR",
-                   help="where a configmap:// ConfigMap is mounted here (repeatable)")
-    p.add_argument("--cache-dir", default=None, help="cache for converted weights (default ~/.cache/kubetune)")
-    p.add_argument("--log-format", choices=["auto", "json", "rich"], default="auto",
-                   help="json in pods (no TTY), a progress bar on a terminal")
+    p.add_argument(
+        "--pvc",
+        action="append",
+        metavar="CLAIM=DIR",
+        help="where a pvc:// claim is mounted here (repeatable)",
+    )
+    p.add_argument(
+        "--configmap",
+        action="append",
+        metavar="NAME=DIR",
+        help="where a configmap:// ConfigMap is mounted here (repeatable)",
+    )
+    p.add_argument(
+        "--cache-dir", default=None, help="cache for converted weights (default ~/.cache/kubetune)"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "json", "rich"],
+        default="auto",
+        help="json in pods (no TTY), a progress bar on a terminal",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

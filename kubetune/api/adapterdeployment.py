@@ -26,11 +26,19 @@ class AdapterSource(ApiModel):
     ] = None
     uri: Annotated[
         str | None,
-        Field(description="Adapter location (pvc://, s3://, https://).", max_length=2048,
-              pattern=r"^(pvc|s3|https)://[^\s]+$",
-              json_schema_extra={"x-kubernetes-validations": [
-                  {"rule": "!self.matches('(^|/)[.][.](/|$)')",
-                   "message": "must not contain '..' path segments (path traversal)"}]}),
+        Field(
+            description="Adapter location (pvc://, s3://, https://).",
+            max_length=2048,
+            pattern=r"^(pvc|s3|https)://[^\s]+$",
+            json_schema_extra={
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "!self.matches('(^|/)[.][.](/|$)')",
+                        "message": "must not contain '..' path segments (path traversal)",
+                    }
+                ]
+            },
+        ),
     ] = None
     version: Annotated[
         str | None, Field(description="Pin a version from status.history (rollback).", max_length=128)
@@ -39,8 +47,10 @@ class AdapterSource(ApiModel):
     model_config = {
         "json_schema_extra": {
             "x-kubernetes-validations": [
-                {"rule": "has(self.fineTuneJobRef) != has(self.uri)",
-                 "message": "set exactly one of adapter.fineTuneJobRef and adapter.uri"},
+                {
+                    "rule": "has(self.fineTuneJobRef) != has(self.uri)",
+                    "message": "set exactly one of adapter.fineTuneJobRef and adapter.uri",
+                },
             ]
         }
     }

@@ -30,7 +30,7 @@ OUTPUT_URI_PATTERN = f"^({PVC_URI}|{S3_URI})$"
 MODEL_NAME_PATTERN = f"^({PKG_URI}|{PVC_URI}|{S3_URI}|{HTTPS_URI}|{ABS_PATH}|{HF_ID})$"
 
 # CEL twin of ``reject_traversal``: the API server rejects it before the operator ever sees it.
-NO_TRAVERSAL_RULE = {
+NO_TRAVERSAL_RULE: dict[str, Any] = {
     "rule": "!self.matches('(^|/)[.][.](/|$)')",
     "message": "must not contain '..' path segments (path traversal)",
 }
@@ -72,15 +72,18 @@ def _location(pattern: str, what: str, accepted: str) -> Any:
 
 
 _DATA_FIELD, _DATA_CHECK = _location(
-    DATA_URI_PATTERN, "Dataset location.",
+    DATA_URI_PATTERN,
+    "Dataset location.",
     "pvc://<claim>/<path>, s3://<bucket>/<key>, https://<host>/<path> or configmap://<name>/<key>",
 )
 _OUT_FIELD, _OUT_CHECK = _location(
-    OUTPUT_URI_PATTERN, "Where the adapter, checkpoints and metrics go.",
+    OUTPUT_URI_PATTERN,
+    "Where the adapter, checkpoints and metrics go.",
     "pvc://<claim>/<path> or s3://<bucket>/<prefix>",
 )
 _MODEL_FIELD, _MODEL_CHECK = _location(
-    MODEL_NAME_PATTERN, "The pretrained base model.",
+    MODEL_NAME_PATTERN,
+    "The pretrained base model.",
     "a Hugging Face id (org/name), an absolute path in the image, pkg://<python-distribution> "
     "(model files shipped in a Python package), pvc://<claim>/<path>, s3://<bucket>/<prefix> "
     "or https://<url>",
@@ -149,7 +152,8 @@ class Condition(ApiModel):
     reason: Annotated[str, Field(description="CamelCase reason for the last transition.", max_length=1024)]
     message: Annotated[str, Field(description="Human-readable detail.", max_length=32768)] = ""
     last_transition_time: Annotated[
-        str, Field(description="When status last changed (RFC 3339).", json_schema_extra={"format": "date-time"})
+        str,
+        Field(description="When status last changed (RFC 3339).", json_schema_extra={"format": "date-time"}),
     ]
     observed_generation: Annotated[
         int | None, Field(description="metadata.generation this condition was computed for.", ge=0)

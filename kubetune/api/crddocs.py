@@ -36,8 +36,9 @@ def _rows(node: dict[str, Any], path: str, required: set[str]) -> Iterator[str]:
         req = " (required)" if name in required else ""
         yield f"| `{here}`{req} | {_type(child)} | {desc} {extra} |".replace("  ", " ")
         target = child.get("items", child) if child.get("type") == "array" else child
-        yield from _rows(target, here + ("[]" if child.get("type") == "array" else ""),
-                         set(target.get("required", [])))
+        yield from _rows(
+            target, here + ("[]" if child.get("type") == "array" else ""), set(target.get("required", []))
+        )
 
 
 def reference(crds: dict[str, dict[str, Any]]) -> str:
@@ -46,8 +47,13 @@ def reference(crds: dict[str, dict[str, Any]]) -> str:
         names = crd["spec"]["names"]
         version = crd["spec"]["versions"][0]
         schema = version["schema"]["openAPIV3Schema"]
-        out += [f"## {names['kind']} (`{crd['spec']['group']}/{version['name']}`, short name "
-                f"`{names['shortNames'][0]}`)", "", schema.get("description", ""), ""]
+        out += [
+            f"## {names['kind']} (`{crd['spec']['group']}/{version['name']}`, short name "
+            f"`{names['shortNames'][0]}`)",
+            "",
+            schema.get("description", ""),
+            "",
+        ]
         for part in ("spec", "status"):
             node = schema["properties"][part]
             out += [f"### {part}", "", "| Field | Type | Description |", "| --- | --- | --- |"]

@@ -38,13 +38,19 @@ class BaseModelSpec(ApiModel):
     name: ModelName
     revision: Annotated[
         str | None,
-        Field(description="Hub revision (branch, tag or commit) for a Hugging Face id.", max_length=128,
-              pattern=r"^[A-Za-z0-9._/-]+$"),
+        Field(
+            description="Hub revision (branch, tag or commit) for a Hugging Face id.",
+            max_length=128,
+            pattern=r"^[A-Za-z0-9._/-]+$",
+        ),
     ] = None
     gguf_file: Annotated[
         str | None,
-        Field(description="GGUF file inside the model location; dequantized once and cached as safetensors.",
-              max_length=255, pattern=r"^[A-Za-z0-9._-]+\.gguf$"),
+        Field(
+            description="GGUF file inside the model location; dequantized once and cached as safetensors.",
+            max_length=255,
+            pattern=r"^[A-Za-z0-9._-]+\.gguf$",
+        ),
     ] = None
     token_secret_ref: Annotated[
         SecretKeyRef | None,
@@ -62,17 +68,25 @@ class TaskSpec(ApiModel):
     ] = None
     labels: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=128)]] | None,
-        Field(description="sequence-classification only: the label set, in order. Inferred from the "
-              "training data when omitted.", min_length=2, max_length=1000),
+        Field(
+            description="sequence-classification only: the label set, in order. Inferred from the "
+            "training data when omitted.",
+            min_length=2,
+            max_length=1000,
+        ),
     ] = None
 
     model_config = {
         "json_schema_extra": {
             "x-kubernetes-validations": [
-                {"rule": "!has(self.format) || self.type == 'causal-lm'",
-                 "message": "task.format applies only to type causal-lm"},
-                {"rule": "!has(self.labels) || self.type == 'sequence-classification'",
-                 "message": "task.labels applies only to type sequence-classification"},
+                {
+                    "rule": "!has(self.format) || self.type == 'causal-lm'",
+                    "message": "task.format applies only to type causal-lm",
+                },
+                {
+                    "rule": "!has(self.labels) || self.type == 'sequence-classification'",
+                    "message": "task.labels applies only to type sequence-classification",
+                },
             ]
         }
     }
@@ -98,8 +112,10 @@ class DataSource(ApiModel):
     uri: DataUri
     secret_ref: Annotated[
         SecretRef | None,
-        Field(description="Secret whose keys become env vars for this source (s3: AWS_ACCESS_KEY_ID, "
-              "AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL; https: KUBETUNE_HTTP_BEARER_TOKEN)."),
+        Field(
+            description="Secret whose keys become env vars for this source (s3: AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL; https: KUBETUNE_HTTP_BEARER_TOKEN)."
+        ),
     ] = None
 
 
@@ -112,7 +128,9 @@ class FieldMapping(ApiModel):
     completion: Annotated[
         str, Field(description="Completion column (prompt-completion).", max_length=128)
     ] = "completion"
-    messages: Annotated[str, Field(description="Chat messages column (messages).", max_length=128)] = "messages"
+    messages: Annotated[str, Field(description="Chat messages column (messages).", max_length=128)] = (
+        "messages"
+    )
 
 
 class DatasetSpec(ApiModel):
@@ -124,8 +142,8 @@ class DatasetSpec(ApiModel):
         Field(description="Held-out validation data. When omitted, validationSplit of train is held out."),
     ] = None
     validation_split: Annotated[
-        float, Field(description="Fraction of train held out when no validation source is given.",
-                     gt=0.0, le=0.5)
+        float,
+        Field(description="Fraction of train held out when no validation source is given.", gt=0.0, le=0.5),
     ] = 0.1
     format: Annotated[
         DataFormat | None,
@@ -142,11 +160,19 @@ class LoraSpec(ApiModel):
     dropout: Annotated[float, Field(description="Dropout on the LoRA path.", ge=0.0, lt=1.0)] = 0.05
     target_modules: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.*-]+$")]],
-        Field(description="Module names to adapt, or [auto] for every linear layer of the architecture.",
-              min_length=1, max_length=64,
-              json_schema_extra={"x-kubernetes-validations": [
-                  {"rule": "!('auto' in self) || size(self) == 1",
-                   "message": "targetModules: 'auto' must be the only entry"}]}),
+        Field(
+            description="Module names to adapt, or [auto] for every linear layer of the architecture.",
+            min_length=1,
+            max_length=64,
+            json_schema_extra={
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "!('auto' in self) || size(self) == 1",
+                        "message": "targetModules: 'auto' must be the only entry",
+                    }
+                ]
+            },
+        ),
     ] = ["auto"]
     quantization: Annotated[
         Quantization,
@@ -170,7 +196,9 @@ class TrainingSpec(ApiModel):
     gradient_accumulation: Annotated[
         int, Field(description="Micro-batches per optimizer step.", ge=1, le=1024)
     ] = 1
-    max_seq_length: Annotated[int, Field(description="Tokens per sequence (truncation).", ge=8, le=131072)] = 512
+    max_seq_length: Annotated[
+        int, Field(description="Tokens per sequence (truncation).", ge=8, le=131072)
+    ] = 512
     packing: Annotated[
         bool, Field(description="Padding-free sequence packing (causal-lm), no cross-sequence attention.")
     ] = False
@@ -182,15 +210,15 @@ class TrainingSpec(ApiModel):
     ] = 100
     precision: Annotated[Precision, Field(description="auto = bf16 where supported, else fp32.")] = "auto"
     compile: Annotated[bool, Field(description="torch.compile the model.")] = False
-    gradient_checkpointing: Annotated[
-        bool, Field(description="Trade compute for activation memory.")
-    ] = False
+    gradient_checkpointing: Annotated[bool, Field(description="Trade compute for activation memory.")] = False
 
     model_config = {
         "json_schema_extra": {
             "x-kubernetes-validations": [
-                {"rule": "has(self.epochs) != has(self.maxSteps)",
-                 "message": "set exactly one of training.epochs and training.maxSteps"},
+                {
+                    "rule": "has(self.epochs) != has(self.maxSteps)",
+                    "message": "set exactly one of training.epochs and training.maxSteps",
+                },
             ]
         }
     }
@@ -207,8 +235,10 @@ class EvaluationSpec(ApiModel):
 
     metric: Annotated[
         EvalMetric | None,
-        Field(description="Gate metric: accuracy/macro_f1 (classification), intent_exact_match/"
-              "json_validity (causal-lm triage). Default: accuracy or intent_exact_match."),
+        Field(
+            description="Gate metric: accuracy/macro_f1 (classification), intent_exact_match/"
+            "json_validity (causal-lm triage). Default: accuracy or intent_exact_match."
+        ),
     ] = None
     min_accuracy: Annotated[
         float | None,
@@ -226,26 +256,41 @@ class ResourcesSpec(ApiModel):
     """Where and on what the training pods run."""
 
     gpus_per_node: Annotated[int, Field(description="GPUs per pod (node).", ge=0, le=16)] = 1
-    nodes: Annotated[int, Field(description="Pods (nodes); > 1 uses an Indexed Job + torchrun.", ge=1, le=256)] = 1
+    nodes: Annotated[
+        int, Field(description="Pods (nodes); > 1 uses an Indexed Job + torchrun.", ge=1, le=256)
+    ] = 1
     gpu_resource: Annotated[
-        str, Field(description="Extended resource name of the GPU.", max_length=253,
-                   pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$")
+        str,
+        Field(
+            description="Extended resource name of the GPU.",
+            max_length=253,
+            pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
+        ),
     ] = "nvidia.com/gpu"
-    cpu: Annotated[str | None, Field(description="CPU request/limit, e.g. '8' or '500m'.",
-                                     max_length=32, pattern=CPU_QUANTITY)] = None
-    memory: Annotated[str | None, Field(description="Memory request/limit, e.g. '64Gi'.",
-                                        max_length=32, pattern=MEMORY_QUANTITY)] = None
+    cpu: Annotated[
+        str | None,
+        Field(description="CPU request/limit, e.g. '8' or '500m'.", max_length=32, pattern=CPU_QUANTITY),
+    ] = None
+    memory: Annotated[
+        str | None,
+        Field(description="Memory request/limit, e.g. '64Gi'.", max_length=32, pattern=MEMORY_QUANTITY),
+    ] = None
     node_selector: Annotated[
         dict[str, str], Field(description="Node labels the pods require.", max_length=64)
     ] = {}
-    tolerations: Annotated[list[Toleration], Field(description="Taints the pods tolerate.", max_length=64)] = []
+    tolerations: Annotated[
+        list[Toleration], Field(description="Taints the pods tolerate.", max_length=64)
+    ] = []
     priority_class_name: Annotated[
         str | None, Field(description="PriorityClass of the pods.", max_length=253, pattern=DNS1123_SUBDOMAIN)
     ] = None
     queue_name: Annotated[
         str | None,
-        Field(description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name and lets Kueue admit the job.",
-              max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        Field(
+            description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name and lets Kueue admit the job.",
+            max_length=63,
+            pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        ),
     ] = None
 
 
@@ -269,12 +314,15 @@ class FineTuneJobSpec(ApiModel):
     evaluation: Annotated[EvaluationSpec, Field(description="Evaluation and gate.")] = EvaluationSpec()
     resources: Annotated[ResourcesSpec, Field(description="Scheduling and hardware.")] = ResourcesSpec()
     output: Annotated[OutputSpec, Field(description="Where the adapter goes.")]
-    suspend: Annotated[bool, Field(description="Pause: the training Job is suspended (pods removed).")] = False
+    suspend: Annotated[bool, Field(description="Pause: the training Job is suspended (pods removed).")] = (
+        False
+    )
     active_deadline_seconds: Annotated[
         int | None, Field(description="Fail the job after this many seconds of running.", ge=1)
     ] = None
     backoff_limit: Annotated[
-        int, Field(description="Pod failures tolerated (preemptions and evictions do not count).", ge=0, le=100)
+        int,
+        Field(description="Pod failures tolerated (preemptions and evictions do not count).", ge=0, le=100),
     ] = 3
     max_preemptions: Annotated[
         int, Field(description="Preemptions/evictions tolerated before the job fails.", ge=0, le=1000)
@@ -283,17 +331,25 @@ class FineTuneJobSpec(ApiModel):
     model_config = {
         "json_schema_extra": {
             "x-kubernetes-validations": [
-                {"rule": "self.lora.quantization != '4bit' || self.resources.gpusPerNode > 0",
-                 "message": "lora.quantization 4bit needs resources.gpusPerNode >= 1"},
-                {"rule": "self.resources.nodes == 1 || self.resources.gpusPerNode > 0",
-                 "message": "multi-node training (resources.nodes > 1) needs resources.gpusPerNode >= 1"},
-                {"rule": "!has(self.training.packing) || !self.training.packing || "
-                         "self.task.type == 'causal-lm'",
-                 "message": "training.packing applies only to task.type causal-lm"},
-                {"rule": "!has(self.evaluation.metric) || (self.task.type == 'sequence-classification') "
-                         "== (self.evaluation.metric in ['accuracy', 'macro_f1'])",
-                 "message": "evaluation.metric must be accuracy or macro_f1 for sequence-classification, "
-                            "intent_exact_match or json_validity for causal-lm"},
+                {
+                    "rule": "self.lora.quantization != '4bit' || self.resources.gpusPerNode > 0",
+                    "message": "lora.quantization 4bit needs resources.gpusPerNode >= 1",
+                },
+                {
+                    "rule": "self.resources.nodes == 1 || self.resources.gpusPerNode > 0",
+                    "message": "multi-node training (resources.nodes > 1) needs resources.gpusPerNode >= 1",
+                },
+                {
+                    "rule": "!has(self.training.packing) || !self.training.packing || "
+                    "self.task.type == 'causal-lm'",
+                    "message": "training.packing applies only to task.type causal-lm",
+                },
+                {
+                    "rule": "!has(self.evaluation.metric) || (self.task.type == 'sequence-classification') "
+                    "== (self.evaluation.metric in ['accuracy', 'macro_f1'])",
+                    "message": "evaluation.metric must be accuracy or macro_f1 for sequence-classification, "
+                    "intent_exact_match or json_validity for causal-lm",
+                },
             ]
         }
     }
@@ -306,9 +362,15 @@ class FineTuneJobSpec(ApiModel):
             raise ValueError("multi-node training (resources.nodes > 1) needs resources.gpusPerNode >= 1")
         if self.training.packing and self.task.type != "causal-lm":
             raise ValueError("training.packing applies only to task.type causal-lm")
-        secrets = {ref.name for ref in (self.dataset.train.secret_ref, self.output.secret_ref,
-                                         self.dataset.validation.secret_ref if self.dataset.validation else None)
-                   if ref is not None}
+        secrets = {
+            ref.name
+            for ref in (
+                self.dataset.train.secret_ref,
+                self.output.secret_ref,
+                self.dataset.validation.secret_ref if self.dataset.validation else None,
+            )
+            if ref is not None
+        }
         if len(secrets) > 1:
             raise ValueError(
                 f"dataset and output secretRefs name different Secrets ({', '.join(sorted(secrets))}); their "
@@ -335,19 +397,25 @@ class CheckpointInfo(ApiModel):
     """The newest complete checkpoint the trainer reported."""
 
     step: Annotated[int, Field(description="Optimizer step of the checkpoint.", ge=0)]
-    time: Annotated[str | None, Field(description="When it was written.", json_schema_extra={"format": "date-time"})] = None
+    time: Annotated[
+        str | None, Field(description="When it was written.", json_schema_extra={"format": "date-time"})
+    ] = None
 
 
 class TrainResult(ApiModel):
     """What the trainer reported on exit (pod termination message)."""
 
     adapter_uri: Annotated[str | None, Field(description="Where the adapter was written.")] = None
-    digest: Annotated[str | None, Field(description="sha256 of the adapter weights.", pattern=r"^sha256:[0-9a-f]{64}$")] = None
+    digest: Annotated[
+        str | None, Field(description="sha256 of the adapter weights.", pattern=r"^sha256:[0-9a-f]{64}$")
+    ] = None
     dataset_digest: Annotated[str | None, Field(description="sha256 of the training data.")] = None
     metrics: Annotated[
         dict[str, float], Field(description="Final metrics (before_* and after_* values, baseline_*).")
     ] = {}
-    reason: Annotated[str | None, Field(description="Why the trainer failed, when it did.", max_length=4096)] = None
+    reason: Annotated[
+        str | None, Field(description="Why the trainer failed, when it did.", max_length=4096)
+    ] = None
 
 
 class FineTuneJobStatus(ApiModel):
@@ -356,14 +424,23 @@ class FineTuneJobStatus(ApiModel):
     phase: Annotated[Phase | None, Field(description="Lifecycle phase.")] = None
     message: Annotated[str | None, Field(description="One-line summary of the current phase.")] = None
     observed_generation: Annotated[int | None, Field(description="Generation last acted on.", ge=0)] = None
-    conditions: Annotated[list[Condition], Field(description="Ready, SpecValid, DataValidated, Running, "
-                                                 "Suspended, Succeeded, Failed.")] = []
+    conditions: Annotated[
+        list[Condition],
+        Field(description="Ready, SpecValid, DataValidated, Running, Suspended, Succeeded, Failed."),
+    ] = []
     job_name: Annotated[str | None, Field(description="The batch/v1 Job that trains.")] = None
-    start_time: Annotated[str | None, Field(description="When training first started.", json_schema_extra={"format": "date-time"})] = None
-    completion_time: Annotated[str | None, Field(description="When the job finished.", json_schema_extra={"format": "date-time"})] = None
+    start_time: Annotated[
+        str | None,
+        Field(description="When training first started.", json_schema_extra={"format": "date-time"}),
+    ] = None
+    completion_time: Annotated[
+        str | None, Field(description="When the job finished.", json_schema_extra={"format": "date-time"})
+    ] = None
     attempts: Annotated[int, Field(description="Pods started so far.", ge=0)] = 0
     failures: Annotated[int, Field(description="Pod failures counted against backoffLimit.", ge=0)] = 0
-    preemptions: Annotated[int, Field(description="Pods lost to preemption/eviction (not failures).", ge=0)] = 0
+    preemptions: Annotated[
+        int, Field(description="Pods lost to preemption/eviction (not failures).", ge=0)
+    ] = 0
     progress: Annotated[str | None, Field(description="step/total, for printer columns.")] = None
     loss: Annotated[float | None, Field(description="Latest training loss.")] = None
     accuracy: Annotated[float | None, Field(description="Gate metric after training.")] = None

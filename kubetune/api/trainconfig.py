@@ -14,8 +14,8 @@ from kubetune.api.common import DNS1123_SUBDOMAIN, ApiModel, OutputUri
 from kubetune.api.finetunejob import (
     BaseModelSpec,
     DatasetSpec,
-    EvaluationSpec,
     EvalMetric,
+    EvaluationSpec,
     FineTuneJobSpec,
     LoraSpec,
     TaskSpec,
@@ -82,7 +82,7 @@ class TrainConfig(ApiModel):
         """Map a pvc:// or configmap:// URI to a local path; other URIs are returned unchanged."""
         for scheme, mounts in (("pvc://", self.pvc_mounts), ("configmap://", self.configmap_mounts)):
             if uri.startswith(scheme):
-                volume, _, rest = uri[len(scheme):].partition("/")
+                volume, _, rest = uri[len(scheme) :].partition("/")
                 if volume not in mounts:
                     raise UnmountedLocationError(
                         f"{uri}: {scheme[:-3]} {volume!r} is not mounted here "

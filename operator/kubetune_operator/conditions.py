@@ -23,11 +23,27 @@ def set_condition(
             continue
         found = True
         since = cond.last_transition_time if cond.status == status else now
-        out.append(Condition(type=type_, status=status, reason=reason, message=message,
-                             last_transition_time=since, observed_generation=generation))
+        out.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=since,
+                observed_generation=generation,
+            )
+        )
     if not found:
-        out.append(Condition(type=type_, status=status, reason=reason, message=message,
-                             last_transition_time=now, observed_generation=generation))
+        out.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=now,
+                observed_generation=generation,
+            )
+        )
     return out
 
 

@@ -49,8 +49,9 @@ def object_path(obj: dict[str, Any]) -> str:
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
     if info.insecure:
         return False
-    context = ssl.create_default_context(cafile=info.ca_path or None,
-                                         cadata=_text(info.ca_data) if info.ca_data else None)
+    context = ssl.create_default_context(
+        cafile=info.ca_path or None, cadata=_text(info.ca_data) if info.ca_data else None
+    )
     if info.certificate_path or info.certificate_data:
         cert = info.certificate_path or _to_file(info.certificate_data)
         key = info.private_key_path or _to_file(info.private_key_data)
@@ -83,18 +84,29 @@ class Kube:
             headers["Authorization"] = f"Bearer {info.token}"
         auth = aiohttp.BasicAuth(info.username, info.password or "") if info.username else None
         self._session = aiohttp.ClientSession(
-            headers=headers, auth=auth, connector=aiohttp.TCPConnector(ssl=_ssl_context(info)),
+            headers=headers,
+            auth=auth,
+            connector=aiohttp.TCPConnector(ssl=_ssl_context(info)),
             timeout=aiohttp.ClientTimeout(total=30),
         )
 
     async def close(self) -> None:
         await self._session.close()
 
-    async def _request(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
-                       content_type: str = "application/json", text: bool = False) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        text: bool = False,
+    ) -> Any:
         headers = {"Content-Type": content_type} if json is not None else {}
-        async with self._session.request(method, self._server + path, json=json, params=params,
-                                         headers=headers) as resp:
+        async with self._session.request(
+            method, self._server + path, json=json, params=params, headers=headers
+        ) as resp:
             if resp.status == 404:
                 return None
             if resp.status >= 400:
@@ -116,7 +128,10 @@ class Kube:
             return existing, False
         try:
             created = await self._request(
-                "POST", collection_path(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"]), json=obj)
+                "POST",
+                collection_path(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"]),
+                json=obj,
+            )
         except KubeError as err:
             if err.status != 409:
                 raise
@@ -127,7 +142,9 @@ class Kube:
         return created, True
 
     async def merge_patch(self, obj_path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
-        result = await self._request("PATCH", obj_path, json=patch, content_type="application/merge-patch+json")
+        result = await self._request(
+            "PATCH", obj_path, json=patch, content_type="application/merge-patch+json"
+        )
         return result if isinstance(result, dict) else None
 
     async def delete(self, obj_path: str) -> None:
@@ -136,8 +153,9 @@ class Kube:
     async def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
         path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log"
         try:
-            result = await self._request("GET", path, params={"container": container, "tailLines": str(tail_lines)},
-                                         text=True)
+            result = await self._request(
+                "GET", path, params={"container": container, "tailLines": str(tail_lines)}, text=True
+            )
         except KubeError:
             return ""  # a pod that has not started yet has no log: not an error
         return result or ""

@@ -17,15 +17,18 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger,
-                        **_: Any) -> None:
+    async def configure(
+        settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    ) -> None:
         # Progress and diff-base live in annotations: the CRD schema prunes unknown status fields.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="kubetune.dev", key="last-handled-configuration")
+            prefix="kubetune.dev", key="last-handled-configuration"
+        )
         settings.posting.enabled = False  # we post our own, meaningful events
         info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-            settings=settings)
+            settings=settings
+        )
         if info is None:
             raise kopf.PermanentError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")
         memo.kube = Kube(info)

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kubetune.api.common import ConditionStatus
-from kubetune.api.finetunejob import TERMINAL_PHASES, CheckpointInfo, FineTuneJobSpec, FineTuneJobStatus, Phase
+from kubetune.api.finetunejob import (
+    TERMINAL_PHASES,
+    CheckpointInfo,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    Phase,
+)
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.progress import Progress
 from kubetune_operator.termination import newest_result
@@ -29,7 +35,7 @@ class Observed:
     validate_pods: list[dict[str, Any]] = field(default_factory=list)
     train_job: dict[str, Any] | None = None
     train_pods: list[dict[str, Any]] = field(default_factory=list)
-    progress: Progress = Progress()
+    progress: Progress = field(default_factory=Progress)
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,9 @@ def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
         if vjob is None:
             if prev.phase in ("ValidatingData", "Running"):
                 return _Verdict("Cancelled", "JobDeleted", "the data-validation Job was deleted")
-            return _Verdict("Suspended" if suspended else "Pending", "Creating", "creating the data-validation Job")
+            return _Verdict(
+                "Suspended" if suspended else "Pending", "Creating", "creating the data-validation Job"
+            )
         if failed := job_condition(vjob, "Failed"):
             result = newest_result(obs.validate_pods)
             detail = result.reason if result and result.reason else failed.get("message", "")
@@ -103,13 +111,18 @@ def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
         return _Verdict("Failed", reason, f"training failed ({reason}): {detail}".strip())
     preemptions = preemption_count(obs.train_pods)
     if preemptions > spec.max_preemptions:
-        return _Verdict("Failed", "TooManyPreemptions",
-                        f"{preemptions} preemptions exceed spec.maxPreemptions={spec.max_preemptions}")
+        return _Verdict(
+            "Failed",
+            "TooManyPreemptions",
+            f"{preemptions} preemptions exceed spec.maxPreemptions={spec.max_preemptions}",
+        )
     if job.get("spec", {}).get("suspend"):
         if suspended:
             return _Verdict("Suspended", "Suspended", "spec.suspend is true")
         if spec.resources.queue_name:
-            return _Verdict("Pending", "Queued", f"waiting for Kueue admission in queue {spec.resources.queue_name}")
+            return _Verdict(
+                "Pending", "Queued", f"waiting for Kueue admission in queue {spec.resources.queue_name}"
+            )
         return _Verdict("Pending", "Resuming", "resuming the training Job")
     running = [p for p in obs.train_pods if p.get("status", {}).get("phase") == "Running"]
     if (job.get("status", {}).get("active") or 0) > 0 and running:
@@ -145,9 +158,7 @@ def _bool(value: bool) -> ConditionStatus:
     return "True" if value else "False"
 
 
-def derive_status(
-    obs: Observed, prev: FineTuneJobStatus, now: str
-) -> tuple[FineTuneJobStatus, list[Event]]:
+def derive_status(obs: Observed, prev: FineTuneJobStatus, now: str) -> tuple[FineTuneJobStatus, list[Event]]:
     """The next status and the events for what changed since ``prev``."""
     if prev.phase in TERMINAL_PHASES:
         return prev.model_copy(update={"observed_generation": obs.generation}), []
@@ -159,28 +170,64 @@ def derive_status(
     status.observed_generation = gen
 
     conds = status.conditions
-    conds = set_condition(conds, "SpecValid", _bool(obs.spec is not None),
-                          "Valid" if obs.spec is not None else "InvalidSpec",
-                          "" if obs.spec is not None else verdict.message, now, gen)
+    conds = set_condition(
+        conds,
+        "SpecValid",
+        _bool(obs.spec is not None),
+        "Valid" if obs.spec is not None else "InvalidSpec",
+        "" if obs.spec is not None else verdict.message,
+        now,
+        gen,
+    )
     validated = obs.train_job is not None or job_condition(obs.validate_job, "Complete") is not None
     if obs.spec is not None:
-        data_status: ConditionStatus = "True" if validated else (
-            "False" if verdict.reason == "InvalidData" else "Unknown")
-        conds = set_condition(conds, "DataValidated", data_status,
-                              "Validated" if validated else verdict.reason,
-                              "every dataset row is valid" if validated else verdict.message, now, gen)
-    conds = set_condition(conds, "Running", _bool(verdict.phase == "Running"), verdict.reason,
-                          verdict.message if verdict.phase == "Running" else "", now, gen)
-    conds = set_condition(conds, "Suspended", _bool(verdict.phase == "Suspended"), verdict.reason,
-                          verdict.message if verdict.phase == "Suspended" else "", now, gen)
+        data_status: ConditionStatus = (
+            "True" if validated else ("False" if verdict.reason == "InvalidData" else "Unknown")
+        )
+        conds = set_condition(
+            conds,
+            "DataValidated",
+            data_status,
+            "Validated" if validated else verdict.reason,
+            "every dataset row is valid" if validated else verdict.message,
+            now,
+            gen,
+        )
+    conds = set_condition(
+        conds,
+        "Running",
+        _bool(verdict.phase == "Running"),
+        verdict.reason,
+        verdict.message if verdict.phase == "Running" else "",
+        now,
+        gen,
+    )
+    conds = set_condition(
+        conds,
+        "Suspended",
+        _bool(verdict.phase == "Suspended"),
+        verdict.reason,
+        verdict.message if verdict.phase == "Suspended" else "",
+        now,
+        gen,
+    )
     if verdict.phase in TERMINAL_PHASES:
-        conds = set_condition(conds, "Succeeded", _bool(verdict.phase == "Succeeded"), verdict.reason,
-                              verdict.message, now, gen)
-        conds = set_condition(conds, "Failed", _bool(verdict.phase != "Succeeded"), verdict.reason,
-                              verdict.message if verdict.phase != "Succeeded" else "", now, gen)
+        conds = set_condition(
+            conds, "Succeeded", _bool(verdict.phase == "Succeeded"), verdict.reason, verdict.message, now, gen
+        )
+        conds = set_condition(
+            conds,
+            "Failed",
+            _bool(verdict.phase != "Succeeded"),
+            verdict.reason,
+            verdict.message if verdict.phase != "Succeeded" else "",
+            now,
+            gen,
+        )
     # Ready is the one condition GitOps tools read: True only when the adapter exists.
-    conds = set_condition(conds, "Ready", _bool(verdict.phase == "Succeeded"), verdict.reason,
-                          verdict.message, now, gen)
+    conds = set_condition(
+        conds, "Ready", _bool(verdict.phase == "Succeeded"), verdict.reason, verdict.message, now, gen
+    )
     status.conditions = conds
 
     if obs.train_job is not None:
@@ -221,7 +268,12 @@ def _events(prev: FineTuneJobStatus, new: FineTuneJobStatus, verdict: _Verdict) 
         kind: EventType = "Warning" if new.phase in ("Failed", "Cancelled") else "Normal"
         events.append(Event(kind, verdict.reason, f"{prev.phase or 'New'} -> {new.phase}: {verdict.message}"))
     if new.preemptions > prev.preemptions:
-        events.append(Event("Warning", "Preempted",
-                            f"training pod preempted or evicted ({new.preemptions} so far); "
-                            "it does not count as a failure"))
+        events.append(
+            Event(
+                "Warning",
+                "Preempted",
+                f"training pod preempted or evicted ({new.preemptions} so far); "
+                "it does not count as a failure",
+            )
+        )
     return events

@@ -34,9 +34,12 @@ def with_(path: str, value: Any) -> dict[str, Any]:
 
 def test_committed_crds_match_the_models() -> None:
     for filename, crd in all_crds().items():
-        assert (ROOT / "crds" / filename).read_text() == render(crd), f"run `kubetune crds`: {filename} is stale"
-    check = subprocess.run([sys.executable, "-m", "kubetune.cli", "crds", "--check"], cwd=ROOT,
-                           capture_output=True, text=True)
+        assert (ROOT / "crds" / filename).read_text() == render(crd), (
+            f"run `kubetune crds`: {filename} is stale"
+        )
+    check = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "crds", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stderr
 
 
@@ -100,7 +103,12 @@ def test_crd_schema_is_structural_and_documented() -> None:
 
     walk(schema["properties"]["spec"], "spec")
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]][:4] == ["Phase", "Progress", "Loss", "Accuracy"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]][:4] == [
+        "Phase",
+        "Progress",
+        "Loss",
+        "Accuracy",
+    ]
     assert crd["spec"]["names"]["shortNames"] == ["ftj"]
     rules = schema["properties"]["spec"]["properties"]["training"]["x-kubernetes-validations"]
     assert rules[0]["rule"] == "has(self.epochs) != has(self.maxSteps)"

@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from kubetune.api.finetunejob import FineTuneJob, FineTuneJobStatus
 from kubetune_operator.conditions import get_condition
 from kubetune_operator.progress import Progress, parse_progress
 from kubetune_operator.status import Observed, derive_status
 
+from kubetune.api.finetunejob import FineTuneJob, FineTuneJobStatus
+
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = FineTuneJob.model_validate(
-    yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())).spec
+    yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())
+).spec
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
 
@@ -23,9 +24,13 @@ def job(conditions: list[tuple[str, str]] = (), active: int = 0, suspend: bool =
     return {
         "metadata": {"name": "support-intents-train"},
         "spec": {"suspend": suspend},
-        "status": {"active": active, "startTime": T0,
-                   "conditions": [{"type": t, "status": "True", "reason": r, "message": f"{t} {r}"}
-                                  for t, r in conditions]},
+        "status": {
+            "active": active,
+            "startTime": T0,
+            "conditions": [
+                {"type": t, "status": "True", "reason": r, "message": f"{t} {r}"} for t, r in conditions
+            ],
+        },
     }
 
 
@@ -35,7 +40,11 @@ def pod(phase: str, message: str | None = None, disrupted: bool = False) -> dict
         status["conditions"].append({"type": "DisruptionTarget", "status": "True"})
     if message is not None:
         status["containerStatuses"] = [
-            {"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": message, "finishedAt": T1}}}]
+            {
+                "name": "trainer",
+                "state": {"terminated": {"exitCode": 0, "message": message, "finishedAt": T1}},
+            }
+        ]
     return {"metadata": {"name": f"p-{phase}", "creationTimestamp": T0}, "status": status}
 
 
@@ -53,16 +62,39 @@ def test_new_job_is_pending_then_validating_then_running_then_succeeded() -> Non
     assert s2.phase == "ValidatingData"
     s3, _ = step(Observed(1, SPEC, validate_job=COMPLETE), s2)
     assert s3.phase == "Pending" and get_condition(s3.conditions, "DataValidated").status == "True"
-    progress = parse_progress('{"event":"step","step":40,"totalSteps":120,"loss":0.71,"etaSeconds":90}\n'
-                              '{"event":"checkpoint","step":40,"time":"2026-01-01T00:03:00Z"}')
-    s4, e4 = step(Observed(1, SPEC, validate_job=COMPLETE, train_job=job(active=1),
-                           train_pods=[pod("Running")], progress=progress), s3)
+    progress = parse_progress(
+        '{"event":"step","step":40,"totalSteps":120,"loss":0.71,"etaSeconds":90}\n'
+        '{"event":"checkpoint","step":40,"time":"2026-01-01T00:03:00Z"}'
+    )
+    s4, e4 = step(
+        Observed(
+            1,
+            SPEC,
+            validate_job=COMPLETE,
+            train_job=job(active=1),
+            train_pods=[pod("Running")],
+            progress=progress,
+        ),
+        s3,
+    )
     assert (s4.phase, s4.progress, s4.loss, s4.last_checkpoint.step) == ("Running", "40/120", 0.71, 40)
     assert "ETA 90s" in s4.message and e4[0].reason == "Training"
-    result = {"adapterUri": "pvc://out/a", "digest": "sha256:" + "ab" * 32,
-              "metrics": {"before_accuracy": 0.12, "after_accuracy": 0.95}}
-    s5, e5 = step(Observed(1, SPEC, validate_job=COMPLETE, train_job=COMPLETE,
-                           train_pods=[pod("Succeeded", json.dumps(result))], progress=progress), s4)
+    result = {
+        "adapterUri": "pvc://out/a",
+        "digest": "sha256:" + "ab" * 32,
+        "metrics": {"before_accuracy": 0.12, "after_accuracy": 0.95},
+    }
+    s5, e5 = step(
+        Observed(
+            1,
+            SPEC,
+            validate_job=COMPLETE,
+            train_job=COMPLETE,
+            train_pods=[pod("Succeeded", json.dumps(result))],
+            progress=progress,
+        ),
+        s4,
+    )
     assert s5.phase == "Succeeded" and s5.accuracy == 0.95 and s5.progress == "120/120"
     assert s5.result.adapter_uri == "pvc://out/a" and s5.completion_time == T1
     assert get_condition(s5.conditions, "Ready").status == "True"
@@ -87,8 +119,15 @@ def test_data_validation_failure_reports_the_row() -> None:
 
 def test_training_failure_keeps_job_reason_and_trainer_reason() -> None:
     failed = job([("Failed", "DeadlineExceeded")])
-    status, _ = step(Observed(1, SPEC, validate_job=COMPLETE, train_job=failed,
-                              train_pods=[pod("Failed", "Traceback...\nCUDA out of memory")]))
+    status, _ = step(
+        Observed(
+            1,
+            SPEC,
+            validate_job=COMPLETE,
+            train_job=failed,
+            train_pods=[pod("Failed", "Traceback...\nCUDA out of memory")],
+        )
+    )
     assert status.phase == "Failed"
     assert get_condition(status.conditions, "Failed").reason == "DeadlineExceeded"
     assert "CUDA out of memory" in status.message
@@ -121,7 +160,7 @@ def test_deleted_training_job_while_running_is_cancelled() -> None:
 
 
 def test_invalid_spec_fails_with_message() -> None:
-    status, events = step(Observed(3, None, spec_error="spec.lora.r: must be >= 1"))
+    status, _events = step(Observed(3, None, spec_error="spec.lora.r: must be >= 1"))
     assert status.phase == "Failed" and status.observed_generation == 3
     assert get_condition(status.conditions, "SpecValid").message == "spec.lora.r: must be >= 1"
 
@@ -134,5 +173,7 @@ def test_last_transition_time_moves_only_on_flip() -> None:
 
 
 def test_progress_parser_ignores_noise() -> None:
-    text = 'plain text\n{"event":"step","step":"x"}\n{bad json\n[1,2]\n{"event":"step","step":5,"totalSteps":9}'
+    text = (
+        'plain text\n{"event":"step","step":"x"}\n{bad json\n[1,2]\n{"event":"step","step":5,"totalSteps":9}'
+    )
     assert parse_progress(text) == Progress(step=5, total_steps=9)

@@ -8,9 +8,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-
-from kubetune.api.finetunejob import FineTuneJob
-from kubetune.api.trainconfig import TrainConfig
 from kubetune_operator.builders.meta import child_name
 from kubetune_operator.builders.training import (
     build_config_map,
@@ -18,6 +15,9 @@ from kubetune_operator.builders.training import (
     build_training_job,
     build_validate_job,
 )
+
+from kubetune.api.finetunejob import FineTuneJob
+from kubetune.api.trainconfig import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.30.0"
@@ -56,8 +56,12 @@ def test_training_job_shape() -> None:
     job = build_training_job(cr, owner, "img:1", "IfNotPresent", "kubetune-trainer")
     assert job["metadata"]["name"] == "support-triage-train"
     assert job["metadata"]["ownerReferences"][0] == {
-        "apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "name": "support-triage",
-        "uid": "0000-1111", "controller": True, "blockOwnerDeletion": True,
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "name": "support-triage",
+        "uid": "0000-1111",
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-ml"
     assert job["spec"]["suspend"] is True  # queued: Kueue un-suspends on admission
@@ -72,10 +76,16 @@ def test_training_job_shape() -> None:
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[0] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
     assert rules[1]["action"] == "FailJob"
-    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
-              for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {"kubetune-data": True, "kubetune-output": False}
 
 
@@ -92,7 +102,10 @@ def test_config_map_holds_the_train_config_the_trainer_reads() -> None:
     cr, owner = load_example("finetunejob-support-intents.yaml")
     cm = build_config_map(cr, owner)
     config = TrainConfig.model_validate(yaml.safe_load(cm["data"]["train-config.yaml"]))
-    assert config.locate(config.dataset.train.uri) == "/mnt/kubetune/pvc/kubetune-data/support-intents/train.jsonl"
+    assert (
+        config.locate(config.dataset.train.uri)
+        == "/mnt/kubetune/pvc/kubetune-data/support-intents/train.jsonl"
+    )
     assert config.locate(config.output_uri) == "/mnt/kubetune/pvc/kubetune-output/support-intents"
     assert config.lora == cr.spec.lora
 
@@ -100,12 +113,17 @@ def test_config_map_holds_the_train_config_the_trainer_reads() -> None:
 def test_secrets_travel_only_by_reference() -> None:
     cr, owner = load_example(
         "finetunejob-support-intents.yaml",
-        **{"baseModel.tokenSecretRef": {"name": "hf", "key": "token"},
-           "output.uri": "s3://adapters/intents", "output.secretRef": {"name": "s3-creds"}},
+        **{
+            "baseModel.tokenSecretRef": {"name": "hf", "key": "token"},
+            "output.uri": "s3://adapters/intents",
+            "output.secretRef": {"name": "s3-creds"},
+        },
     )
     objs = build_all(cr, owner)
     container = objs["train"]["spec"]["template"]["spec"]["containers"][0]
-    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in container["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in container[
+        "env"
+    ]
     assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     assert all("value" not in e for e in container["env"] if e["name"] == "HF_TOKEN")
     # The ConfigMap names the Secret (so the trainer knows the source needs credentials), never a value.
@@ -113,7 +131,9 @@ def test_secrets_travel_only_by_reference() -> None:
 
 
 def test_multi_node_uses_indexed_job_and_torchrun_rendezvous() -> None:
-    cr, owner = load_example("finetunejob-support-triage.yaml", **{"resources.nodes": 4, "resources.gpusPerNode": 8})
+    cr, owner = load_example(
+        "finetunejob-support-triage.yaml", **{"resources.nodes": 4, "resources.gpusPerNode": 8}
+    )
     objs = build_all(cr, owner)
     job = objs["train"]
     assert job["spec"]["completionMode"] == "Indexed"

@@ -92,7 +92,9 @@ def _tolerations(cr: FineTuneJob, gpu: bool) -> list[dict[str, Any]]:
     tolerations = [t.wire() for t in cr.spec.resources.tolerations]
     if gpu and not any(t.get("key") == cr.spec.resources.gpu_resource for t in tolerations):
         # GPU nodes are commonly tainted with the GPU resource name; tolerate it when asking for GPUs.
-        tolerations.append({"key": cr.spec.resources.gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
+        tolerations.append(
+            {"key": cr.spec.resources.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
+        )
     return tolerations
 
 
@@ -148,8 +150,10 @@ def _pod_spec(
     ]
     if cr.spec.resources.nodes > 1 and gpu:
         env += [
-            {"name": "MASTER_ADDR",
-             "value": f"{train_job_name(cr.metadata.name)}-0.{rendezvous_service_name(cr.metadata.name)}"},
+            {
+                "name": "MASTER_ADDR",
+                "value": f"{train_job_name(cr.metadata.name)}-0.{rendezvous_service_name(cr.metadata.name)}",
+            },
             {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
             {"name": "NNODES", "value": str(cr.spec.resources.nodes)},
         ]
@@ -198,22 +202,40 @@ def _pod_failure_policy() -> dict[str, Any]:
             # Preemption, eviction, node drain: not the trainer's fault, never counted against backoffLimit.
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             # Bad config, bad data, failed quality gate: retrying cannot help.
-            {"action": "FailJob",
-             "onExitCodes": {"containerName": TRAINER_CONTAINER, "operator": "In",
-                             "values": NON_RETRYABLE_EXIT_CODES}},
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": TRAINER_CONTAINER,
+                    "operator": "In",
+                    "values": NON_RETRYABLE_EXIT_CODES,
+                },
+            },
         ]
     }
 
 
 def build_validate_job(
-    cr: FineTuneJob, owner: dict[str, Any], image: str, pull_policy: str, service_account: str,
-    cpu: str, memory: str,
+    cr: FineTuneJob,
+    owner: dict[str, Any],
+    image: str,
+    pull_policy: str,
+    service_account: str,
+    cpu: str,
+    memory: str,
 ) -> dict[str, Any]:
     """A CPU-only Job that checks every dataset row before any GPU is requested."""
     labels = _labels(cr, "validate-data")
     resources = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
-    pod = _pod_spec(cr, image, pull_policy, service_account, ["kubetune"],
-                    ["validate-data", "-f", CONFIG_FILE, "--log-format", "json"], resources, gpu=False)
+    pod = _pod_spec(
+        cr,
+        image,
+        pull_policy,
+        service_account,
+        ["kubetune"],
+        ["validate-data", "-f", CONFIG_FILE, "--log-format", "json"],
+        resources,
+        gpu=False,
+    )
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -237,7 +259,9 @@ def build_training_job(
     if res.queue_name:
         job_labels[LABEL_QUEUE] = res.queue_name
     command, args = _train_command(cr)
-    pod = _pod_spec(cr, image, pull_policy, service_account, command, args, _resources(cr, gpu=True), gpu=True)
+    pod = _pod_spec(
+        cr, image, pull_policy, service_account, command, args, _resources(cr, gpu=True), gpu=True
+    )
     spec: dict[str, Any] = {
         # Kueue admits a queued Job by un-suspending it, so a queued Job is always created suspended.
         "suspend": cr.spec.suspend or bool(res.queue_name),

@@ -29,7 +29,7 @@ class PodStorage:
 
 
 def _volume_of(uri: str, scheme: str) -> str | None:
-    return uri[len(scheme):].split("/", 1)[0] if uri.startswith(scheme) else None
+    return uri[len(scheme) :].split("/", 1)[0] if uri.startswith(scheme) else None
 
 
 def locations(spec: FineTuneJobSpec) -> list[str]:
@@ -81,7 +81,9 @@ def secret_env(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[s
     env: list[dict[str, Any]] = []
     token = spec.base_model.token_secret_ref
     if token is not None:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}}
+        )
     refs = [spec.dataset.train.secret_ref, spec.output.secret_ref]
     if spec.dataset.validation is not None:
         refs.append(spec.dataset.validation.secret_ref)

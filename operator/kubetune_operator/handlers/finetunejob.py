@@ -57,8 +57,9 @@ async def _pods(kube: Kube, namespace: str, name: str, component: str) -> list[d
     return await kube.list(collection_path("v1", "Pod", namespace), selector)
 
 
-async def _observe(kube: Kube, cr: FineTuneJob | None, body: kopf.Body, error: str | None,
-                   settings: OperatorSettings) -> Observed:
+async def _observe(
+    kube: Kube, cr: FineTuneJob | None, body: kopf.Body, error: str | None, settings: OperatorSettings
+) -> Observed:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     generation = body["metadata"].get("generation")
     if cr is None:
@@ -68,18 +69,27 @@ async def _observe(kube: Kube, cr: FineTuneJob | None, body: kopf.Body, error: s
     vpods = await _pods(kube, namespace, name, "validate-data") if vjob else []
     tpods = await _pods(kube, namespace, name, "train") if tjob else []
     progress = Progress()
-    running = sorted((p for p in tpods if p.get("status", {}).get("phase") in ("Running", "Succeeded")),
-                     key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    running = sorted(
+        (p for p in tpods if p.get("status", {}).get("phase") in ("Running", "Succeeded")),
+        key=lambda p: p["metadata"].get("creationTimestamp") or "",
+    )
     if running:
-        log = await kube.pod_log(namespace, running[-1]["metadata"]["name"], TRAINER_CONTAINER,
-                                 settings.log_tail_lines)
+        log = await kube.pod_log(
+            namespace, running[-1]["metadata"]["name"], TRAINER_CONTAINER, settings.log_tail_lines
+        )
         progress = parse_progress(log)
     return Observed(generation, cr.spec, None, vjob, vpods, tjob, tpods, progress)
 
 
-async def _ensure_children(kube: Kube, cr: FineTuneJob, body: kopf.Body, obs: Observed,
-                           prev: FineTuneJobStatus, settings: OperatorSettings,
-                           logger: logging.Logger) -> Observed:
+async def _ensure_children(
+    kube: Kube,
+    cr: FineTuneJob,
+    body: kopf.Body,
+    obs: Observed,
+    prev: FineTuneJobStatus,
+    settings: OperatorSettings,
+    logger: logging.Logger,
+) -> Observed:
     """Create what is missing, patch what may change; returns the observation with new children."""
     owner = dict(body)
     config_map = build_config_map(cr, owner)
@@ -90,8 +100,9 @@ async def _ensure_children(kube: Kube, cr: FineTuneJob, body: kopf.Body, obs: Ob
     image, pull, sa = settings.trainer_image, settings.image_pull_policy, settings.trainer_service_account
     vjob, tjob = obs.validate_job, obs.train_job
     if vjob is None and tjob is None and prev.phase not in ("ValidatingData", "Running"):
-        vjob, _ = await kube.ensure(build_validate_job(cr, owner, image, pull, sa,
-                                                       settings.validate_cpu, settings.validate_memory))
+        vjob, _ = await kube.ensure(
+            build_validate_job(cr, owner, image, pull, sa, settings.validate_cpu, settings.validate_memory)
+        )
         logger.info("created the data-validation Job")
     elif vjob is not None and tjob is None and bool(vjob.get("spec", {}).get("suspend")) != cr.spec.suspend:
         vjob = await kube.merge_patch(object_path(vjob), {"spec": {"suspend": cr.spec.suspend}})
@@ -102,7 +113,9 @@ async def _ensure_children(kube: Kube, cr: FineTuneJob, body: kopf.Body, obs: Ob
         logger.info("created the training Job")
     elif tjob is not None and not job_condition(tjob, "Complete") and not job_condition(tjob, "Failed"):
         tjob = await _sync_training_job(kube, cr, tjob)
-    return Observed(obs.generation, obs.spec, None, vjob, obs.validate_pods, tjob, obs.train_pods, obs.progress)
+    return Observed(
+        obs.generation, obs.spec, None, vjob, obs.validate_pods, tjob, obs.train_pods, obs.progress
+    )
 
 
 async def _sync_training_job(kube: Kube, cr: FineTuneJob, tjob: dict[str, Any]) -> dict[str, Any]:
@@ -121,8 +134,9 @@ async def _sync_training_job(kube: Kube, cr: FineTuneJob, tjob: dict[str, Any]) 
     return await kube.merge_patch(object_path(tjob), {"spec": want}) or tjob
 
 
-async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
-                    **_: Any) -> None:
+async def reconcile(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
     """The one level-based reconcile, run on create/update/resume and on every resync tick."""
     kube: Kube = memo.kube
     settings: OperatorSettings = memo.settings
@@ -140,8 +154,12 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger:
         RECONCILES.labels(result="error").inc()
         raise
     new, events = derive_status(obs, prev, _now())
-    if new.phase == "Failed" and new.conditions and obs.train_job is not None and \
-            any(c.reason == "TooManyPreemptions" for c in new.conditions if c.type == "Failed"):
+    if (
+        new.phase == "Failed"
+        and new.conditions
+        and obs.train_job is not None
+        and any(c.reason == "TooManyPreemptions" for c in new.conditions if c.type == "Failed")
+    ):
         await kube.delete(object_path(obs.train_job))
     if new != prev:
         wire = new.wire()
@@ -158,5 +176,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     kopf.on.create(*RESOURCE, registry=registry, id="reconcile-create")(reconcile)
     kopf.on.resume(*RESOURCE, registry=registry, id="reconcile-resume")(reconcile)
     kopf.on.update(*RESOURCE, field="spec", registry=registry, id="reconcile-update")(reconcile)
-    kopf.timer(*RESOURCE, interval=settings.resync_seconds, registry=registry, id="resync",
-               when=lambda status, **_: (status or {}).get("phase") not in TERMINAL_PHASES)(reconcile)
+    kopf.timer(
+        *RESOURCE,
+        interval=settings.resync_seconds,
+        registry=registry,
+        id="resync",
+        when=lambda status, **_: (status or {}).get("phase") not in TERMINAL_PHASES,
+    )(reconcile)
