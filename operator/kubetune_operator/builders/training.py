@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from kubetune.api import exitcodes
 from kubetune.api.finetunejob import FineTuneJob
 from kubetune.api.trainconfig import TrainConfig
 from kubetune_operator.builders.meta import (
@@ -23,9 +24,6 @@ from kubetune_operator.builders.volumes import CACHE_DIR, CONFIG_FILE, pod_stora
 
 TRAINER_CONTAINER = "trainer"
 RENDEZVOUS_PORT = 29500
-# Exit codes of `kubetune train` that no retry can fix (see kubetune_trainer.entrypoint).
-EXIT_USAGE, EXIT_INVALID_DATA, EXIT_GATE_FAILED = 2, 3, 4
-NON_RETRYABLE_EXIT_CODES = [EXIT_USAGE, EXIT_INVALID_DATA, EXIT_GATE_FAILED]
 UID = 65532
 
 
@@ -207,7 +205,7 @@ def _pod_failure_policy() -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": TRAINER_CONTAINER,
                     "operator": "In",
-                    "values": NON_RETRYABLE_EXIT_CODES,
+                    "values": list(exitcodes.NON_RETRYABLE),
                 },
             },
         ]
