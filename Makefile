@@ -39,6 +39,7 @@ lint: $(STAMP)
 
 crds: $(STAMP)
 	$(VENV)/bin/kubetune crds
+	bash scripts/sync-chart-crds.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

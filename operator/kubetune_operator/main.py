@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 import kopf
@@ -49,11 +50,15 @@ def run(namespaces: list[str], all_namespaces: bool, standalone: bool) -> int:
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+    # Kopf pauses every peer when two share the highest priority; distinct priorities elect one active
+    # replica and keep the others standing by.
+    priority = settings.peering_priority if settings.peering_priority is not None else secrets.randbelow(2**30)
     kopf.run(
         registry=build_registry(settings),
         memo=kopf.Memo(settings=settings),
         standalone=standalone,
         peering_name=None if standalone else settings.peering_name,
+        priority=priority,
         namespaces=namespaces,
         clusterwide=all_namespaces or not namespaces,
         liveness_endpoint=liveness,
