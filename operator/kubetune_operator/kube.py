@@ -19,6 +19,7 @@ import kopf
 _PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Service"): "services",
+    ("v1", "ServiceAccount"): "serviceaccounts",
     ("v1", "Pod"): "pods",
     ("batch/v1", "Job"): "jobs",
     ("apps/v1", "Deployment"): "deployments",

@@ -297,6 +297,7 @@ EXPECTED_NAMESPACED = {
     ("", "configmaps"): MANAGE,
     ("", "services"): MANAGE,
     ("batch", "jobs"): MANAGE,
+    ("", "serviceaccounts"): {"get", "create"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get"},
     ("", "events"): {"create", "patch"},

@@ -281,6 +281,18 @@ def build_training_job(
     }
 
 
+def build_trainer_service_account(namespace: str, name: str) -> dict[str, Any]:
+    """The trainer ServiceAccount: no token mounted, no RBAC binding. Shared by every job in the
+    namespace, so it has no owner (deleting one job must not delete it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": common_labels("kubetune", "trainer")},
+        "automountServiceAccountToken": False,
+    }
+
+
 def build_rendezvous_service(cr: FineTuneJob, owner: dict[str, Any]) -> dict[str, Any]:
     """Headless Service giving Indexed Job pods stable DNS names for the torchrun rendezvous."""
     labels = _labels(cr, "rendezvous")

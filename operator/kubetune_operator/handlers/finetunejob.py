@@ -16,6 +16,7 @@ from kubetune_operator.builders.training import (
     TRAINER_CONTAINER,
     build_config_map,
     build_rendezvous_service,
+    build_trainer_service_account,
     build_training_job,
     build_validate_job,
     train_job_name,
@@ -100,6 +101,7 @@ async def _ensure_children(
     image, pull, sa = settings.trainer_image, settings.image_pull_policy, settings.trainer_service_account
     vjob, tjob = obs.validate_job, obs.train_job
     if vjob is None and tjob is None and prev.phase not in ("ValidatingData", "Running"):
+        await kube.ensure(build_trainer_service_account(cr.metadata.namespace or "default", sa))
         vjob, _ = await kube.ensure(
             build_validate_job(cr, owner, image, pull, sa, settings.validate_cpu, settings.validate_memory)
         )
