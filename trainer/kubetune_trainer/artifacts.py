@@ -1,0 +1,177 @@
+"""What a finished run leaves behind, and how it tells the operator.
+
+<output>/adapter/{adapter_model.safetensors, adapter_config.json, kubetune.json}   unmerged LoRA adapter
+<output>/metrics.json          before / baseline / after metrics and the loss of every step
+<output>/README.md             model card
+<output>/loss_curve.png        training loss per step
+<output>/reference_stats.json  drift reference for the server (predictions, confidence, embeddings, lengths)
+/dev/termination-log           TrainResult JSON (<= 4 KiB), read by the operator from the pod status
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kubetune.api.finetunejob import TrainResult
+from kubetune.api.trainconfig import TrainConfig
+from kubetune_trainer.evaluate import Evaluation
+
+TERMINATION_LOG_DEFAULT = "/dev/termination-log"
+TERMINATION_LIMIT = 4096
+EMBEDDING_SAMPLE = 256
+HISTOGRAM_BINS = 10
+
+
+def output_dir(config: TrainConfig) -> Path:
+    """pvc:// outputs are written in place; s3:// outputs are staged under cache_dir, then uploaded."""
+    if config.output_uri.startswith("s3://"):
+        staged = config.output_uri[len("s3://") :].rstrip("/").replace("/", "_")
+        return Path(os.path.expanduser(config.cache_dir)) / "outputs" / staged
+    return Path(config.locate(config.output_uri))
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
+
+
+def write_adapter(model: Any, out: Path, config: TrainConfig, labels: list[str]) -> str:
+    """Save the unmerged adapter (never merged here: merging a big base is what OOMs); returns its digest."""
+    adapter = out / "adapter"
+    model.save_pretrained(str(adapter), safe_serialization=True)
+    (adapter / "kubetune.json").write_text(
+        json.dumps(
+            {
+                "baseModel": config.base_model.wire(),
+                "task": config.task.type,
+                "labels": labels,
+                "maxSeqLength": config.training.max_seq_length,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return file_digest(adapter / "adapter_model.safetensors")
+
+
+def histogram(
+    values: list[float], low: float, high: float, bins: int = HISTOGRAM_BINS
+) -> dict[str, list[float]]:
+    counts, edges = np.histogram(np.clip(values, low, high), bins=bins, range=(low, high))
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def reference_stats(after: Evaluation, labels: list[str], seed: int) -> dict[str, Any]:
+    """Statistics of the validation set as the trained model sees it; the server compares live traffic."""
+    names = labels or sorted(set(after.predicted))
+    predicted = {name: after.predicted.count(name) / max(1, len(after.predicted)) for name in names}
+    embeddings = after.embeddings if after.embeddings is not None else np.zeros((0, 0))
+    rng = np.random.default_rng(seed)
+    sample = embeddings[rng.permutation(len(embeddings))[:EMBEDDING_SAMPLE]]
+    max_len = max(after.lengths, default=1)
+    return {
+        "rows": len(after.predicted) or len(after.lengths),
+        "predictionDistribution": predicted,
+        "confidenceHistogram": histogram(after.confidence, 0.0, 1.0),
+        "embeddingCentroid": embeddings.mean(0).round(6).tolist() if len(embeddings) else [],
+        "embeddingSample": sample.round(5).tolist(),
+        "inputLengthHistogram": histogram([float(n) for n in after.lengths], 0.0, float(max_len)),
+    }
+
+
+def plot_loss_curve(losses: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, linewidth=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def model_card(config: TrainConfig, report: dict[str, Any]) -> str:
+    rows = "\n".join(
+        f"| {stage} | "
+        + " | ".join(f"{report[stage].get(m, float('nan')):.4f}" for m in report["metricNames"])
+        + " |"
+        for stage in ("before", "baseline", "after")
+        if report.get(stage)
+    )
+    return f"""# {config.name} — LoRA adapter
+
+Base model: `{config.base_model.name}`{f" (GGUF `{config.base_model.gguf_file}`)" if config.base_model.gguf_file else ""}
+Task: {config.task.type}. Dataset digest: `{report["datasetDigest"]}` ({report["trainRows"]} training rows,
+{report["validationRows"]} validation rows, validation from the {report["validationSource"]}).
+LoRA r={config.lora.r}, alpha={config.lora.alpha}, target modules: {", ".join(report["targetModules"])}.
+Training: {report["steps"]} optimizer steps in {report["trainSeconds"]:.0f} s.
+
+| stage | {" | ".join(report["metricNames"])} |
+|---|{"---|" * len(report["metricNames"])}
+{rows}
+
+*before* is the base model without the adapter (classification: an untrained head, so about chance);
+*baseline* is logistic regression on frozen mean-pooled embeddings; *after* is base + this adapter.
+Gate: {config.gate_metric} ≥ {config.evaluation.min_accuracy if config.evaluation.min_accuracy is not None else "none"}.
+Load with `peft.PeftModel.from_pretrained(base, "adapter")`; labels are in `adapter/kubetune.json`.
+"""
+
+
+def write_report(
+    out: Path, config: TrainConfig, report: dict[str, Any], losses: list[float], stats: dict[str, Any]
+) -> None:
+    (out / "metrics.json").write_text(json.dumps({**report, "loss": losses}, indent=2) + "\n")
+    (out / "reference_stats.json").write_text(json.dumps(stats) + "\n")
+    (out / "README.md").write_text(model_card(config, report))
+    plot_loss_curve(losses, out / "loss_curve.png")
+
+
+def upload_to_s3(local: Path, uri: str) -> None:
+    """Copy every file of the output folder to s3://bucket/prefix (credentials from env only)."""
+    import boto3
+
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        key = "/".join(filter(None, [prefix.rstrip("/"), path.relative_to(local).as_posix()]))
+        client.upload_file(str(path), bucket, key)
+
+
+def termination_message(result: TrainResult) -> str:
+    """The TrainResult JSON, shrunk to fit the kubelet's 4 KiB limit (metrics dropped before the reason)."""
+    text = json.dumps(result.wire(), separators=(",", ":"))
+    if len(text.encode()) <= TERMINATION_LIMIT:
+        return text
+    metrics = {k: v for k, v in result.metrics.items() if k.startswith(("after_", "before_", "baseline_"))}
+    result = result.model_copy(update={"metrics": metrics})
+    text = json.dumps(result.wire(), separators=(",", ":"))
+    if len(text.encode()) <= TERMINATION_LIMIT:
+        return text
+    reason = (result.reason or "")[: TERMINATION_LIMIT // 2]
+    return json.dumps(
+        result.model_copy(update={"metrics": {}, "reason": reason}).wire(), separators=(",", ":")
+    )
+
+
+def write_termination_message(result: TrainResult) -> None:
+    """To $KUBETUNE_TERMINATION_LOG or /dev/termination-log; only a non-writable default is skipped."""
+    path = os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG_DEFAULT)
+    try:
+        Path(path).write_text(termination_message(result))
+    except OSError:
+        if path != TERMINATION_LOG_DEFAULT:
+            raise

@@ -1,0 +1,176 @@
+"""Find and load the base model (pkg://, path, pvc://, HF id, GGUF), then wrap it with LoRA (peft)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kubetune.api.trainconfig import TrainConfig
+from kubetune_trainer.errors import ModelLoadError
+
+# Output layers that are trained in full (classification) or left alone (causal-lm), never LoRA targets.
+HEAD_NAMES = frozenset({"classifier", "score", "lm_head", "qa_outputs"})
+
+
+def package_model_dir(distribution: str, gguf_file: str | None = None) -> Path:
+    """The folder inside an installed Python distribution that holds config.json (or the GGUF file).
+
+    Located from the distribution's file list, without importing the package (importing may pull
+    dependencies a model file does not need).
+    """
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"pkg://{distribution}: Python package {distribution!r} is not installed"
+        ) from None
+    wanted = gguf_file or "config.json"
+    hits = sorted(
+        (Path(str(dist.locate_file(f))).parent for f in dist.files or [] if f.name == wanted),
+        key=lambda p: len(p.parts),
+    )
+    if not hits:
+        raise ModelLoadError(f"pkg://{distribution}: no {wanted} among the package's files")
+    return hits[0]
+
+
+def resolve_model_location(config: TrainConfig) -> str:
+    """A local directory, or an HF hub id passed to transformers as is."""
+    name = config.base_model.name
+    if name.startswith("pkg://"):
+        return str(package_model_dir(name[len("pkg://") :], config.base_model.gguf_file))
+    if name.startswith(("pvc://", "/")):
+        path = config.locate(name)
+        if not Path(path).is_dir():
+            raise ModelLoadError(f"{name}: {path} is not a directory")
+        return path
+    if name.startswith(("s3://", "https://")):
+        raise ModelLoadError(
+            f"{name}: base models from {name.split(':')[0]} are not supported by this "
+            "trainer yet; copy the model to a PVC and use pvc://"
+        )
+    return name
+
+
+def _auto_class(task_type: str) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM if task_type == "causal-lm" else AutoModelForSequenceClassification
+
+
+def dequantized_gguf_dir(location: str, gguf_file: str, config: TrainConfig) -> Path:
+    """Dequantize a GGUF once into safetensors under cache_dir and return that folder.
+
+    transformers dequantizes GGUF on every load (slow) and refuses save_pretrained while the model
+    carries its GGUF quantization config, which no longer describes the float weights it holds; we
+    drop that config before saving.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = Path(location) / gguf_file
+    stamp = (
+        f"{source.resolve()}:{source.stat().st_size}:{source.stat().st_mtime_ns}"
+        if source.exists()
+        else str(source)
+    )
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    target = Path(os.path.expanduser(config.cache_dir)) / "gguf" / f"{Path(gguf_file).stem}-{key}"
+    if (target / "config.json").exists():
+        return target
+    model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)  # atomic: a concurrent or killed conversion never leaves a half cache entry
+    return target
+
+
+def load_tokenizer_and_model(config: TrainConfig, labels: list[str]) -> tuple[Any, Any]:
+    """The tokenizer and the float (or 4-bit, on CUDA) base model, on the training device."""
+    from transformers import AutoTokenizer
+
+    location = resolve_model_location(config)
+    if config.base_model.gguf_file:
+        location = str(dequantized_gguf_dir(location, config.base_model.gguf_file, config))
+    kwargs: dict[str, Any] = {"revision": config.base_model.revision} if config.base_model.revision else {}
+    if config.task.type == "sequence-classification":
+        kwargs |= {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
+    if config.lora.quantization == "4bit":
+        kwargs["quantization_config"] = four_bit_config()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, **({"revision": kwargs["revision"]} if "revision" in kwargs else {})
+        )
+        model = _auto_class(config.task.type).from_pretrained(location, dtype=torch.float32, **kwargs)
+    except OSError as err:
+        raise ModelLoadError(f"{config.base_model.name}: cannot load: {err}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
+def four_bit_config() -> Any:
+    """QLoRA base weights; bitsandbytes kernels exist only for CUDA, so anything else is a clear error."""
+    if not torch.cuda.is_available():
+        raise ModelLoadError(
+            "lora.quantization: 4bit needs a CUDA GPU (bitsandbytes) and none is visible; "
+            "set lora.quantization: none or request resources.gpusPerNode >= 1"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
+
+
+def resolve_target_modules(model: torch.nn.Module, requested: list[str]) -> list[str]:
+    """`[auto]` -> the leaf names of every nn.Linear except output heads, e.g. BERT: query, key, value,
+    dense; Llama: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj."""
+    if requested != ["auto"]:
+        return requested
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not (set(name.split(".")) & HEAD_NAMES)
+    }
+    if not names:
+        raise ModelLoadError(f"{type(model).__name__}: no linear layers found for targetModules: [auto]")
+    return sorted(names)
+
+
+def head_modules(model: torch.nn.Module, task_type: str) -> list[str]:
+    """Classification heads start random, so they are trained in full (peft modules_to_save)."""
+    if task_type != "sequence-classification":
+        return []
+    return sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_children() if name in HEAD_NAMES})
+
+
+def apply_lora(model: Any, config: TrainConfig) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if config.lora.quantization == "4bit":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora = LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=resolve_target_modules(model, config.lora.target_modules),
+        modules_to_save=head_modules(model, config.task.type) or None,
+        task_type="SEQ_CLS" if config.task.type == "sequence-classification" else "CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)

@@ -1,0 +1,292 @@
+"""The base model, loaded once, and the LoRA adapters on it, loaded and unloaded by name@version.
+
+Every method that touches the model runs on the server's single model thread (see batching.py), so a
+load or unload never races a forward pass. Each loaded version gets a fresh peft adapter key that is
+never reused, so a same-name reload can never hit stale weights; `name` (no version) routes to the
+version loaded last.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kubetune.api.finetunejob import BaseModelSpec, LoraSpec, TaskSpec
+from kubetune.api.loading import ConfigError
+from kubetune_trainer import models
+from kubetune_trainer.artifacts import file_digest
+from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
+from kubetune_trainer.serve.errors import AdapterLoadError, ModelNotFoundError
+
+log = logging.getLogger("kubetune.serve")
+WEIGHTS = "adapter_model.safetensors"
+PEFT_BASE = "__base__"  # peft's name for "no adapter" in a mixed batch (adapter_names)
+WARMUP_TEXT = "Hello"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The slice of TrainConfig that kubetune_trainer.models reads, filled from a ServeConfig."""
+
+    base_model: BaseModelSpec
+    task: TaskSpec
+    cache_dir: str
+    config: ServeConfig
+    lora: LoraSpec = field(default_factory=LoraSpec)
+
+    def locate(self, uri: str) -> str:
+        return self.config.locate(uri)
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    name: str
+    version: str
+    uri: str
+    digest: str
+    key: str  # peft adapter name, unique per load
+    labels: tuple[str, ...]
+    parameters: int
+    loaded_at: float
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's `model` resolved to: an adapter, or the base (adapter None)."""
+
+    model_id: str
+    adapter: LoadedAdapter | None
+
+    @property
+    def peft_name(self) -> str:
+        return self.adapter.key if self.adapter else PEFT_BASE
+
+    @property
+    def label_values(self) -> tuple[str, str]:
+        """(adapter, version) metric labels."""
+        return (self.adapter.name, self.adapter.version) if self.adapter else (self.model_id, "")
+
+
+class AdapterRegistry:
+    """Owns tokenizer + model; maps model ids to loaded adapters."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.tokenizer: Any = None
+        self.model: Any = None  # the plain base, or a PeftModel once an adapter is loaded
+        self.labels: tuple[str, ...] = tuple(config.labels or ())
+        self._keys = itertools.count(1)
+        self._lock = threading.Lock()  # guards the maps below; readers are on the event loop
+        self._loaded: dict[tuple[str, str], LoadedAdapter] = {}
+        self._default: dict[str, str] = {}  # name -> version served for a bare `name`
+
+    # ---- loading (model thread) -------------------------------------------------------------------
+    def load_base(self) -> None:
+        labels = list(self.labels) or self._labels_from_first_adapter()
+        source = ModelSource(
+            base_model=self.config.base_model,
+            task=TaskSpec(type=self.config.task),
+            cache_dir=self.config.cache_dir,
+            config=self.config,
+        )
+        self.tokenizer, self.model = models.load_tokenizer_and_model(source, labels)  # type: ignore[arg-type]
+        self.tokenizer.padding_side = "left"  # generate() appends on the right
+        self.model.eval()
+        self.labels = tuple(labels)
+
+    def _labels_from_first_adapter(self) -> list[str]:
+        if self.config.task != "sequence-classification":
+            return []
+        if not self.config.adapters:
+            raise AdapterLoadError("sequence-classification needs `labels` or at least one adapter")
+        return list(read_adapter_meta(self.adapter_dir(self.config.adapters[0].uri)).get("labels") or [])
+
+    def load(self, spec: AdapterSpec) -> LoadedAdapter:
+        """Load, warm up with one real forward pass, then route `name` to it."""
+        from peft import PeftModel
+
+        folder = self.adapter_dir(spec.uri)
+        meta = read_adapter_meta(folder)
+        labels = tuple(meta.get("labels") or self.labels)
+        self._check_compatible(spec, folder, meta, labels)
+        key = f"kt{next(self._keys)}"
+        before = self.parameter_count()
+        try:
+            if hasattr(self.model, "peft_config"):
+                self.model.load_adapter(str(folder), adapter_name=key, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=key)
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            raise AdapterLoadError(
+                f"{spec.name}@{spec.version}: peft cannot load {spec.uri}: {err}"
+            ) from None
+        self.model.eval()
+        loaded = LoadedAdapter(
+            name=spec.name,
+            version=spec.version,
+            uri=spec.uri,
+            digest=file_digest(folder / WEIGHTS),
+            key=key,
+            labels=labels,
+            parameters=self.parameter_count() - before,
+            loaded_at=time.time(),
+        )
+        self.warm_up(Target(loaded.model_id, loaded))
+        with self._lock:
+            replaced = self._loaded.get((spec.name, spec.version))
+            self._loaded[(spec.name, spec.version)] = loaded
+            self._default[spec.name] = spec.version
+        if replaced is not None:  # same name@version from a new URI: the old weights go now
+            self._delete_key(replaced.key)
+        log.info("loaded adapter %s (%s, %d parameters)", loaded.model_id, loaded.digest, loaded.parameters)
+        return loaded
+
+    def unload(self, name: str, version: str | None) -> list[LoadedAdapter]:
+        """Unload one version (or every version of `name`) and free its weights."""
+        with self._lock:
+            gone = [a for (n, v), a in self._loaded.items() if n == name and version in (None, v)]
+            if not gone:
+                raise ModelNotFoundError(f"adapter {name}{'@' + version if version else ''} is not loaded")
+            for adapter in gone:
+                del self._loaded[(adapter.name, adapter.version)]
+            left = sorted((a for a in self._loaded.values() if a.name == name), key=lambda a: a.loaded_at)
+            if left:
+                self._default[name] = left[-1].version
+            else:
+                self._default.pop(name, None)
+        for adapter in gone:
+            self._delete_key(adapter.key)
+        return gone
+
+    def _delete_key(self, key: str) -> None:
+        if set(self.model.peft_config) == {key}:
+            # peft cannot run a PeftModel with no adapter left; unload() restores the plain base.
+            self.model = self.model.unload()
+        else:
+            self.model.delete_adapter(key)
+        gc.collect()
+
+    def _check_compatible(
+        self, spec: AdapterSpec, folder: Path, meta: dict[str, Any], labels: tuple[str, ...]
+    ) -> None:
+        config = json.loads((folder / "adapter_config.json").read_text())
+        peft_task = config.get("task_type")
+        wanted = "SEQ_CLS" if self.config.task == "sequence-classification" else "CAUSAL_LM"
+        if peft_task not in (None, wanted) or meta.get("task", self.config.task) != self.config.task:
+            raise AdapterLoadError(
+                f"{spec.name}@{spec.version}: a {meta.get('task') or peft_task} adapter cannot be served "
+                f"on this {self.config.task} server"
+            )
+        if self.config.task == "sequence-classification" and len(labels) != len(self.labels):
+            raise AdapterLoadError(
+                f"{spec.name}@{spec.version}: {len(labels)} labels, but the base head has {len(self.labels)}"
+            )
+
+    def adapter_dir(self, uri: str) -> Path:
+        """Local folder holding adapter_config.json + adapter_model.safetensors (s3:// is downloaded)."""
+        try:
+            local = (
+                download_s3(uri, self.config.cache_dir)
+                if uri.startswith("s3://")
+                else Path(self.config.locate(uri))
+            )
+        except ConfigError as err:
+            raise AdapterLoadError(str(err)) from None
+        for folder in (local, local / "adapter"):
+            if (folder / "adapter_config.json").is_file() and (folder / WEIGHTS).is_file():
+                return folder
+        raise AdapterLoadError(f"{uri}: no adapter_config.json + {WEIGHTS} in {local} or {local}/adapter")
+
+    def warm_up(self, target: Target) -> None:
+        """One real forward pass, so neither readiness nor the first user waits on lazy initialisation."""
+        batch = self.tokenizer([WARMUP_TEXT], return_tensors="pt")
+        with torch.inference_mode():
+            if self.config.task == "causal-lm":
+                self.model.generate(
+                    **batch,
+                    max_new_tokens=1,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    **self.adapter_kwargs([target]),
+                )
+            else:
+                self.model(**batch, **self.adapter_kwargs([target]))
+
+    # ---- lookups (any thread) ---------------------------------------------------------------------
+    def adapter_kwargs(self, targets: list[Target]) -> dict[str, Any]:
+        """peft mixed-batch routing: one adapter per row; nothing when no adapter is loaded at all."""
+        if not hasattr(self.model, "peft_config"):
+            return {}
+        return {"adapter_names": [t.peft_name for t in targets]}
+
+    def resolve(self, model_id: str) -> Target:
+        """`name`, `name@version` or the base id -> Target; ModelNotFoundError (404) otherwise."""
+        if model_id == self.config.base_model_id and self.config.task == "causal-lm":
+            return Target(model_id, None)
+        name, _, version = model_id.partition("@")
+        with self._lock:
+            adapter = self._loaded.get((name, version or self._default.get(name, "")))
+        if adapter is None:
+            raise ModelNotFoundError(
+                f"model {model_id!r} is not served here; GET /v1/models lists them", "model"
+            )
+        return Target(model_id, adapter)
+
+    def refresh(self, target: Target) -> Target:
+        """The same request resolved again: unchanged while its adapter is still loaded."""
+        if target.adapter is None:
+            return target
+        with self._lock:
+            still = self._loaded.get((target.adapter.name, target.adapter.version))
+        return (
+            target if still is not None and still.key == target.adapter.key else self.resolve(target.model_id)
+        )
+
+    def served(self) -> list[LoadedAdapter]:
+        with self._lock:
+            return sorted(self._loaded.values(), key=lambda a: (a.name, a.loaded_at))
+
+    def default_version(self, name: str) -> str | None:
+        with self._lock:
+            return self._default.get(name)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
+
+
+def read_adapter_meta(folder: Path) -> dict[str, Any]:
+    """kubetune.json written by the trainer (task, labels); {} for adapters made elsewhere."""
+    path = folder / "kubetune.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def download_s3(uri: str, cache_dir: str) -> Path:
+    """Copy s3://bucket/prefix to cache_dir/adapters/<hash> once (credentials from env, like the trainer)."""
+    import boto3
+
+    target = Path(os.path.expanduser(cache_dir)) / "adapters" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
+    ):
+        for obj in page.get("Contents", []):
+            dest = target / obj["Key"][len(prefix.rstrip("/")) + 1 :]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, obj["Key"], str(dest))
+    return target

@@ -1,0 +1,81 @@
+"""Hot load / unload of adapters, behind a bearer token; disabled when no token is configured.
+
+The operator drives these from the AdapterDeployment spec; the declared set is also what every new
+pod loads at start-up, so nothing loaded here is lost on a restart that the spec does not also say.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from kubetune.api.loading import format_validation_error
+from kubetune_trainer.serve.adapters import LoadedAdapter
+from kubetune_trainer.serve.config import AdapterSpec
+from kubetune_trainer.serve.errors import AdminDisabledError, AuthenticationError, InvalidRequestError
+from kubetune_trainer.serve.schemas import AdapterLoadRequest
+from kubetune_trainer.serve.state import ServerState, server_state
+
+router = APIRouter(prefix="/admin")
+
+
+def _authorized(request: Request) -> ServerState:
+    s = server_state(request)
+    token = s.config.admin_token
+    if token is None:
+        raise AdminDisabledError("the admin API is disabled: KUBETUNE_ADMIN_TOKEN is not set")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.encode(), token.get_secret_value().encode()
+    ):
+        raise AuthenticationError("missing or wrong bearer token for /admin")
+    s.require_ready()
+    return s
+
+
+def describe(adapter: LoadedAdapter) -> dict[str, Any]:
+    return {
+        "name": adapter.name,
+        "version": adapter.version,
+        "uri": adapter.uri,
+        "digest": adapter.digest,
+        "parameters": adapter.parameters,
+    }
+
+
+@router.post("/adapters")
+async def load_adapter(body: AdapterLoadRequest, request: Request) -> dict[str, Any]:
+    """Load name@version (warmed up before `name` routes to it); by default unload older versions."""
+    s = _authorized(request)
+    try:
+        spec = AdapterSpec(name=body.name, version=body.version, uri=body.uri)
+    except ValidationError as err:
+        raise InvalidRequestError(format_validation_error(err)) from None
+    before = s.registry.parameter_count()
+    loaded = await s.worker.call(s.registry.load, spec)
+    unloaded: list[LoadedAdapter] = []
+    if body.unload_previous:
+        for old in [a for a in s.registry.served() if a.name == spec.name and a.version != spec.version]:
+            unloaded += await s.worker.call(s.registry.unload, old.name, old.version)
+    return {
+        "loaded": describe(loaded),
+        "unloaded": [describe(a) for a in unloaded],
+        "parametersBefore": before,
+        "parametersAfter": s.registry.parameter_count(),
+    }
+
+
+@router.delete("/adapters")
+async def unload_adapter(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+    """Unload name@version, or every version of `name`; the weights are freed, not just hidden."""
+    s = _authorized(request)
+    before = s.registry.parameter_count()
+    unloaded = await s.worker.call(s.registry.unload, name, version)
+    return {
+        "unloaded": [describe(a) for a in unloaded],
+        "parametersBefore": before,
+        "parametersAfter": s.registry.parameter_count(),
+    }

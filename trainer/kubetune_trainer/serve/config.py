@@ -1,0 +1,137 @@
+"""ServeConfig: what one server pod loads and how it batches; read from serve-config.yaml."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, model_validator
+
+from kubetune.api.common import DNS1123_LABEL, ApiModel
+from kubetune.api.finetunejob import BaseModelSpec
+from kubetune.api.loading import ConfigError, format_validation_error
+
+ADMIN_TOKEN_ENV = "KUBETUNE_ADMIN_TOKEN"
+ServeTask = Literal["causal-lm", "sequence-classification"]
+Version = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class AdapterSpec(ApiModel):
+    """One LoRA adapter to serve, addressed by clients as `name` (newest version) or `name@version`."""
+
+    name: Annotated[str, Field(description="Model id clients send.", max_length=63, pattern=DNS1123_LABEL)]
+    version: Annotated[
+        Version, Field(description="Adapter version (e.g. FineTuneJob name or digest prefix).")
+    ]
+    uri: Annotated[
+        str,
+        Field(
+            description="Adapter folder (peft): an absolute path, file://, pvc://<claim>/<path> or "
+            "s3://<bucket>/<prefix>; a trainer output folder with an adapter/ subfolder also works.",
+            min_length=1,
+            max_length=2048,
+        ),
+    ]
+
+
+def _admin_token_from_env() -> SecretStr | None:
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    return SecretStr(token) if token else None
+
+
+class ServeConfig(ApiModel):
+    """Everything `kubetune serve` needs; camelCase in YAML like the CRDs."""
+
+    base_model: Annotated[BaseModelSpec, Field(description="The base model, loaded once.")]
+    task: Annotated[ServeTask, Field(description="causal-lm (chat/completions) or sequence-classification.")]
+    base_model_id: Annotated[
+        str,
+        Field(
+            description="Model id under which the bare base model is served (causal-lm only).",
+            max_length=63,
+            pattern=DNS1123_LABEL,
+        ),
+    ] = "base"
+    labels: Annotated[
+        list[str] | None,
+        Field(
+            description="sequence-classification: the label set; default: from the first adapter's "
+            "kubetune.json. Every adapter must use the same number of labels.",
+            min_length=2,
+        ),
+    ] = None
+    adapters: Annotated[
+        list[AdapterSpec], Field(description="Loaded eagerly before /readyz turns ready.")
+    ] = []
+    max_batch_size: Annotated[int, Field(description="Rows per forward pass.", ge=1, le=256)] = 8
+    batch_wait_ms: Annotated[
+        float, Field(description="How long the first request of a batch waits for company.", ge=0, le=1000)
+    ] = 10.0
+    max_input_tokens: Annotated[int, Field(description="Longer prompts get HTTP 400.", ge=1, le=32768)] = 512
+    max_new_tokens: Annotated[
+        int, Field(description="Upper bound (and default) for max_tokens.", ge=1, le=8192)
+    ] = 256
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    drain_timeout_s: Annotated[
+        float, Field(description="SIGTERM: how long in-flight requests may take to finish.", gt=0, le=3600)
+    ] = 30.0
+    feedback_window: Annotated[
+        int, Field(description="Feedback events per adapter version in the rolling accuracy.", ge=1, le=10**6)
+    ] = 1000
+    pvc_mounts: Annotated[dict[str, str], Field(description="PVC claim -> local mount directory.")] = {}
+    cache_dir: Annotated[str, Field(description="Converted weights and downloaded adapters.")] = (
+        "~/.cache/kubetune"
+    )
+    admin_token: Annotated[
+        SecretStr | None,
+        Field(
+            description=f"Bearer token for /admin (env {ADMIN_TOKEN_ENV}, from a Secret); unset "
+            "disables /admin.",
+            exclude=True,
+        ),
+    ] = Field(default_factory=_admin_token_from_env)
+
+    @model_validator(mode="after")
+    def _unique_adapters(self) -> ServeConfig:
+        seen: set[tuple[str, str]] = set()
+        for i, adapter in enumerate(self.adapters):
+            if (adapter.name, adapter.version) in seen:
+                raise ValueError(f"adapters[{i}]: {adapter.name}@{adapter.version} is listed twice")
+            if adapter.name == self.base_model_id:
+                raise ValueError(f"adapters[{i}].name: {adapter.name!r} is the baseModelId; rename one")
+            seen.add((adapter.name, adapter.version))
+        if self.labels is not None and self.task != "sequence-classification":
+            raise ValueError("labels applies only to task sequence-classification")
+        return self
+
+    def locate(self, uri: str) -> str:
+        """pvc://claim/path -> <mount>/path; file:// -> path; other URIs unchanged."""
+        if uri.startswith("file://"):
+            return uri[len("file://") :]
+        if uri.startswith("pvc://"):
+            claim, _, rest = uri[len("pvc://") :].partition("/")
+            if claim not in self.pvc_mounts:
+                raise ConfigError(f"{uri}: PVC {claim!r} is not mounted here (pvcMounts: {claim}: <dir>)")
+            return f"{self.pvc_mounts[claim].rstrip('/')}/{rest}"
+        return uri
+
+
+def load_serve_config(path: Path) -> ServeConfig:
+    """Read serve-config.yaml; every problem becomes one ConfigError line naming the field."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping (a ServeConfig)")
+    if "adminToken" in doc or "admin_token" in doc:
+        raise ConfigError(
+            f"{path}: adminToken must not be in a file; set env {ADMIN_TOKEN_ENV} from a Secret"
+        )
+    try:
+        return ServeConfig.model_validate(doc)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {format_validation_error(err)}") from None

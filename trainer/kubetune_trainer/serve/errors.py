@@ -1,0 +1,113 @@
+"""Exceptions endpoints raise, and the one place that turns them into HTTP status + OpenAI error body.
+
+Body shape (what the openai SDK parses): {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("kubetune.serve")
+
+
+class ServeError(Exception):
+    """Base: a request the server refuses; status and OpenAI error type/code travel with it."""
+
+    status = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequestError(ServeError):
+    code = "invalid_request"
+
+
+class ContextLengthError(ServeError):
+    code = "context_length_exceeded"
+
+
+class WrongTaskError(ServeError):
+    code = "wrong_task"
+
+
+class ModelNotFoundError(ServeError):
+    status = 404
+    code = "model_not_found"
+
+
+class RequestIdNotFoundError(ServeError):
+    status = 404
+    code = "request_id_not_found"
+
+
+class AuthenticationError(ServeError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_admin_token"
+
+
+class AdminDisabledError(ServeError):
+    status = 403
+    type = "permission_error"
+    code = "admin_disabled"
+
+
+class AdapterLoadError(ServeError):
+    """An adapter folder that cannot be served (missing files, wrong task, label count mismatch)."""
+
+    status = 422
+    code = "adapter_load_failed"
+
+
+class NotReadyError(ServeError):
+    status = 503
+    type = "server_error"
+    code = "not_ready"
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
+    first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('msg')}", None
+    where = ".".join(loc)
+    return (f"{where}: {first.get('msg')}" if where else str(first.get("msg"))), where or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every failure leaves as an OpenAI-shaped JSON error; nothing reaches the client as a traceback."""
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(_: Request, err: ServeError) -> JSONResponse:
+        return JSONResponse(error_body(err.message, err.type, err.code, err.param), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(err)
+        return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", param), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if err.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(err.detail), type_, None), status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        body = error_body(f"internal error: {type(err).__name__}", "server_error", "internal_error")
+        return JSONResponse(body, status_code=500)

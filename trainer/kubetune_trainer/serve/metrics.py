@@ -1,0 +1,61 @@
+"""Prometheus metrics, labelled only by adapter name and version (bounded: never request id or text).
+
+Requests whose model is unknown count under adapter="unknown", version="".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LABELS = ("adapter", "version")
+UNKNOWN = ("unknown", "")
+# Seconds; CPU generation of 64 tokens takes seconds, a GPU classify a few milliseconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class ServeMetrics:
+    """One registry per app (no module globals), rendered by GET /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("kubetune_requests_total", "Inference requests.", LABELS, registry=r)
+        self.errors = Counter("kubetune_errors_total", "Requests answered with an error.", LABELS, registry=r)
+        self.latency = Histogram(
+            "kubetune_request_duration_seconds",
+            "Request latency.",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("kubetune_requests_in_flight", "Requests being served.", LABELS, registry=r)
+        self.tokens = Counter("kubetune_tokens_total", "Prompt plus generated tokens.", LABELS, registry=r)
+        self.feedback = Counter("kubetune_feedback_total", "Feedback events received.", LABELS, registry=r)
+        self.feedback_correct = Counter(
+            "kubetune_feedback_correct_total", "Feedback saying 'correct'.", LABELS, registry=r
+        )
+        self.rolling_accuracy = Gauge(
+            "kubetune_feedback_accuracy", "Accuracy over the rolling feedback window.", LABELS, registry=r
+        )
+
+    @contextmanager
+    def track(self, labels: tuple[str, str]) -> Iterator[None]:
+        """Count one request: in flight while the block runs, latency on exit, an error if it raised."""
+        self.requests.labels(*labels).inc()
+        self.in_flight.labels(*labels).inc()
+        start = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            self.errors.labels(*labels).inc()
+            raise
+        finally:
+            self.latency.labels(*labels).observe(time.perf_counter() - start)
+            self.in_flight.labels(*labels).dec()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,96 @@
+"""Request bodies. OpenAI fields we do not implement are ignored, except where honouring them silently
+would change the answer (n > 1): those are rejected."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    max_tokens: Annotated[int | None, Field(ge=1)] = None
+    max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    n: Annotated[int, Field(ge=1, le=1, description="Only one choice per prompt.")] = 1
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return tuple(s for s in stops if s)
+
+    @property
+    def requested_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[TextPart] | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=256)]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class ClassifyRequest(_Body):
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    input: str | Annotated[list[str], Field(min_length=1, max_length=1024)]
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class FeedbackRequest(_Body):
+    request_id: Annotated[str, Field(min_length=1, max_length=256, alias="requestId")]
+    index: Annotated[int, Field(ge=0, description="Which input of a multi-input request.")] = 0
+    label: Annotated[str | None, Field(min_length=1, max_length=512)] = None
+    correct: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_verdict(self) -> FeedbackRequest:
+        if (self.label is None) == (self.correct is None):
+            raise ValueError("give exactly one of `label` (the true label) and `correct` (true/false)")
+        return self
+
+
+class AdapterLoadRequest(_Body):
+    name: str
+    version: str
+    uri: str
+    unload_previous: Annotated[
+        bool, Field(alias="unloadPrevious", description="After the swap, unload other versions of `name`.")
+    ] = True
