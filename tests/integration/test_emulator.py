@@ -365,3 +365,18 @@ def test_kopf_operator_sees_events_and_writes_status(
             message="Kopf to set status.phase",
         )
     assert cluster.get("ftj", "default", "support-intents")["status"]["phase"] == "Pending"
+
+
+def test_watch_serves_tables_for_kubectl_get_watch(cluster: EmulatedCluster) -> None:
+    cluster.kubectl("apply", "-f", str(INTENTS))
+    created_rv = cluster.get("ftj", "default", "support-intents")["metadata"]["resourceVersion"]
+    cluster.patch_status("ftj", "default", "support-intents", {"phase": "Running"})
+
+    query = f"watch=true&resourceVersion={created_rv}&timeoutSeconds=1"
+    url = f"{cluster.url}{cluster.path('ftj', 'default')}?{query}"
+    request = urllib.request.Request(url, headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        (event,) = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+
+    assert event["type"] == "MODIFIED" and event["object"]["kind"] == "Table"
+    assert event["object"]["rows"][0]["cells"][:2] == ["support-intents", "Running"]

@@ -294,7 +294,16 @@ class ApiServer(k8s.KubernetesEmulator):
             start = self.store.revision
         else:
             initial, start = [], int(since)
-        return Reply(200, self._stream(rdef, initial, start, matches, timeout))
+        events = self._stream(rdef, initial, start, matches, timeout)
+        if tables.wants_table(request.headers.get("Accept", "")):  # kubectl get -w
+            events = self._as_tables(rdef, events, request.params.get("includeObject", "Metadata"))
+        return Reply(200, events)
+
+    @staticmethod
+    async def _as_tables(rdef: ResourceDef, events: AsyncIterator[Any], include: str) -> AsyncIterator[Any]:
+        async for event in events:
+            obj = event["object"]
+            yield {**event, "object": tables.table(rdef, [obj], obj["metadata"]["resourceVersion"], include)}
 
     async def _stream(
         self,
