@@ -77,6 +77,11 @@ class Target:
         return self.adapter.key if self.adapter else PEFT_BASE
 
     @property
+    def served_id(self) -> str:
+        """name@version actually answering (a bare `name` resolves to one version)."""
+        return self.adapter.model_id if self.adapter else self.model_id
+
+    @property
     def label_values(self) -> tuple[str, str]:
         """(adapter, version) metric labels."""
         return (self.adapter.name, self.adapter.version) if self.adapter else (self.model_id, "")

@@ -15,12 +15,14 @@ from kubetune_trainer.serve.adapters import Target
 from kubetune_trainer.serve.errors import (
     ContextLengthError,
     InvalidRequestError,
+    ModelNotFoundError,
     ServeError,
     WrongTaskError,
     error_body,
 )
 from kubetune_trainer.serve.feedback import Prediction
 from kubetune_trainer.serve.inference import ClassifyRow, GenerationRow, Sampling
+from kubetune_trainer.serve.metrics import UNKNOWN
 from kubetune_trainer.serve.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -62,7 +64,7 @@ async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
     s.require_ready()
     if s.config.task != "sequence-classification":
         raise WrongTaskError("this server runs a causal-lm; use /v1/chat/completions or /v1/completions")
-    target = s.registry.resolve(body.model)
+    target = _resolve(s, body.model)
     lengths = [len(_check_length(s, s.registry.tokenizer(t).input_ids, "input")) for t in body.inputs]
     with s.metrics.track(target.label_values):
         rows = [ClassifyRow(target, text) for text in body.inputs]
@@ -78,7 +80,7 @@ async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         "object": "classification",
         "created": int(time.time()),
         "model": body.model,
-        "system_fingerprint": served.model_id if served.adapter else body.model,
+        "system_fingerprint": served.served_id,
         "data": [
             {"index": i, "label": label, "probabilities": dict(zip(labels, r.probabilities, strict=True))}
             for i, (label, r) in enumerate(zip(predicted, rows, strict=True))
@@ -116,7 +118,15 @@ def _causal_target(s: ServerState, model: str) -> Target:
     s.require_ready()
     if s.config.task != "causal-lm":
         raise WrongTaskError("this server runs a sequence-classification model; use /v1/classify")
-    return s.registry.resolve(model)
+    return _resolve(s, model)
+
+
+def _resolve(s: ServerState, model: str) -> Target:
+    try:
+        return s.registry.resolve(model)
+    except ModelNotFoundError:
+        s.metrics.errors.labels(*UNKNOWN).inc()
+        raise
 
 
 def _chat_prompt(s: ServerState, messages: list[ChatMessage]) -> list[int]:
@@ -187,7 +197,7 @@ async def _complete(
         "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": body.model,
-        "system_fingerprint": served.model_id,
+        "system_fingerprint": served.served_id,
         "choices": choices,
         "usage": usage,
     }
@@ -229,7 +239,7 @@ async def _stream(
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": created,
             "model": model,
-            "system_fingerprint": row.target.model_id,
+            "system_fingerprint": row.target.served_id,
             "choices": [choice] if usage is None else [],
             **({"usage": usage} if usage else {}),
         }
@@ -271,6 +281,6 @@ def _role_chunk(response_id: str, created: int, model: str, row: GenerationRow) 
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "system_fingerprint": row.target.model_id,
+        "system_fingerprint": row.target.served_id,
         "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
     }

