@@ -14,8 +14,17 @@ from kubetune_operator.kube import Kube
 from kubetune_operator.settings import OperatorSettings
 
 
+def _credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, then the current kubeconfig context."""
+    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+
+
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+        return _credentials(settings)
 
     @kopf.on.startup(registry=registry)
     async def configure(
@@ -26,7 +35,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="kubetune.dev", key="last-handled-configuration"
         )
-        settings.posting.enabled = False  # we post our own, meaningful events
+        # Post our own, meaningful events (kopf.event); not every handler log line as an event.
+        settings.posting.level = logging.CRITICAL
         info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
             settings=settings
         )
@@ -52,7 +62,9 @@ def run(namespaces: list[str], all_namespaces: bool, standalone: bool) -> int:
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
     # Kopf pauses every peer when two share the highest priority; distinct priorities elect one active
     # replica and keep the others standing by.
-    priority = settings.peering_priority if settings.peering_priority is not None else secrets.randbelow(2**30)
+    priority = (
+        settings.peering_priority if settings.peering_priority is not None else secrets.randbelow(2**30)
+    )
     kopf.run(
         registry=build_registry(settings),
         memo=kopf.Memo(settings=settings),

@@ -23,7 +23,9 @@ class OperatorSettings(BaseSettings):
     log_tail_lines: int = Field(50, ge=1, description="Pod log lines read for progress.")
     peering_name: str = Field("kubetune", description="Kopf peering name (leader election).")
     peering_priority: int | None = Field(
-        None, ge=0, description="Kopf peering priority; unset: random, so replicas never tie (a tie pauses all)."
+        None,
+        ge=0,
+        description="Kopf peering priority; unset: random, so replicas never tie (a tie pauses all).",
     )
     metrics_port: int = Field(8080, ge=0, description="Prometheus /metrics port (0: off).")
     liveness_port: int = Field(8081, ge=0, description="Kopf liveness /healthz port (0: off).")

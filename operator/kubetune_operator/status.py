@@ -95,7 +95,9 @@ def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
         if job_condition(vjob, "Complete") is None:
             if suspended:
                 return _Verdict("Suspended", "Suspended", "spec.suspend is true")
-            return _Verdict("ValidatingData", "ValidatingData", "validating every dataset row (no GPU)")
+            if (vjob.get("status", {}).get("active") or 0) > 0:
+                return _Verdict("ValidatingData", "ValidatingData", "validating every dataset row (no GPU)")
+            return _Verdict("Pending", "ValidationPending", "waiting for the data-validation pod")
         if prev.phase == "Running":
             return _Verdict("Cancelled", "JobDeleted", "the training Job was deleted")
         return _Verdict("Suspended" if suspended else "Pending", "DataValidated", "creating the training Job")

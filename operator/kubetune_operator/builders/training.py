@@ -287,8 +287,7 @@ def build_trainer_service_account(namespace: str, name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": common_labels("kubetune", "trainer")},
+        "metadata": {"name": name, "namespace": namespace, "labels": common_labels("kubetune", "trainer")},
         "automountServiceAccountToken": False,
     }
 

@@ -111,13 +111,22 @@ async def _ensure_children(
     if tjob is None and job_condition(vjob, "Complete") and prev.phase != "Running":
         if cr.spec.resources.nodes > 1:
             await kube.ensure(build_rendezvous_service(cr, owner))
-        tjob, _ = await kube.ensure(build_training_job(cr, owner, image, pull, sa))
-        logger.info("created the training Job")
+        tjob, created = await kube.ensure(build_training_job(cr, owner, image, pull, sa))
+        _created(body, tjob, created, "the training Job", logger)
     elif tjob is not None and not job_condition(tjob, "Complete") and not job_condition(tjob, "Failed"):
         tjob = await _sync_training_job(kube, cr, tjob)
     return Observed(
         obs.generation, obs.spec, None, vjob, obs.validate_pods, tjob, obs.train_pods, obs.progress
     )
+
+
+def _created(
+    body: kopf.Body, child: dict[str, Any], created: bool, what: str, logger: logging.Logger
+) -> None:
+    if created:
+        message = f"created {what} {child['metadata']['name']}"
+        logger.info(message)
+        kopf.event(body, type="Normal", reason="Created", message=message)
 
 
 async def _sync_training_job(kube: Kube, cr: FineTuneJob, tjob: dict[str, Any]) -> dict[str, Any]:
