@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 from emulator import EmulatedCluster
+from kubetune_operator.builders.training import build_config_map, build_training_job, build_validate_job
 
 from kubetune.api.finetunejob import FineTuneJob
-from kubetune_operator.builders.training import build_config_map, build_training_job, build_validate_job
 
 ROOT = Path(__file__).resolve().parents[2]
 INTENTS = ROOT / "examples/finetunejob-support-intents.yaml"
