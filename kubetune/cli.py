@@ -65,6 +65,15 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
     return run_validate(_load_train_config(args), log_format=args.log_format)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from kubetune_trainer.serve.config import load_serve_config
+    from kubetune_trainer.serve.main import run_serve
+
+    config = load_serve_config(Path(args.file))
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    return run_serve(config.model_copy(update=overrides) if overrides else config)
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--file", required=True, help="FineTuneJob manifest or TrainConfig (YAML/JSON)")
     p.add_argument(
@@ -113,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate-data", help="validate every dataset row, then exit")
     _add_train_args(val)
     val.set_defaults(func=_cmd_validate_data)
+
+    serve = sub.add_parser("serve", help="serve a base model with LoRA adapters (OpenAI-compatible)")
+    serve.add_argument("-f", "--file", required=True, help="serve-config.yaml (a ServeConfig)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=_cmd_serve)
     return parser
 
 
