@@ -10,10 +10,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from test_serve_helpers import SMOLLM, error_of, make_adapters, running_server
-
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from kubetune_trainer.serve.main import DrainingServer
+from test_serve_helpers import SMOLLM, error_of, make_adapters, running_server
 
 PROMPTS = ["Write one word about the sea:", "List two colours:", "Say hello to Ada."]
 TOKENS = 8

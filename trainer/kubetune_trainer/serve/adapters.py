@@ -110,7 +110,8 @@ class AdapterRegistry:
             config=self.config,
         )
         self.tokenizer, self.model = models.load_tokenizer_and_model(source, labels)  # type: ignore[arg-type]
-        self.tokenizer.padding_side = "left"  # generate() appends on the right
+        # Padding stays as the base expects (BERT: right, or position ids shift); generate_rows left-pads
+        # by hand.
         self.model.eval()
         self.labels = tuple(labels)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 import uvicorn
@@ -28,6 +29,9 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.state.draining = True
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises captured signals after shutdown; a finished drain is a clean exit (0).
+            self._captured_signals.remove(sig)
 
     def stop(self) -> None:
         self.should_exit = True
