@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from kubetune.api.common import DNS1123_SUBDOMAIN, ApiModel, Condition, ObjectMeta
-from kubetune.api.finetunejob import BaseModelSpec
+from kubetune.api.common import (
+    DNS1123_SUBDOMAIN,
+    NO_TRAVERSAL_RULE,
+    ApiModel,
+    Condition,
+    ObjectMeta,
+    SecretKeyRef,
+    Toleration,
+    reject_traversal,
+)
+from kubetune.api.finetunejob import CPU_QUANTITY, MEMORY_QUANTITY, BaseModelSpec, TaskType
 
 AdapterPhase = Literal["Pending", "Progressing", "Available", "Degraded"]
+RolloutStrategy = Literal["Rolling", "Canary"]
+ADAPTER_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]|https://[A-Za-z0-9.-]+)(/[A-Za-z0-9._@=+%-]+)*/?$"
+HISTORY_LIMIT = 10
 
 
 class FineTuneJobRef(ApiModel):
@@ -22,26 +35,32 @@ class AdapterSource(ApiModel):
     """Where the adapter comes from: exactly one of fineTuneJobRef and uri."""
 
     fine_tune_job_ref: Annotated[
-        FineTuneJobRef | None, Field(description="Serve the adapter this FineTuneJob produced.")
+        FineTuneJobRef | None,
+        Field(description="Serve the adapter this FineTuneJob produced; a new successful run rolls out."),
     ] = None
     uri: Annotated[
         str | None,
         Field(
-            description="Adapter location (pvc://, s3://, https://).",
+            description="Adapter folder (peft): pvc://<claim>/<path>, s3://<bucket>/<prefix> or https://<url>.",
             max_length=2048,
-            pattern=r"^(pvc|s3|https)://[^\s]+$",
             json_schema_extra={
                 "x-kubernetes-validations": [
                     {
-                        "rule": "!self.matches('(^|/)[.][.](/|$)')",
-                        "message": "must not contain '..' path segments (path traversal)",
-                    }
+                        "rule": f'self.matches(r"{ADAPTER_URI_PATTERN}")',
+                        "message": "must be pvc://<claim>/<path>, s3://<bucket>/<prefix> or https://<url>",
+                    },
+                    NO_TRAVERSAL_RULE,
                 ]
             },
         ),
     ] = None
     version: Annotated[
-        str | None, Field(description="Pin a version from status.history (rollback).", max_length=128)
+        str | None,
+        Field(
+            description="Pin (roll back to) a version listed in status.history.",
+            max_length=128,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        ),
     ] = None
 
     model_config = {
@@ -59,6 +78,94 @@ class AdapterSource(ApiModel):
     def _one_source(self) -> AdapterSource:
         if (self.fine_tune_job_ref is None) == (self.uri is None):
             raise ValueError("set exactly one of adapter.fineTuneJobRef and adapter.uri")
+        if self.uri is not None:
+            if not re.fullmatch(ADAPTER_URI_PATTERN, self.uri):
+                raise ValueError(
+                    "adapter.uri must be pvc://<claim>/<path>, s3://<bucket>/<prefix> or https://<url>"
+                )
+            reject_traversal(self.uri)
+        return self
+
+
+class ServingResources(ApiModel):
+    """Hardware and placement of the serving pods."""
+
+    gpus: Annotated[int, Field(description="GPUs per serving pod (0: CPU).", ge=0, le=8)] = 0
+    gpu_resource: Annotated[
+        str,
+        Field(
+            description="Extended resource name of the GPU.",
+            max_length=253,
+            pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
+        ),
+    ] = "nvidia.com/gpu"
+    cpu: Annotated[
+        str | None, Field(description="CPU request/limit.", max_length=32, pattern=CPU_QUANTITY)
+    ] = None
+    memory: Annotated[
+        str | None, Field(description="Memory request/limit.", max_length=32, pattern=MEMORY_QUANTITY)
+    ] = None
+    node_selector: Annotated[
+        dict[str, str], Field(description="Node labels the pods require.", max_length=64)
+    ] = {}
+    tolerations: Annotated[
+        list[Toleration], Field(description="Taints the pods tolerate.", max_length=64)
+    ] = []
+    priority_class_name: Annotated[
+        str | None, Field(description="PriorityClass of the pods.", max_length=253, pattern=DNS1123_SUBDOMAIN)
+    ] = None
+
+
+class ServingOptions(ApiModel):
+    """How each server batches and bounds requests."""
+
+    max_batch_size: Annotated[int, Field(description="Rows per forward pass.", ge=1, le=256)] = 8
+    batch_wait_ms: Annotated[float, Field(description="Wait window for dynamic batching.", ge=0, le=1000)] = (
+        10.0
+    )
+    max_input_tokens: Annotated[int, Field(description="Longer prompts get HTTP 400.", ge=1, le=32768)] = 512
+    max_new_tokens: Annotated[int, Field(description="Upper bound for max_tokens.", ge=1, le=8192)] = 256
+    port: Annotated[int, Field(description="Container port of the HTTP server.", ge=1024, le=65535)] = 8000
+
+
+class RolloutStep(ApiModel):
+    """One canary step: send `weight` percent of the pods to the new adapter, then wait."""
+
+    weight: Annotated[int, Field(description="Percent of serving pods on the new adapter.", ge=1, le=100)]
+    pause_seconds: Annotated[int, Field(description="How long to watch this step.", ge=0, le=86400)] = 300
+
+
+class RolloutSpec(ApiModel):
+    """How a new adapter version replaces the active one."""
+
+    strategy: Annotated[
+        RolloutStrategy, Field(description="Rolling (surge one pod at a time) or Canary.")
+    ] = "Rolling"
+    steps: Annotated[
+        list[RolloutStep], Field(description="Canary steps, increasing weights.", max_length=10)
+    ] = []
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.strategy == 'Canary' || size(self.steps) == 0",
+                    "message": "rollout.steps apply only to strategy Canary",
+                },
+                {
+                    "rule": "self.strategy != 'Canary' || size(self.steps) > 0",
+                    "message": "rollout strategy Canary needs at least one step",
+                },
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _steps_match_strategy(self) -> RolloutSpec:
+        if self.strategy == "Canary" and not self.steps:
+            raise ValueError("rollout strategy Canary needs at least one step")
+        if self.strategy != "Canary" and self.steps:
+            raise ValueError("rollout.steps apply only to strategy Canary")
         return self
 
 
@@ -66,28 +173,78 @@ class AdapterDeploymentSpec(ApiModel):
     """Desired state of an AdapterDeployment."""
 
     base_model: Annotated[BaseModelSpec, Field(description="The base model the server loads once.")]
+    task: Annotated[
+        TaskType | None,
+        Field(
+            description="causal-lm or sequence-classification; taken from the FineTuneJob when omitted "
+            "(required with adapter.uri)."
+        ),
+    ] = None
     adapter: Annotated[AdapterSource, Field(description="The adapter to serve.")]
     replicas: Annotated[int, Field(description="Serving pods.", ge=0, le=1000)] = 1
+    resources: Annotated[ServingResources, Field(description="Hardware and placement.")] = ServingResources()
+    serving: Annotated[ServingOptions, Field(description="Batching and limits.")] = ServingOptions()
+    rollout: Annotated[RolloutSpec, Field(description="How new adapter versions go out.")] = RolloutSpec()
+    admin_token_secret_ref: Annotated[
+        SecretKeyRef | None,
+        Field(description="Secret key with the bearer token for /admin/adapters (disabled when unset)."),
+    ] = None
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.task) || !has(self.adapter.uri)",
+                    "message": "task is required when adapter.uri is set",
+                },
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _task_for_uri(self) -> AdapterDeploymentSpec:
+        if self.task is None and self.adapter.uri is not None:
+            raise ValueError("task is required when adapter.uri is set")
+        return self
 
 
 class ActiveAdapter(ApiModel):
     """The adapter the pods serve now."""
 
-    version: str | None = None
+    version: Annotated[str | None, Field(description="Served version.")] = None
+    uri: Annotated[str | None, Field(description="Where it was loaded from.")] = None
+    digest: Annotated[str | None, Field(description="sha256 of the adapter weights.")] = None
+    fine_tune_job: Annotated[str | None, Field(description="The FineTuneJob that produced it.")] = None
+    accuracy: Annotated[float | None, Field(description="Its evaluation score.")] = None
+
+
+class HistoryEntry(ApiModel):
+    """A version that was rolled out (bounded list, newest last)."""
+
+    version: str
+    uri: str
     digest: str | None = None
     fine_tune_job: str | None = None
     accuracy: float | None = None
+    deployed_at: Annotated[str | None, Field(json_schema_extra={"format": "date-time"})] = None
 
 
 class AdapterDeploymentStatus(ApiModel):
     """Observed state of an AdapterDeployment."""
 
     phase: Annotated[AdapterPhase | None, Field(description="Lifecycle phase.")] = None
-    message: str | None = None
-    observed_generation: Annotated[int | None, Field(ge=0)] = None
-    conditions: list[Condition] = []
-    active_adapter: ActiveAdapter | None = None
-    ready_replicas: Annotated[int, Field(ge=0)] = 0
+    message: Annotated[str | None, Field(description="One-line summary.")] = None
+    observed_generation: Annotated[int | None, Field(description="Generation last acted on.", ge=0)] = None
+    conditions: Annotated[
+        list[Condition], Field(description="Ready, Available, Progressing, AdapterResolved.")
+    ] = []
+    active_adapter: Annotated[ActiveAdapter | None, Field(description="The adapter served now.")] = None
+    ready_replicas: Annotated[int, Field(description="Serving pods that are ready.", ge=0)] = 0
+    updated_replicas: Annotated[int, Field(description="Pods on the current template.", ge=0)] = 0
+    history: Annotated[
+        list[HistoryEntry],
+        Field(description=f"Last {HISTORY_LIMIT} versions rolled out.", max_length=HISTORY_LIMIT),
+    ] = []
 
 
 class AdapterDeployment(ApiModel):

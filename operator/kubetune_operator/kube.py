@@ -75,6 +75,19 @@ def _to_file(data: str | bytes | None) -> str:
     return handle.name
 
 
+def _differs(want: Any, have: Any) -> bool:
+    """True when ``want`` is not a subset of ``have`` (the server may add defaults we did not set)."""
+    if isinstance(want, dict):
+        return not isinstance(have, dict) or any(_differs(v, have.get(k)) for k, v in want.items())
+    if isinstance(want, list):
+        return (
+            not isinstance(have, list)
+            or len(want) != len(have)
+            or any(_differs(w, h) for w, h in zip(want, have, strict=True))
+        )
+    return bool(want != have)
+
+
 class Kube:
     """Create-or-patch, get, list, logs and delete over plain HTTP."""
 
@@ -114,6 +127,13 @@ class Kube:
                 raise KubeError(resp.status, (await resp.text())[:500])
             return await resp.text() if text else await resp.json(content_type=None)
 
+    async def exists(self, path: str) -> bool:
+        """Whether a GET of ``path`` answers (e.g. an API group such as monitoring.coreos.com/v1)."""
+        try:
+            return await self._request("GET", path) is not None
+        except KubeError:
+            return False
+
     async def get(self, path: str) -> dict[str, Any] | None:
         result = await self._request("GET", path)
         return result if isinstance(result, dict) else None
@@ -141,6 +161,16 @@ class Kube:
                 raise
             return again, False
         return created, True
+
+    async def apply(self, obj: dict[str, Any], fields: tuple[str, ...] = ("spec",)) -> dict[str, Any]:
+        """Create ``obj``, or merge-patch the given top-level fields when they differ from it."""
+        current, created = await self.ensure(obj)
+        if created:
+            return current
+        changed = {f: obj[f] for f in fields if f in obj and _differs(obj[f], current.get(f))}
+        if not changed:
+            return current
+        return await self.merge_patch(object_path(obj), changed) or current
 
     async def merge_patch(self, obj_path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
         result = await self._request(

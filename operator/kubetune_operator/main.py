@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from kubetune_operator.handlers import finetunejob
+from kubetune_operator.handlers import adapterdeployment, finetunejob
 from kubetune_operator.kube import Kube
 from kubetune_operator.settings import OperatorSettings
 
@@ -51,6 +51,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             await kube.close()
 
     finetunejob.register(registry, settings)
+    adapterdeployment.register(registry, settings)
     return registry
 
 

@@ -43,6 +43,7 @@ class Operator:
             "KUBETUNE_METRICS_PORT": "0",
             "KUBETUNE_LIVENESS_PORT": "0",
             "KUBETUNE_TRAINER_IMAGE": "registry.example/trainer:1.2.3",
+            "KUBETUNE_SERVER_IMAGE": "registry.example/server:1.2.3",
         }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

