@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from kubetune.api.common import (
     DNS1123_SUBDOMAIN,
+    NO_TRAVERSAL_RULE,
     ApiModel,
     Condition,
     DataUri,
@@ -133,10 +134,27 @@ class FieldMapping(ApiModel):
     )
 
 
+class ExtraSource(DataSource):
+    """More training rows (e.g. fresh production feedback), repeated ``weight`` times."""
+
+    weight: Annotated[
+        int,
+        Field(description="Oversampling factor: each row is used this many times per epoch.", ge=1, le=10),
+    ] = 1
+
+
 class DatasetSpec(ApiModel):
     """Training data and its validation split."""
 
     train: Annotated[DataSource, Field(description="Training data.")]
+    extra: Annotated[
+        list[ExtraSource],
+        Field(
+            description="Additional training sources merged into train (same format and fields), e.g. "
+            "the fresh labelled traffic a retrain adds.",
+            max_length=8,
+        ),
+    ] = []
     validation: Annotated[
         DataSource | None,
         Field(description="Held-out validation data. When omitted, validationSplit of train is held out."),
@@ -250,6 +268,15 @@ class EvaluationSpec(ApiModel):
     baseline: Annotated[
         bool, Field(description="Also score a linear probe on frozen embeddings (classification).")
     ] = True
+    champion_uri: Annotated[
+        str | None,
+        Field(
+            description="An adapter to score on the same validation rows (champion/challenger); reported "
+            "as champion_<metric>.",
+            max_length=2048,
+            json_schema_extra={"x-kubernetes-validations": [NO_TRAVERSAL_RULE]},
+        ),
+    ] = None
 
 
 class ResourcesSpec(ApiModel):
@@ -362,15 +389,14 @@ class FineTuneJobSpec(ApiModel):
             raise ValueError("multi-node training (resources.nodes > 1) needs resources.gpusPerNode >= 1")
         if self.training.packing and self.task.type != "causal-lm":
             raise ValueError("training.packing applies only to task.type causal-lm")
-        secrets = {
-            ref.name
-            for ref in (
-                self.dataset.train.secret_ref,
-                self.output.secret_ref,
-                self.dataset.validation.secret_ref if self.dataset.validation else None,
-            )
-            if ref is not None
-        }
+        refs = [
+            self.dataset.train.secret_ref,
+            self.output.secret_ref,
+            *(e.secret_ref for e in self.dataset.extra),
+        ]
+        if self.dataset.validation is not None:
+            refs.append(self.dataset.validation.secret_ref)
+        secrets = {ref.name for ref in refs if ref is not None}
         if len(secrets) > 1:
             raise ValueError(
                 f"dataset and output secretRefs name different Secrets ({', '.join(sorted(secrets))}); their "

@@ -34,8 +34,11 @@ def _volume_of(uri: str, scheme: str) -> str | None:
 
 def locations(spec: FineTuneJobSpec) -> list[str]:
     found = [spec.base_model.name, spec.dataset.train.uri, spec.output.uri]
+    found += [extra.uri for extra in spec.dataset.extra]
     if spec.dataset.validation is not None:
         found.append(spec.dataset.validation.uri)
+    if spec.evaluation.champion_uri is not None:
+        found.append(spec.evaluation.champion_uri)
     return found
 
 
@@ -84,7 +87,11 @@ def secret_env(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[s
         env.append(
             {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}}
         )
-    refs = [spec.dataset.train.secret_ref, spec.output.secret_ref]
+    refs = [
+        spec.dataset.train.secret_ref,
+        spec.output.secret_ref,
+        *(e.secret_ref for e in spec.dataset.extra),
+    ]
     if spec.dataset.validation is not None:
         refs.append(spec.dataset.validation.secret_ref)
     names = sorted({ref.name for ref in refs if ref is not None})
