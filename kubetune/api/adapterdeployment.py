@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from kubetune.api.common import (
     DNS1123_SUBDOMAIN,
@@ -17,7 +17,8 @@ from kubetune.api.common import (
     Toleration,
     reject_traversal,
 )
-from kubetune.api.finetunejob import CPU_QUANTITY, MEMORY_QUANTITY, BaseModelSpec, TaskType
+from kubetune.api.finetunejob import CPU_QUANTITY, MEMORY_QUANTITY, BaseModelSpec, FineTuneJobSpec, TaskType
+from kubetune.api.telemetry import DRIFT_KINDS, DriftKind
 
 AdapterPhase = Literal["Pending", "Progressing", "Available", "Degraded"]
 RolloutStrategy = Literal["Rolling", "Canary"]
@@ -169,6 +170,116 @@ class RolloutSpec(ApiModel):
         return self
 
 
+class DriftTrigger(ApiModel):
+    """Retrain when this drift score stays above ``threshold`` for ``forSeconds``."""
+
+    kind: Annotated[DriftKind, Field(description="Which drift score: " + ", ".join(DRIFT_KINDS) + ".")] = (
+        "embedding_cosine"
+    )
+    threshold: Annotated[
+        float, Field(description="Score above which the input has drifted.", gt=0, le=100)
+    ] = 0.2
+    for_seconds: Annotated[int, Field(description="How long the breach must last.", ge=0, le=7 * 86400)] = 600
+
+
+class AccuracyTrigger(ApiModel):
+    """Retrain when rolling accuracy from /v1/feedback stays below ``threshold`` for ``forSeconds``."""
+
+    threshold: Annotated[float, Field(description="Accuracy below which the model degraded.", ge=0, le=1)] = (
+        0.85
+    )
+    for_seconds: Annotated[int, Field(description="How long the breach must last.", ge=0, le=7 * 86400)] = 900
+
+
+class FreshDataSpec(ApiModel):
+    """Where servers keep a rolling sample of recent inputs and feedback labels (the retraining data)."""
+
+    uri: Annotated[
+        str,
+        Field(
+            description="Directory on a writable PVC: pvc://<claim>/<path>.",
+            max_length=2048,
+            pattern=r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[A-Za-z0-9._@=+-]+)*/?$",
+            json_schema_extra={"x-kubernetes-validations": [NO_TRAVERSAL_RULE]},
+        ),
+        AfterValidator(reject_traversal),
+    ]
+    max_rows: Annotated[
+        int, Field(description="Cap of kept rows per server (oldest dropped).", ge=100, le=10_000_000)
+    ] = 20000
+    drop_fields: Annotated[
+        list[Annotated[str, Field(max_length=128)]],
+        Field(description="Request metadata fields never stored (PII).", max_length=64),
+    ] = []
+    hash_fields: Annotated[
+        list[Annotated[str, Field(max_length=128)]],
+        Field(description="Request metadata fields stored only as a salted sha256 (PII).", max_length=64),
+    ] = []
+
+
+class MonitoringSpec(ApiModel):
+    """Drift and accuracy watching: in-process in every server, read back from Prometheus."""
+
+    prometheus_url: Annotated[
+        str | None,
+        Field(
+            description="Prometheus HTTP API the operator queries (no retraining triggers without it).",
+            max_length=2048,
+            pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s]*)?$",
+        ),
+    ] = None
+    interval_seconds: Annotated[
+        int, Field(description="How often the operator evaluates triggers.", ge=5, le=86400)
+    ] = 60
+    window_size: Annotated[
+        int, Field(description="Recent inputs per drift window in each server.", ge=50, le=100_000)
+    ] = 500
+    min_samples: Annotated[
+        int, Field(description="Window inputs and feedback events needed before a trigger may fire.", ge=1)
+    ] = 100
+    drift: Annotated[DriftTrigger, Field(description="Input drift trigger.")] = DriftTrigger()
+    accuracy: Annotated[AccuracyTrigger, Field(description="Accuracy trigger.")] = AccuracyTrigger()
+    fresh_data: Annotated[
+        FreshDataSpec | None,
+        Field(description="Rolling sample of traffic + feedback labels kept for retraining."),
+    ] = None
+
+
+class RetrainingSpec(ApiModel):
+    """Self-healing: retrain on original + fresh data when a trigger fires, promote only a better adapter."""
+
+    enabled: Annotated[bool, Field(description="Create retraining FineTuneJobs on sustained breaches.")] = (
+        False
+    )
+    approval: Annotated[
+        Literal["auto", "manual"],
+        Field(description="manual: the retraining FineTuneJob is created suspended; resume it to train."),
+    ] = "auto"
+    cooldown_seconds: Annotated[
+        int, Field(description="Quiet time after a retrain starts.", ge=0, le=30 * 86400)
+    ] = 3600
+    max_per_day: Annotated[int, Field(description="Retrains started per rolling 24 h.", ge=0, le=100)] = 3
+    min_improvement: Annotated[
+        float,
+        Field(
+            description="The challenger must beat the champion's gate metric on the same held-out rows by "
+            "at least this much to be promoted.",
+            ge=0,
+            le=1,
+        ),
+    ] = 0.0
+    fresh_data_weight: Annotated[
+        int, Field(description="Oversampling of fresh labelled rows.", ge=1, le=10)
+    ] = 2
+    template: Annotated[
+        FineTuneJobSpec | None,
+        Field(
+            description="The retraining recipe; default: the spec of adapter.fineTuneJobRef. Fresh data is "
+            "added as dataset.extra."
+        ),
+    ] = None
+
+
 class AdapterDeploymentSpec(ApiModel):
     """Desired state of an AdapterDeployment."""
 
@@ -189,6 +300,12 @@ class AdapterDeploymentSpec(ApiModel):
         SecretKeyRef | None,
         Field(description="Secret key with the bearer token for /admin/adapters (disabled when unset)."),
     ] = None
+    monitoring: Annotated[MonitoringSpec, Field(description="Drift and accuracy monitoring.")] = (
+        MonitoringSpec()
+    )
+    retraining: Annotated[RetrainingSpec, Field(description="Automatic retraining and promotion.")] = (
+        RetrainingSpec()
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -205,6 +322,16 @@ class AdapterDeploymentSpec(ApiModel):
     def _task_for_uri(self) -> AdapterDeploymentSpec:
         if self.task is None and self.adapter.uri is not None:
             raise ValueError("task is required when adapter.uri is set")
+        if self.retraining.enabled and self.monitoring.prometheus_url is None:
+            raise ValueError(
+                "retraining.enabled needs monitoring.prometheusUrl (triggers are read from Prometheus)"
+            )
+        if (
+            self.retraining.enabled
+            and self.retraining.template is None
+            and self.adapter.fine_tune_job_ref is None
+        ):
+            raise ValueError("retraining.enabled needs retraining.template or adapter.fineTuneJobRef")
         return self
 
 
@@ -227,6 +354,22 @@ class HistoryEntry(ApiModel):
     fine_tune_job: str | None = None
     accuracy: float | None = None
     deployed_at: Annotated[str | None, Field(json_schema_extra={"format": "date-time"})] = None
+
+
+class RetrainRecord(ApiModel):
+    """One retraining FineTuneJob and what became of it."""
+
+    fine_tune_job: str
+    created_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+    trigger: Annotated[str, Field(description="Which trigger fired, with its values.")]
+    outcome: Annotated[
+        Literal["Pending", "Running", "Promoted", "Rejected", "Failed"] | None,
+        Field(description="Promoted (beat the champion), Rejected (did not), Failed (job failed)."),
+    ] = "Pending"
+    challenger: Annotated[float | None, Field(description="The new adapter's gate metric.")] = None
+    champion: Annotated[float | None, Field(description="The serving adapter's gate metric, same rows.")] = (
+        None
+    )
 
 
 class AdapterDeploymentStatus(ApiModel):
