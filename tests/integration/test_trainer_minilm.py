@@ -141,9 +141,8 @@ def test_lora_changes_adapter_and_head_not_base(workspace: Path) -> None:
         config.task.type,
     )
     progress = Progress()
-    assert train(
-        run, progress, EventLog("json", stream=open(os.devnull, "w")), workspace / "out", StopRequest()
-    )
+    with open(os.devnull, "w") as quiet:
+        assert train(run, progress, EventLog("json", stream=quiet), workspace / "out", StopRequest())
     assert len(progress.losses) == 4 and all(torch.isfinite(torch.tensor(progress.losses)))
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

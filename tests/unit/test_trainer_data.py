@@ -70,7 +70,7 @@ def test_invalid_json_line_is_named(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_a_loud_error(tmp_path: Path) -> None:
-    with pytest.raises(DataSourceError, match="pvc://data/nope.jsonl: cannot read"):
+    with pytest.raises(DataSourceError, match=r"pvc://data/nope\.jsonl: cannot read"):
         load_task_data(make_config(tmp_path, "nope.jsonl"))
 
 
@@ -115,7 +115,7 @@ def test_split_is_deterministic_disjoint_and_sized() -> None:
     examples = [ClassificationExample(f"t{i}", i % 2) for i in range(50)]
     train, val = split_train_validation(examples, 0.2, seed=7)
     again_train, again_val = split_train_validation(examples, 0.2, seed=7)
-    other_train, other_val = split_train_validation(examples, 0.2, seed=8)
+    _, other_val = split_train_validation(examples, 0.2, seed=8)
     assert (train, val) == (again_train, again_val)
     assert len(val) == 10 and len(train) == 40
     assert set(train).isdisjoint(val) and set(train) | set(val) == set(examples)

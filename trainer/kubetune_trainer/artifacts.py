@@ -112,9 +112,11 @@ def model_card(config: TrainConfig, report: dict[str, Any]) -> str:
         for stage in ("before", "baseline", "after")
         if report.get(stage)
     )
+    gguf = f" (GGUF `{config.base_model.gguf_file}`)" if config.base_model.gguf_file else ""
+    minimum = config.evaluation.min_accuracy
     return f"""# {config.name} — LoRA adapter
 
-Base model: `{config.base_model.name}`{f" (GGUF `{config.base_model.gguf_file}`)" if config.base_model.gguf_file else ""}
+Base model: `{config.base_model.name}`{gguf}
 Task: {config.task.type}. Dataset digest: `{report["datasetDigest"]}` ({report["trainRows"]} training rows,
 {report["validationRows"]} validation rows, validation from the {report["validationSource"]}).
 LoRA r={config.lora.r}, alpha={config.lora.alpha}, target modules: {", ".join(report["targetModules"])}.
@@ -126,7 +128,7 @@ Training: {report["steps"]} optimizer steps in {report["trainSeconds"]:.0f} s.
 
 *before* is the base model without the adapter (classification: an untrained head, so about chance);
 *baseline* is logistic regression on frozen mean-pooled embeddings; *after* is base + this adapter.
-Gate: {config.gate_metric} ≥ {config.evaluation.min_accuracy if config.evaluation.min_accuracy is not None else "none"}.
+Gate: {config.gate_metric} ≥ {minimum if minimum is not None else "none"}.
 Load with `peft.PeftModel.from_pretrained(base, "adapter")`; labels are in `adapter/kubetune.json`.
 """
 
