@@ -217,6 +217,19 @@ class FreshDataSpec(ApiModel):
     ] = []
 
 
+FRESH_TRAIN_FILE = "train.jsonl"
+FRESH_HOLDOUT_FILE = "holdout.jsonl"
+
+
+def fresh_data_uris(fresh_uri: str, adapter: str) -> tuple[str, str]:
+    """Where servers write labelled traffic for ``adapter``: (train rows, held-out rows).
+
+    Rows are split by a hash of the input so the same text always lands on the same side.
+    """
+    base = f"{fresh_uri.rstrip('/')}/{adapter}"
+    return f"{base}/{FRESH_TRAIN_FILE}", f"{base}/{FRESH_HOLDOUT_FILE}"
+
+
 class MonitoringSpec(ApiModel):
     """Drift and accuracy watching: in-process in every server, read back from Prometheus."""
 
@@ -388,6 +401,19 @@ class AdapterDeploymentStatus(ApiModel):
         list[HistoryEntry],
         Field(description=f"Last {HISTORY_LIMIT} versions rolled out.", max_length=HISTORY_LIMIT),
     ] = []
+    drift: Annotated[float | None, Field(description="Latest drift score of the watched kind.")] = None
+    accuracy: Annotated[float | None, Field(description="Latest rolling accuracy from feedback.")] = None
+    last_evaluated: Annotated[
+        str | None,
+        Field(description="When triggers were last evaluated.", json_schema_extra={"format": "date-time"}),
+    ] = None
+    retrains: Annotated[
+        list[RetrainRecord],
+        Field(description=f"Last {HISTORY_LIMIT} retraining FineTuneJobs.", max_length=HISTORY_LIMIT),
+    ] = []
+    promoted: Annotated[
+        str | None, Field(description="The retraining FineTuneJob whose adapter was promoted last.")
+    ] = None
 
 
 class AdapterDeployment(ApiModel):

@@ -27,14 +27,18 @@ class Unresolved:
 
 
 def resolve_adapter(
-    ad: AdapterDeployment, ftj: dict[str, Any] | None, history: list[HistoryEntry], active: str | None = None
+    ad: AdapterDeployment,
+    ftj: dict[str, Any] | None,
+    history: list[HistoryEntry],
+    active: str | None = None,
+    promoted: str | None = None,
 ) -> ResolvedAdapter | Unresolved:
     """The adapter to serve now: a pinned history version, a URI, or the referenced job's result.
 
     While a referenced job is missing or re-running, the active version keeps serving: a retrain
     never takes a working endpoint down.
     """
-    wanted = _resolve(ad, ftj, history)
+    wanted = _resolve(ad, ftj, history, promoted)
     if isinstance(wanted, Unresolved) and active is not None and ad.spec.adapter.version is None:
         for entry in history:
             if entry.version == active:
@@ -46,7 +50,7 @@ def resolve_adapter(
 
 
 def _resolve(
-    ad: AdapterDeployment, ftj: dict[str, Any] | None, history: list[HistoryEntry]
+    ad: AdapterDeployment, ftj: dict[str, Any] | None, history: list[HistoryEntry], promoted: str | None
 ) -> ResolvedAdapter | Unresolved:
     source = ad.spec.adapter
     if source.version is not None:
@@ -60,12 +64,12 @@ def _resolve(
         return Unresolved(
             "UnknownVersion", f"adapter.version {source.version} is not in status.history ({known})"
         )
-    if source.uri is not None:
+    if source.uri is not None and promoted is None:
         assert ad.spec.task is not None  # enforced by the model
         version = "uri-" + hashlib.sha256(source.uri.encode()).hexdigest()[:10]
         return ResolvedAdapter(version, source.uri, ad.spec.task)
-    assert source.fine_tune_job_ref is not None
-    name = source.fine_tune_job_ref.name
+    # A promoted retrain supersedes the referenced job (the loop's champion).
+    name = promoted or (source.fine_tune_job_ref.name if source.fine_tune_job_ref else "")
     if ftj is None:
         return Unresolved("FineTuneJobNotFound", f"FineTuneJob {name} not found")
     job = FineTuneJob.model_validate(ftj)
