@@ -48,7 +48,7 @@ class FakeServerMetrics:
         self.drift.labels("support-intents", version, "embedding_cosine").set(drift)
         self.window.labels("support-intents", version).set(window)
         self.accuracy.labels("support-intents", version).set(accuracy)
-        self.feedback.labels("support-intents", version, "correct").inc(feedback)
+        self.feedback.labels("support-intents", version).inc(feedback)
 
     def close(self) -> None:
         self.server.shutdown()
