@@ -38,7 +38,7 @@ class FakeServerMetrics:
         self.feedback = Counter(
             telemetry.FEEDBACK_TOTAL.removesuffix("_total"),
             "feedback",
-            [*labels, "outcome"],
+            labels,
             registry=self.registry,
         )
         self.port = free_port()
