@@ -484,8 +484,6 @@ def test_kopf_peering_crds_ship_in_crds_dir(default_objs: list[Obj]) -> None:
         ({"argocd": {"enabled": "true"}}, "/argocd/enabled"),
         # Cross-field and not-yet-shipped checks done by the templates.
         ({"peering": {"enabled": False}}, "peering.enabled=false needs operator.replicas=1"),
-        ({"prometheusRule": {"enabled": True}}, "prometheusRule.enabled=true"),
-        ({"grafanaDashboard": {"enabled": True}}, "grafanaDashboard.enabled=true"),
         ({"argocd": {"enabled": True}}, "argocd.enabled=true"),
     ],
 )

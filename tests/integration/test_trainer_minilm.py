@@ -248,3 +248,17 @@ def test_sigterm_checkpoint_then_resume_has_no_repeated_or_skipped_batch(workspa
     # optimizer, scheduler and RNG (dropout) state came back too: the same losses and learning rates
     assert [e["lr"] for e in resumed_steps] == [e["lr"] for e in ref_steps]
     assert [e["loss"] for e in resumed_steps] == pytest.approx([e["loss"] for e in ref_steps], rel=1e-4)
+
+
+def test_sigterm_outside_the_training_loop_stops_at_once(workspace: Path) -> None:
+    proc = kubetune_train(workspace, write_manifest(workspace / "job.yaml", maxSteps=50))
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if '"phase":"Evaluating"' in line:  # evaluating the base model, before any step
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert '"event":"step"' not in rest
+    reason = TrainResult.model_validate_json((workspace / "out.termination").read_text()).reason
+    assert reason and reason.startswith("Preempted: stopped by SIGTERM outside the training loop")

@@ -13,7 +13,13 @@ from typing import Any
 
 from kubetune.api.finetunejob import TrainResult
 from kubetune.api.trainconfig import TrainConfig
-from kubetune_trainer.errors import DataSourceError, DataValidationError, GateFailedError, TrainerError
+from kubetune_trainer.errors import (
+    DataSourceError,
+    DataValidationError,
+    GateFailedError,
+    StoppedError,
+    TrainerError,
+)
 from kubetune_trainer.logs import EventLog
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID_DATA, EXIT_GATE, EXIT_PREEMPTED = 0, 1, 2, 3, 143
@@ -72,6 +78,9 @@ def run_train(config: TrainConfig, log_format: str) -> int:
         return EXIT_INVALID_DATA
     except GateFailedError:
         return EXIT_GATE
+    except StoppedError as err:
+        _report_failure(log, f"Preempted: {err}")
+        return EXIT_PREEMPTED
     except TrainerError as err:
         _report_failure(log, f"{type(err).__name__.removesuffix('Error')}: {err}")
         return EXIT_ERROR

@@ -19,5 +19,9 @@ class ModelLoadError(TrainerError):
     """The base model cannot be found or loaded as asked (e.g. 4-bit without a GPU)."""
 
 
+class StoppedError(TrainerError):
+    """SIGTERM outside the training loop (loading, evaluating): nothing to checkpoint, stop now."""
+
+
 class GateFailedError(TrainerError):
     """The adapter ended below evaluation.minAccuracy on the gate metric."""

@@ -73,8 +73,8 @@ class EventLog:
                 self._bar = tqdm(
                     total=total, initial=step - 1, desc="training", file=self.stream, dynamic_ncols=True
                 )
+            self._bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{epoch:.2f}", refresh=False)
             self._bar.update(1)
-            self._bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{epoch:.2f}")
             if step >= total:
                 self.close_bar()
 

@@ -35,21 +35,25 @@ from kubetune_trainer.batches import (
     padded_batch,
 )
 from kubetune_trainer.checkpoint import Progress, save_checkpoint
-from kubetune_trainer.errors import ModelLoadError
+from kubetune_trainer.errors import ModelLoadError, StoppedError
 from kubetune_trainer.logs import EventLog
 
 
 class StopRequest:
-    """Set by SIGTERM (preemption, eviction, kubectl delete): finish the step, checkpoint, exit 143."""
+    """SIGTERM (preemption, eviction, kubectl delete). Inside the training loop (`armed`): finish the
+    step, checkpoint, exit 143. Anywhere else nothing is lost by stopping at once: StoppedError."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.armed = False
 
     def install(self) -> StopRequest:
         signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if not self.armed:
+            raise StoppedError("stopped by SIGTERM outside the training loop (nothing to checkpoint)")
         self.requested = True
 
 
@@ -220,6 +224,16 @@ def train_step(s: TrainSetup, group: list[MicroBatch]) -> float:
 def train(s: TrainSetup, progress: Progress, log: EventLog, output_dir: Path, stop: StopRequest) -> bool:
     """Train from `progress` to total_steps; False when stopped early by SIGTERM (after a checkpoint)."""
     s.model.train()
+    stop.armed = True
+    try:
+        return _train_steps(s, progress, log, output_dir, stop)
+    finally:
+        stop.armed = False
+
+
+def _train_steps(
+    s: TrainSetup, progress: Progress, log: EventLog, output_dir: Path, stop: StopRequest
+) -> bool:
     stream = micro_batches(s, progress.epoch, progress.batch_index)
     started, first_step = time.monotonic(), progress.step
     while progress.step < s.total_steps:
