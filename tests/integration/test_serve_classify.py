@@ -111,7 +111,7 @@ def test_feedback_counts_into_rolling_accuracy(server: tuple[str, DrainingServer
     assert (first["correct"], second["correct"]) == (True, False)
     assert second["rollingAccuracy"] == 0.5 and second["model"] == "intent@v1"
     metrics = httpx.get(f"{url}/metrics").text
-    assert 'kubetune_feedback_accuracy{adapter="intent",version="v1"} 0.5' in metrics
+    assert 'kubetune_accuracy{adapter="intent",version="v1"} 0.5' in metrics
     assert 'kubetune_feedback_total{adapter="intent",version="v1"} 2.0' in metrics
     unknown = httpx.post(f"{url}/v1/feedback", json={"requestId": "never-seen", "correct": True})
     assert unknown.status_code == 404 and error_of(unknown)["code"] == "request_id_not_found"

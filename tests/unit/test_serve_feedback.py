@@ -33,7 +33,7 @@ def test_feedback_rolling_window_and_listeners() -> None:
     labels = {"adapter": "triage", "version": "v1"}
     assert sample(metrics, "kubetune_feedback_total", labels) == 3
     assert sample(metrics, "kubetune_feedback_correct_total", labels) == 2
-    assert sample(metrics, "kubetune_feedback_accuracy", labels) == 0.5
+    assert sample(metrics, "kubetune_accuracy", labels) == 0.5
     assert [e.predicted for e in seen] == ["billing", "login", "login"]
     with pytest.raises(RequestIdNotFoundError):
         store.record("nope", 0, None, True)

@@ -1,5 +1,7 @@
 """Prometheus metrics, labelled only by adapter name and version (bounded: never request id or text).
 
+Names come from kubetune.api.telemetry, the contract the operator and dashboards query.
+
 Requests whose model is unknown count under adapter="unknown", version="".
 """
 
@@ -11,7 +13,9 @@ from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LABELS = ("adapter", "version")
+from kubetune.api import telemetry as names
+from kubetune.api.telemetry import LABELS
+
 UNKNOWN = ("unknown", "")
 # Seconds; CPU generation of 64 tokens takes seconds, a GPU classify a few milliseconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -23,23 +27,23 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("kubetune_requests_total", "Inference requests.", LABELS, registry=r)
-        self.errors = Counter("kubetune_errors_total", "Requests answered with an error.", LABELS, registry=r)
+        self.requests = Counter(names.REQUESTS_TOTAL, "Inference requests.", LABELS, registry=r)
+        self.errors = Counter(names.ERRORS_TOTAL, "Requests answered with an error.", LABELS, registry=r)
         self.latency = Histogram(
-            "kubetune_request_duration_seconds",
+            names.REQUEST_LATENCY,
             "Request latency.",
             LABELS,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("kubetune_requests_in_flight", "Requests being served.", LABELS, registry=r)
-        self.tokens = Counter("kubetune_tokens_total", "Prompt plus generated tokens.", LABELS, registry=r)
-        self.feedback = Counter("kubetune_feedback_total", "Feedback events received.", LABELS, registry=r)
+        self.in_flight = Gauge(names.IN_FLIGHT, "Requests being served.", LABELS, registry=r)
+        self.tokens = Counter(names.TOKENS_TOTAL, "Prompt plus generated tokens.", LABELS, registry=r)
+        self.feedback = Counter(names.FEEDBACK_TOTAL, "Feedback events received.", LABELS, registry=r)
         self.feedback_correct = Counter(
-            "kubetune_feedback_correct_total", "Feedback saying 'correct'.", LABELS, registry=r
+            names.FEEDBACK_CORRECT_TOTAL, "Feedback saying 'correct'.", LABELS, registry=r
         )
         self.rolling_accuracy = Gauge(
-            "kubetune_feedback_accuracy", "Accuracy over the rolling feedback window.", LABELS, registry=r
+            names.ACCURACY, "Accuracy over the rolling feedback window.", LABELS, registry=r
         )
 
     @contextmanager
