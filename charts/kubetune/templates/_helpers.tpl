@@ -80,9 +80,4 @@ app.kubernetes.io/component: operator
 {{- if and (not .Values.peering.enabled) (gt (int .Values.operator.replicas) 1) }}
 {{- fail "peering.enabled=false needs operator.replicas=1: without Kopf peering every replica would act on every resource" }}
 {{- end }}
-{{- range $switch := list "argocd" }}
-{{- if (index $.Values $switch).enabled }}
-{{- fail (printf "%s.enabled=true: this chart version does not ship that template yet; leave it false" $switch) }}
-{{- end }}
-{{- end }}
 {{- end }}
