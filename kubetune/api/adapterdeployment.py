@@ -385,6 +385,25 @@ class RetrainRecord(ApiModel):
     )
 
 
+class CanaryStatus(ApiModel):
+    """A new adapter version on a share of the pods, watched before it replaces the champion."""
+
+    version: Annotated[str, Field(description="Candidate version on the canary pods.")]
+    uri: Annotated[str, Field(description="Where it is loaded from.")]
+    digest: str | None = None
+    fine_tune_job: str | None = None
+    accuracy: float | None = None
+    step: Annotated[int, Field(description="Index into spec.rollout.steps.", ge=0)] = 0
+    weight: Annotated[int, Field(description="Percent of pods on the canary at this step.", ge=0, le=100)] = 0
+    step_started_at: Annotated[
+        str | None,
+        Field(
+            description="When this step's canary pods were all ready.",
+            json_schema_extra={"format": "date-time"},
+        ),
+    ] = None
+
+
 class AdapterDeploymentStatus(ApiModel):
     """Observed state of an AdapterDeployment."""
 
@@ -414,6 +433,13 @@ class AdapterDeploymentStatus(ApiModel):
     promoted: Annotated[
         str | None, Field(description="The retraining FineTuneJob whose adapter was promoted last.")
     ] = None
+    canary: Annotated[CanaryStatus | None, Field(description="The canary in progress, if any.")] = None
+    rolled_back: Annotated[
+        list[Annotated[str, Field(max_length=128)]],
+        Field(
+            description="Versions a canary rejected; they are not rolled out again.", max_length=HISTORY_LIMIT
+        ),
+    ] = []
 
 
 class AdapterDeployment(ApiModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kubetune.api.common import Condition, ConditionStatus
 
 
@@ -49,3 +51,12 @@ def set_condition(
 
 def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
+
+
+def status_patch(prev: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from ``prev`` to ``new`` status: fields that went away become null (deleted)."""
+    patch: dict[str, Any] = dict(new)
+    for key in prev:
+        if key not in new:
+            patch[key] = None
+    return patch

@@ -93,6 +93,7 @@ class Kube:
 
     def __init__(self, info: kopf.ConnectionInfo) -> None:
         self._server = info.server.rstrip("/")
+        self._closed = False
         headers = {"Accept": "application/json"}
         if info.token:
             headers["Authorization"] = f"Bearer {info.token}"
@@ -105,6 +106,7 @@ class Kube:
         )
 
     async def close(self) -> None:
+        self._closed = True
         await self._session.close()
 
     async def _request(
@@ -117,15 +119,23 @@ class Kube:
         content_type: str = "application/json",
         text: bool = False,
     ) -> Any:
-        headers = {"Content-Type": content_type} if json is not None else {}
-        async with self._session.request(
-            method, self._server + path, json=json, params=params, headers=headers
-        ) as resp:
-            if resp.status == 404:
-                return None
-            if resp.status >= 400:
-                raise KubeError(resp.status, (await resp.text())[:500])
-            return await resp.text() if text else await resp.json(content_type=None)
+        try:
+            if self._closed:
+                raise RuntimeError("Session is closed")
+            headers = {"Content-Type": content_type} if json is not None else {}
+            async with self._session.request(
+                method, self._server + path, json=json, params=params, headers=headers
+            ) as resp:
+                if resp.status == 404:
+                    return None
+                if resp.status >= 400:
+                    raise KubeError(resp.status, (await resp.text())[:500])
+                return await resp.text() if text else await resp.json(content_type=None)
+        except (aiohttp.ClientError, RuntimeError):
+            if self._closed:
+                # Kopf's cleanup can run while a timer is still mid-reconcile: retry later, not a crash.
+                raise kopf.TemporaryError("the operator is shutting down", delay=1) from None
+            raise
 
     async def exists(self, path: str) -> bool:
         """Whether a GET of ``path`` answers (e.g. an API group such as monitoring.coreos.com/v1)."""

@@ -111,10 +111,10 @@ def test_adapterdeployment_serves_the_finetunejob_adapter(
     )
     assert config["adapters"][0]["uri"] == "pvc://kubetune-output/support-intents"
     assert config["adapters"][0]["version"] == "support-intents-aaaaaaaa"
-    assert (
-        cluster.get("services", NS, "support-intents")["spec"]["selector"]
-        == dep["spec"]["selector"]["matchLabels"]
-    )
+    service_selector = cluster.get("services", NS, "support-intents")["spec"]["selector"]
+    # The Service selects both tracks (stable + canary); the Deployment only its own.
+    assert service_selector.items() <= dep["spec"]["selector"]["matchLabels"].items()
+    assert dep["spec"]["selector"]["matchLabels"]["kubetune.dev/track"] == "stable"
     assert cluster.get("poddisruptionbudgets.policy", NS, "support-intents-server") is not None
     wait_adep(cluster, operator, lambda s: s.get("phase") == "Progressing", "Progressing")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from kubetune_trainer.serve.config import ADMIN_TOKEN_ENV, AdapterSpec, ServeConfig
@@ -33,16 +33,21 @@ class ResolvedAdapter:
     accuracy: float | None = None
 
 
-def server_name(name: str) -> str:
-    return child_name(name, "server")
+Track = Literal["stable", "canary"]
+LABEL_TRACK = "kubetune.dev/track"
+
+
+def server_name(name: str, track: Track = "stable") -> str:
+    return child_name(name, "server" if track == "stable" else "canary")
 
 
 def selector_labels(ad: AdapterDeployment) -> dict[str, str]:
     return {LABEL_ADAPTERDEPLOYMENT: ad.metadata.name, "app.kubernetes.io/component": "server"}
 
 
-def _labels(ad: AdapterDeployment) -> dict[str, str]:
-    return {**common_labels(ad.metadata.name, "server"), **selector_labels(ad)}
+def _labels(ad: AdapterDeployment, track: Track | None = None) -> dict[str, str]:
+    labels = {**common_labels(ad.metadata.name, "server"), **selector_labels(ad)}
+    return {**labels, LABEL_TRACK: track} if track else labels
 
 
 def _claims(ad: AdapterDeployment, adapter: ResolvedAdapter) -> list[str]:
@@ -69,13 +74,17 @@ def serve_config(ad: AdapterDeployment, adapter: ResolvedAdapter) -> ServeConfig
 
 
 def build_serve_config_map(
-    ad: AdapterDeployment, owner: dict[str, Any], adapter: ResolvedAdapter
+    ad: AdapterDeployment, owner: dict[str, Any], adapter: ResolvedAdapter, track: Track = "stable"
 ) -> dict[str, Any]:
     text = yaml.safe_dump(serve_config(ad, adapter).wire(), sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": child_metadata(owner, child_name(ad.metadata.name, "serve-config"), _labels(ad)),
+        "metadata": child_metadata(
+            owner,
+            child_name(ad.metadata.name, "serve-config" if track == "stable" else "canary-serve-config"),
+            _labels(ad, track),
+        ),
         "data": {"serve-config.yaml": text},
     }
 
@@ -164,8 +173,14 @@ def build_deployment(
     image: str,
     pull_policy: str,
     service_account: str,
+    track: Track = "stable",
+    replicas: int | None = None,
 ) -> dict[str, Any]:
-    """Rolling update that never drops capacity (maxUnavailable 0): new pods must be ready first."""
+    """Rolling update that never drops capacity (maxUnavailable 0): new pods must be ready first.
+
+    A canary is a second Deployment (track=canary) behind the same Service: its share of the pods is
+    its share of the traffic.
+    """
     claims = _claims(ad, adapter)
     res = ad.spec.resources
     volumes: list[dict[str, Any]] = [
@@ -199,14 +214,14 @@ def build_deployment(
         pod["tolerations"] = tolerations
     if res.priority_class_name:
         pod["priorityClassName"] = res.priority_class_name
-    labels = _labels(ad)
+    labels = _labels(ad, track)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": child_metadata(owner, server_name(ad.metadata.name), labels),
+        "metadata": child_metadata(owner, server_name(ad.metadata.name, track), labels),
         "spec": {
-            "replicas": ad.spec.replicas,
-            "selector": {"matchLabels": selector_labels(ad)},
+            "replicas": ad.spec.replicas if replicas is None else replicas,
+            "selector": {"matchLabels": {**selector_labels(ad), LABEL_TRACK: track}},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "progressDeadlineSeconds": 1200,
             "template": {

@@ -11,19 +11,28 @@ import aiohttp
 import kopf
 from pydantic import ValidationError
 
-from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus, RetrainRecord
+from kubetune.api.adapterdeployment import (
+    AdapterDeployment,
+    AdapterDeploymentStatus,
+    CanaryStatus,
+    RetrainRecord,
+)
 from kubetune.api.finetunejob import FineTuneJob, FineTuneJobSpec
 from kubetune.api.loading import format_validation_error
 from kubetune_operator.adapter_status import Unresolved, derive_adapter_status, resolve_adapter
 from kubetune_operator.builders.serving import (
+    ResolvedAdapter,
     build_deployment,
     build_pdb,
     build_pod_monitor,
     build_serve_config_map,
     build_service,
+    server_name,
 )
 from kubetune_operator.builders.training import build_trainer_service_account
-from kubetune_operator.conditions import set_condition
+from kubetune_operator.canary import VersionHealth, canary_replicas, compare, health_queries, step_decision
+from kubetune_operator.conditions import set_condition, status_patch
+from kubetune_operator.handlers.serial import Outcome, serialized
 from kubetune_operator.kube import Kube, collection_path
 from kubetune_operator.prometheus import PrometheusError, query_scalar, trigger_queries
 from kubetune_operator.retraining import (
@@ -45,7 +54,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _previous(body: kopf.Body) -> AdapterDeploymentStatus:
+def _previous(body: dict[str, Any]) -> AdapterDeploymentStatus:
     try:
         return AdapterDeploymentStatus.model_validate(dict(body.get("status") or {}))
     except ValidationError:
@@ -204,6 +213,174 @@ async def _monitor(
         events.append(Event("Warning", "Retraining", f"created FineTuneJob {name}: {breach.message}"))
 
 
+async def _apply_stable(
+    kube: Kube,
+    ad: AdapterDeployment,
+    owner: dict[str, Any],
+    adapter: ResolvedAdapter,
+    settings: OperatorSettings,
+) -> dict[str, Any]:
+    config_map = build_serve_config_map(ad, owner, adapter)
+    await kube.apply(config_map, fields=("data",))
+    return await kube.apply(
+        build_deployment(
+            ad,
+            owner,
+            adapter,
+            config_map,
+            settings.server_image,
+            settings.image_pull_policy,
+            settings.trainer_service_account,
+        )
+    )
+
+
+def _champion(status: AdapterDeploymentStatus, task: Any) -> ResolvedAdapter | None:
+    """The version serving now, as a ResolvedAdapter (None before the first rollout)."""
+    active = status.active_adapter
+    if active is None or active.version is None or active.uri is None:
+        return None
+    return ResolvedAdapter(
+        active.version, active.uri, task, active.digest, active.fine_tune_job, active.accuracy
+    )
+
+
+def _canary_message(ad: AdapterDeployment, status: AdapterDeploymentStatus) -> str:
+    canary = status.canary
+    assert canary is not None
+    steps = len(ad.spec.rollout.steps)
+    waiting = (
+        "pods starting" if canary.step_started_at is None else f"watching since {canary.step_started_at}"
+    )
+    return f"canary {canary.version}: step {canary.step + 1}/{steps}, {canary.weight}% of pods, {waiting}"
+
+
+async def _drop_canary(kube: Kube, ad: AdapterDeployment, status: AdapterDeploymentStatus) -> None:
+    path = (
+        f"{collection_path('apps/v1', 'Deployment', ad.metadata.namespace or 'default')}/"
+        f"{server_name(ad.metadata.name, 'canary')}"
+    )
+    if await kube.get(path) is not None:
+        await kube.delete(path)
+    status.canary = None
+
+
+async def _version_health(ad: AdapterDeployment, version: str, window: int) -> VersionHealth:
+    url = ad.spec.monitoring.prometheus_url
+    if url is None:
+        return VersionHealth()
+    queries = health_queries(ad.metadata.name, version, window, ad.spec.monitoring.drift.kind)
+    async with aiohttp.ClientSession() as session:
+        values = {k: await query_scalar(session, url, q) for k, q in queries.items()}
+    return VersionHealth(**values)
+
+
+async def _run_canary(
+    kube: Kube,
+    ad: AdapterDeployment,
+    owner: dict[str, Any],
+    status: AdapterDeploymentStatus,
+    champion: ResolvedAdapter,
+    candidate: ResolvedAdapter,
+    settings: OperatorSettings,
+    events: list[Event],
+    now: str,
+) -> tuple[dict[str, Any], bool]:
+    """One canary pass: keep the champion serving, size the canary, judge a finished step.
+
+    Returns (stable Deployment, promoted?)."""
+    gen = ad.metadata.generation
+    canary = status.canary
+    if canary is None or canary.version != candidate.version:
+        canary = CanaryStatus(
+            version=candidate.version,
+            uri=candidate.uri,
+            digest=candidate.digest,
+            fine_tune_job=candidate.fine_tune_job,
+            accuracy=candidate.accuracy,
+            step=0,
+            weight=ad.spec.rollout.steps[0].weight,
+        )
+        events.append(
+            Event("Normal", "CanaryStarted", f"canary {candidate.version} on {canary.weight}% of pods")
+        )
+    stable = await _apply_stable(kube, ad, owner, champion, settings)
+    replicas = canary_replicas(ad.spec.replicas, canary.weight)
+    config_map = build_serve_config_map(ad, owner, candidate, "canary")
+    await kube.apply(config_map, fields=("data",))
+    deployment = await kube.apply(
+        build_deployment(
+            ad,
+            owner,
+            candidate,
+            config_map,
+            settings.server_image,
+            settings.image_pull_policy,
+            settings.trainer_service_account,
+            track="canary",
+            replicas=replicas,
+        )
+    )
+    ds = deployment.get("status", {})
+    ready = int(ds.get("readyReplicas") or 0) >= replicas and int(ds.get("updatedReplicas") or 0) >= replicas
+    if ready and canary.step_started_at is None:
+        canary.step_started_at = now
+    status.canary = canary
+    decision = step_decision(ad, canary, ready, deployment["metadata"].get("creationTimestamp") or now, now)
+    if decision == "wait":
+        return stable, False
+    reason = "canary pods never became ready" if decision == "rollback-unready" else None
+    if reason is None:
+        try:
+            window = ad.spec.rollout.steps[canary.step].pause_seconds
+            reason = compare(
+                await _version_health(ad, champion.version, window),
+                await _version_health(ad, canary.version, window),
+                ad.spec.monitoring.drift.threshold,
+            )
+        except PrometheusError as err:
+            return stable, _hold(status, f"canary judgement postponed: {err}", now, gen)
+    if reason is not None:
+        await _drop_canary(kube, ad, status)
+        status.rolled_back = [*status.rolled_back, candidate.version][-10:]
+        status.conditions = set_condition(
+            status.conditions, "RolledBack", "True", "CanaryWorse", f"{candidate.version}: {reason}", now, gen
+        )
+        events.append(Event("Warning", "RolledBack", f"canary {candidate.version} rolled back: {reason}"))
+        return stable, False
+    if canary.step + 1 < len(ad.spec.rollout.steps):
+        canary.step += 1
+        canary.weight = ad.spec.rollout.steps[canary.step].weight
+        canary.step_started_at = None
+        events.append(
+            Event("Normal", "CanaryStep", f"canary {candidate.version} to {canary.weight}% of pods")
+        )
+        return stable, False
+    await _drop_canary(kube, ad, status)
+    canary.step, canary.weight, canary.step_started_at = len(ad.spec.rollout.steps), 100, None
+    status.canary = canary  # remembered as passed until the stable track serves it
+    status.conditions = set_condition(
+        status.conditions,
+        "RolledBack",
+        "False",
+        "CanaryPassed",
+        f"{candidate.version} passed every canary step",
+        now,
+        gen,
+    )
+    events.append(
+        Event("Normal", "CanaryPassed", f"canary {candidate.version} passed; rolling it out to all pods")
+    )
+    return stable, True
+
+
+def _hold(status: AdapterDeploymentStatus, message: str, now: str, gen: int | None) -> bool:
+    status.conditions = set_condition(
+        status.conditions, "Monitoring", "False", "PrometheusUnavailable", message[:500], now, gen
+    )
+    return False
+
+
 async def _template_from_ref(kube: Kube, ad: AdapterDeployment) -> FineTuneJobSpec | None:
     if ad.spec.adapter.fine_tune_job_ref is None:
         return None
@@ -213,76 +390,100 @@ async def _template_from_ref(kube: Kube, ad: AdapterDeployment) -> FineTuneJobSp
     return FineTuneJob.model_validate(body).spec if body is not None else None
 
 
-async def reconcile_adapter(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
-) -> None:
+async def _serve(
+    kube: Kube,
+    ad: AdapterDeployment,
+    owner: dict[str, Any],
+    draft: AdapterDeploymentStatus,
+    resolved: ResolvedAdapter,
+    settings: OperatorSettings,
+    events: list[Event],
+    now: str,
+) -> tuple[ResolvedAdapter, dict[str, Any], str | None]:
+    """Apply the serving children. Returns (version on the stable track, its Deployment, canary message)."""
+    namespace = ad.metadata.namespace or "default"
+    await kube.ensure(build_trainer_service_account(namespace, settings.trainer_service_account))
+    await kube.apply(build_service(ad, owner))
+    await kube.apply(build_pdb(ad, owner))
+    if await kube.exists(PROMETHEUS_OPERATOR_API):
+        await kube.apply(build_pod_monitor(ad, owner))
+    champion = _champion(draft, resolved.task)
+    if champion is not None and resolved.version in draft.rolled_back:
+        resolved = champion  # a version a canary rejected is never rolled out again
+    passed = (
+        champion is not None
+        and champion.version != resolved.version
+        and draft.canary is not None
+        and draft.canary.version == resolved.version
+        and draft.canary.step >= len(ad.spec.rollout.steps)
+    )
+    if passed:  # every step passed: the stable track rolls to it; the record goes once it serves
+        return resolved, await _apply_stable(kube, ad, owner, resolved, settings), None
+    if (
+        ad.spec.rollout.strategy != "Canary"
+        or champion is None
+        or resolved.version == champion.version
+        or ad.spec.adapter.version is not None
+    ):  # a pinned version (rollback) goes out at once
+        await _drop_canary(kube, ad, draft)
+        return resolved, await _apply_stable(kube, ad, owner, resolved, settings), None
+    stable, promoted = await _run_canary(kube, ad, owner, draft, champion, resolved, settings, events, now)
+    if promoted:
+        return resolved, await _apply_stable(kube, ad, owner, resolved, settings), None
+    message = _canary_message(ad, draft) if draft.canary is not None else None
+    return champion, stable, message
+
+
+def _invalid(body: dict[str, Any], prev: AdapterDeploymentStatus, err: ValidationError, now: str) -> Outcome:
+    message = format_validation_error(err)
+    gen = body["metadata"].get("generation")
+    status = prev.model_copy(update={"phase": "Degraded", "message": message, "observed_generation": gen})
+    status.conditions = set_condition(status.conditions, "Ready", "False", "InvalidSpec", message, now, gen)
+    if status == prev:
+        return Outcome()
+    return Outcome(status_patch(prev.wire(), status.wire()), [Event("Warning", "InvalidSpec", message)])
+
+
+async def reconcile_adapter(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logger) -> Outcome:
     """Level-based: run on create/update/resume and on every resync tick."""
     kube: Kube = memo.kube
     settings: OperatorSettings = memo.settings
     prev = _previous(body)
     now = _now()
     try:
-        ad = AdapterDeployment.model_validate(dict(body))
+        ad = AdapterDeployment.model_validate(body)
     except ValidationError as err:
-        message = format_validation_error(err)
-        status = prev.model_copy(
-            update={
-                "phase": "Degraded",
-                "message": message,
-                "observed_generation": body["metadata"].get("generation"),
-            }
-        )
-        status.conditions = set_condition(
-            status.conditions, "Ready", "False", "InvalidSpec", message, now, status.observed_generation
-        )
-        if status != prev:
-            patch.status.update(status.wire())
-            kopf.event(body, type="Warning", reason="InvalidSpec", message=message)
-        return
-    namespace = body["metadata"]["namespace"]
-    owner = dict(body)
+        return _invalid(body, prev, err, now)
     draft = prev.model_copy(deep=True)
     events: list[Event] = []
     await _judge_retrains(kube, ad, draft, events, now)
 
-    source = draft.promoted or (
-        ad.spec.adapter.fine_tune_job_ref.name if ad.spec.adapter.fine_tune_job_ref else None
-    )
-    ftj = await kube.get(_ftj_path(namespace, source)) if source else None
+    ref = ad.spec.adapter.fine_tune_job_ref
+    source = draft.promoted or (ref.name if ref else None)
+    ftj = await kube.get(_ftj_path(ad.metadata.namespace or "default", source)) if source else None
     active = draft.active_adapter.version if draft.active_adapter else None
     resolved = resolve_adapter(ad, ftj, draft.history, active, draft.promoted)
-    deployment = None
+    deployment, canary_message = None, None
     if not isinstance(resolved, Unresolved):
-        await kube.ensure(build_trainer_service_account(namespace, settings.trainer_service_account))
-        config_map = build_serve_config_map(ad, owner, resolved)
-        await kube.apply(config_map, fields=("data",))
-        await kube.apply(build_service(ad, owner))
-        await kube.apply(build_pdb(ad, owner))
-        if await kube.exists(PROMETHEUS_OPERATOR_API):
-            await kube.apply(build_pod_monitor(ad, owner))
-        deployment = await kube.apply(
-            build_deployment(
-                ad,
-                owner,
-                resolved,
-                config_map,
-                settings.server_image,
-                settings.image_pull_policy,
-                settings.trainer_service_account,
-            )
+        resolved, deployment, canary_message = await _serve(
+            kube, ad, body, draft, resolved, settings, events, now
         )
     new, rollout_events = derive_adapter_status(ad, resolved, deployment, draft, now)
     events += rollout_events
+    if canary_message is not None:
+        gen = ad.metadata.generation
+        new.phase, new.message = "Progressing", canary_message
+        new.conditions = set_condition(
+            new.conditions, "Progressing", "True", "Canary", canary_message, now, gen
+        )
     if _monitoring_due(ad, new, now):
-        await _monitor(kube, ad, owner, new, events, now, logger)
-    if new != prev:
-        patch.status.update(new.wire())
-    for event in events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        await _monitor(kube, ad, body, new, events, now, logger)
+    return Outcome(status_patch(prev.wire(), new.wire()) if new != prev else None, events)
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
-    kopf.on.create(*RESOURCE, registry=registry, id="reconcile-create")(reconcile_adapter)
-    kopf.on.resume(*RESOURCE, registry=registry, id="reconcile-resume")(reconcile_adapter)
-    kopf.on.update(*RESOURCE, field="spec", registry=registry, id="reconcile-update")(reconcile_adapter)
-    kopf.timer(*RESOURCE, interval=settings.resync_seconds, registry=registry, id="resync")(reconcile_adapter)
+    handler = serialized(reconcile_adapter)
+    kopf.on.create(*RESOURCE, registry=registry, id="reconcile-create")(handler)
+    kopf.on.resume(*RESOURCE, registry=registry, id="reconcile-resume")(handler)
+    kopf.on.update(*RESOURCE, field="spec", registry=registry, id="reconcile-update")(handler)
+    kopf.timer(*RESOURCE, interval=settings.resync_seconds, registry=registry, id="resync")(handler)

@@ -22,6 +22,8 @@ from kubetune_operator.builders.training import (
     train_job_name,
     validate_job_name,
 )
+from kubetune_operator.conditions import status_patch
+from kubetune_operator.handlers.serial import Outcome, serialized
 from kubetune_operator.kube import Kube, collection_path, object_path
 from kubetune_operator.metrics import RECONCILES
 from kubetune_operator.progress import Progress, parse_progress
@@ -35,14 +37,14 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _previous_status(body: kopf.Body) -> FineTuneJobStatus:
+def _previous_status(body: dict[str, Any]) -> FineTuneJobStatus:
     try:
         return FineTuneJobStatus.model_validate(dict(body.get("status") or {}))
     except ValidationError:
         return FineTuneJobStatus()  # a status we cannot read is recomputed from the children
 
 
-def _parse(body: kopf.Body) -> tuple[FineTuneJob | None, str | None]:
+def _parse(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:
     try:
         return FineTuneJob.model_validate(dict(body)), None
     except ValidationError as err:
@@ -59,7 +61,7 @@ async def _pods(kube: Kube, namespace: str, name: str, component: str) -> list[d
 
 
 async def _observe(
-    kube: Kube, cr: FineTuneJob | None, body: kopf.Body, error: str | None, settings: OperatorSettings
+    kube: Kube, cr: FineTuneJob | None, body: dict[str, Any], error: str | None, settings: OperatorSettings
 ) -> Observed:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     generation = body["metadata"].get("generation")
@@ -85,7 +87,7 @@ async def _observe(
 async def _ensure_children(
     kube: Kube,
     cr: FineTuneJob,
-    body: kopf.Body,
+    body: dict[str, Any],
     obs: Observed,
     prev: FineTuneJobStatus,
     settings: OperatorSettings,
@@ -121,7 +123,7 @@ async def _ensure_children(
 
 
 def _created(
-    body: kopf.Body, child: dict[str, Any], created: bool, what: str, logger: logging.Logger
+    body: dict[str, Any], child: dict[str, Any], created: bool, what: str, logger: logging.Logger
 ) -> None:
     if created:
         message = f"created {what} {child['metadata']['name']}"
@@ -145,17 +147,15 @@ async def _sync_training_job(kube: Kube, cr: FineTuneJob, tjob: dict[str, Any]) 
     return await kube.merge_patch(object_path(tjob), {"spec": want}) or tjob
 
 
-async def reconcile(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
-) -> None:
+async def reconcile(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logger) -> Outcome:
     """The one level-based reconcile, run on create/update/resume and on every resync tick."""
     kube: Kube = memo.kube
     settings: OperatorSettings = memo.settings
     prev = _previous_status(body)
+    generation = body["metadata"].get("generation")
     if prev.phase in TERMINAL_PHASES:
-        if prev.observed_generation != body["metadata"].get("generation"):
-            patch.status["observedGeneration"] = body["metadata"].get("generation")
-        return
+        stale = prev.observed_generation != generation
+        return Outcome(status={"observedGeneration": generation} if stale else None)
     cr, error = _parse(body)
     try:
         obs = await _observe(kube, cr, body, error, settings)
@@ -165,32 +165,25 @@ async def reconcile(
         RECONCILES.labels(result="error").inc()
         raise
     new, events = derive_status(obs, prev, _now())
-    if (
-        new.phase == "Failed"
-        and new.conditions
-        and obs.train_job is not None
-        and any(c.reason == "TooManyPreemptions" for c in new.conditions if c.type == "Failed")
-    ):
+    failed = next((c for c in new.conditions if c.type == "Failed" and c.status == "True"), None)
+    if failed is not None and failed.reason == "TooManyPreemptions" and obs.train_job is not None:
         await kube.delete(object_path(obs.train_job))
-    if new != prev:
-        wire = new.wire()
-        patch.status.update(wire)
-    for event in events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     if error is not None:
         logger.warning("invalid FineTuneJob spec: %s", error)
     RECONCILES.labels(result="ok").inc()
+    return Outcome(status_patch(prev.wire(), new.wire()) if new != prev else None, events)
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     """Attach the FineTuneJob handlers to ``registry``."""
-    kopf.on.create(*RESOURCE, registry=registry, id="reconcile-create")(reconcile)
-    kopf.on.resume(*RESOURCE, registry=registry, id="reconcile-resume")(reconcile)
-    kopf.on.update(*RESOURCE, field="spec", registry=registry, id="reconcile-update")(reconcile)
+    handler = serialized(reconcile)
+    kopf.on.create(*RESOURCE, registry=registry, id="reconcile-create")(handler)
+    kopf.on.resume(*RESOURCE, registry=registry, id="reconcile-resume")(handler)
+    kopf.on.update(*RESOURCE, field="spec", registry=registry, id="reconcile-update")(handler)
     kopf.timer(
         *RESOURCE,
         interval=settings.resync_seconds,
         registry=registry,
         id="resync",
         when=lambda status, **_: (status or {}).get("phase") not in TERMINAL_PHASES,
-    )(reconcile)
+    )(handler)
