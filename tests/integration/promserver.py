@@ -45,10 +45,15 @@ class Prometheus:
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = (self.workdir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={self.workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--web.enable-lifecycle"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                self.binary,
+                f"--config.file={self.workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -58,7 +63,9 @@ class Prometheus:
                         return self
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError(f"prometheus did not become ready: {(self.workdir / 'prometheus.log').read_text()[-2000:]}")
+        raise RuntimeError(
+            f"prometheus did not become ready: {(self.workdir / 'prometheus.log').read_text()[-2000:]}"
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:

@@ -7,9 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from kubetune.api.adapterdeployment import ActiveAdapter, AdapterDeployment, MonitoringSpec, RetrainRecord
-from kubetune.api.finetunejob import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus, TrainResult
 from kubetune_operator.prometheus import trigger_queries
 from kubetune_operator.retraining import (
     TRIGGERED_BY,
@@ -21,6 +18,9 @@ from kubetune_operator.retraining import (
     retrain_blocker,
     retrain_name,
 )
+
+from kubetune.api.adapterdeployment import ActiveAdapter, AdapterDeployment, MonitoringSpec, RetrainRecord
+from kubetune.api.finetunejob import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus, TrainResult
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = "2026-11-22T12:00:00Z"
