@@ -484,7 +484,6 @@ def test_kopf_peering_crds_ship_in_crds_dir(default_objs: list[Obj]) -> None:
         ({"argocd": {"enabled": "true"}}, "/argocd/enabled"),
         # Cross-field and not-yet-shipped checks done by the templates.
         ({"peering": {"enabled": False}}, "peering.enabled=false needs operator.replicas=1"),
-        ({"argocd": {"enabled": True}}, "argocd.enabled=true"),
     ],
 )
 def test_bad_values_are_rejected(tmp_path: Path, values: Obj, message: str) -> None:

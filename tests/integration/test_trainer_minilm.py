@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from kubetune.api import exitcodes
 from kubetune.api.finetunejob import TrainResult
 from kubetune.api.loading import load_train_config
 
@@ -196,7 +197,7 @@ def test_gate_failure_exits_nonzero_with_reason(workspace: Path) -> None:
     )
     proc = kubetune_train(workspace, manifest)
     stdout, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 3, stdout[-2000:]
+    assert proc.returncode == exitcodes.GATE_FAILED, stdout[-2000:]
     result = TrainResult.model_validate_json((workspace / "out.termination").read_text())
     assert result.reason and result.reason.startswith("GateFailed: accuracy")
     assert "below evaluation.minAccuracy 1.0000" in result.reason
@@ -207,7 +208,7 @@ def test_invalid_data_fails_before_training(workspace: Path) -> None:
         f.write(json.dumps({"text": "hello", "label": "weather"}) + "\n")
     proc = kubetune_train(workspace, write_manifest(workspace / "job.yaml"))
     stdout, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 2
+    assert proc.returncode == exitcodes.INVALID_DATA
     assert not any(e["event"] == "step" for e in events(stdout))
     reason = TrainResult.model_validate_json((workspace / "out.termination").read_text()).reason
     assert reason and "train.jsonl row 25: field 'label': unknown label 'weather'" in reason

@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+from kubetune.api import exitcodes
 from kubetune.api.finetunejob import TrainResult
 from kubetune.api.trainconfig import TrainConfig
 from kubetune_trainer.errors import (
@@ -22,7 +23,13 @@ from kubetune_trainer.errors import (
 )
 from kubetune_trainer.logs import EventLog
 
-EXIT_OK, EXIT_ERROR, EXIT_INVALID_DATA, EXIT_GATE, EXIT_PREEMPTED = 0, 1, 2, 3, 143
+# The contract with the Job's podFailurePolicy lives in kubetune.api.exitcodes.
+EXIT_OK, EXIT_ERROR = exitcodes.OK, 1
+EXIT_INVALID_DATA, EXIT_GATE, EXIT_PREEMPTED = (
+    exitcodes.INVALID_DATA,
+    exitcodes.GATE_FAILED,
+    exitcodes.PREEMPTED,
+)
 REASON_LIMIT = 3000  # the whole termination message must stay under 4 KiB
 CLASSIFICATION_METRICS = ["accuracy", "macro_f1"]
 CAUSAL_METRICS = ["loss", "perplexity", "json_validity", "intent_exact_match"]
