@@ -1,0 +1,1 @@
+"""`kubectl kubetune`: a kubectl plugin for FineTuneJobs and AdapterDeployments."""
