@@ -73,6 +73,7 @@ def _crd(
     status: type[BaseModel],
     description: str,
     columns: list[dict[str, Any]],
+    rules: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     spec_schema = structural(spec)
     status_schema = structural(status)
@@ -110,11 +111,42 @@ def _crd(
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },
+                            **({"x-kubernetes-validations": rules} if rules else {}),
                         }
                     },
                 }
             ],
         },
+    }
+
+
+# Fields of a FineTuneJob that may change after it started; every other spec field is frozen, the
+# way a batch/v1 Job's pod template is (GitOps tools then fail loudly instead of drifting silently).
+MUTABLE_AFTER_START = ("suspend", "activeDeadlineSeconds", "maxPreemptions")
+FROZEN_AFTER_START = tuple(
+    name
+    for name in FineTuneJobSpec.model_json_schema(by_alias=True)["properties"]
+    if name not in MUTABLE_AFTER_START
+)
+
+
+def _immutability_rule() -> dict[str, Any]:
+    started = (
+        "has(oldSelf.status) && has(oldSelf.status.phase) && "
+        "(oldSelf.status.phase in ['ValidatingData', 'Running', 'Succeeded', 'Failed', 'Cancelled'] || "
+        "has(oldSelf.status.startTime))"
+    )
+    same = " && ".join(
+        f"(has(self.spec.{f}) == has(oldSelf.spec.{f}) && (!has(self.spec.{f}) || self.spec.{f} == oldSelf.spec.{f}))"
+        for f in FROZEN_AFTER_START
+    )
+    return {
+        "rule": f"!({started}) || ({same})",
+        "message": "spec is immutable once the job has started: only "
+        + ", ".join(MUTABLE_AFTER_START)
+        + " may change; create a new FineTuneJob to train again",
+        "fieldPath": ".spec",
+        "reason": "FieldValueForbidden",
     }
 
 
@@ -134,6 +166,7 @@ def finetunejob_crd() -> dict[str, Any]:
             {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel.name", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
+        rules=[_immutability_rule()],
     )
 
 
