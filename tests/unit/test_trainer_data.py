@@ -132,3 +132,49 @@ def test_digest_changes_with_content_and_boundaries() -> None:
     assert digest_bytes([b"ab", b"c"]) != digest_bytes([b"a", b"bc"])
     assert digest_bytes([b"x"]) == digest_bytes([b"x"])
     assert digest_bytes([b"x"]).startswith("sha256:") and len(digest_bytes([b"x"])) == 7 + 64
+
+
+def with_extra(config: TrainConfig, *extras: tuple[str, int]) -> TrainConfig:
+    wire = config.model_dump(by_alias=True)
+    wire["dataset"]["extra"] = [{"uri": f"pvc://data/{uri}", "weight": weight} for uri, weight in extras]
+    return TrainConfig.model_validate(wire)
+
+
+def test_extra_sources_are_validated_merged_and_oversampled(tmp_path: Path) -> None:
+    write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"text": "refund please", "label": "billing_refund"},
+            {"text": "card used", "label": "fraud_report"},
+        ],
+    )
+    write_jsonl(tmp_path / "validation.jsonl", [{"text": "money back", "label": "billing_refund"}])
+    write_jsonl(tmp_path / "fresh.jsonl", [{"text": "new phone charge", "label": "new_product"}])
+    base = make_config(tmp_path, "train.jsonl", "validation.jsonl", type="sequence-classification")
+    plain = load_task_data(base)
+    data = load_task_data(with_extra(base, ("fresh.jsonl", 3)))
+
+    assert data.labels == ["billing_refund", "fraud_report", "new_product"]  # inferred over every source
+    assert [e.text for e in data.train if isinstance(e, ClassificationExample)].count("new phone charge") == 3
+    assert len(data.train) == 2 + 3 and len(data.validation) == 1
+    assert data.digest != plain.digest
+    assert data.digest != load_task_data(with_extra(base, ("fresh.jsonl", 2))).digest  # weight counts
+
+
+def test_extra_source_errors_name_the_extra_file_and_row(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "refund please", "label": "billing_refund"}] * 4)
+    write_jsonl(tmp_path / "fresh.jsonl", [{"text": "ok", "label": "fraud_report"}, {"text": "no label"}])
+    with pytest.raises(
+        DataValidationError, match=r"dataset\.extra\[0\] fresh\.jsonl row 2: field 'label' missing"
+    ):
+        load_task_data(with_extra(make_config(tmp_path, "train.jsonl"), ("fresh.jsonl", 1)))
+
+
+def test_validation_split_comes_from_train_only(tmp_path: Path) -> None:
+    write_jsonl(
+        tmp_path / "train.jsonl", [{"text": f"refund {i}", "label": LABELS[i % 2]} for i in range(10)]
+    )
+    write_jsonl(tmp_path / "fresh.jsonl", [{"text": "fresh row", "label": "fraud_report"}])
+    data = load_task_data(with_extra(make_config(tmp_path, "train.jsonl"), ("fresh.jsonl", 2)))
+    assert len(data.validation) == 1 and len(data.train) == 9 + 2
+    assert all(e.text != "fresh row" for e in data.validation if isinstance(e, ClassificationExample))

@@ -258,25 +258,53 @@ def digest_bytes(chunks: list[bytes]) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
+def _read_rows(
+    source: DataSource, config: TrainConfig, name: str | None = None
+) -> tuple[bytes, str, list[tuple[int, Any]]]:
+    raw, file_name = read_source(source, config)
+    rows = parse_rows(raw, infer_format(file_name, config.dataset.format), name or file_name)
+    return raw, name or file_name, rows
+
+
 def load_task_data(config: TrainConfig) -> TaskData:
-    """Read, parse and validate train (and validation) data; raises on the first unusable source."""
+    """Read, parse and validate train, dataset.extra and validation; raises on the first unusable source.
+
+    Extra sources (e.g. fresh production feedback) are validated like train rows, with their own name
+    in errors ("dataset.extra[0] fresh.jsonl row 3: ..."), and appended to the training set `weight`
+    times each (oversampling: a row of weight 2 is seen twice per epoch). A validation split, when no
+    validation file is given, is taken from the train file only, so a repeated extra row never sits
+    on both sides. Labels, when task.labels is omitted, are inferred over train and every extra.
+    """
     spec = config.dataset
-    raw_train, train_name = read_source(spec.train, config)
-    train_rows = parse_rows(raw_train, infer_format(train_name, spec.format), train_name)
+    raw_train, train_name, train_rows = _read_rows(spec.train, config)
+    extras = [
+        (
+            source,
+            *_read_rows(
+                source, config, f"dataset.extra[{i}] {PurePosixPath(urlparse(source.uri).path).name}"
+            ),
+        )
+        for i, source in enumerate(spec.extra)
+    ]
     labels: list[str] = []
     if config.task.type == "sequence-classification":
-        labels = list(config.task.labels or infer_labels(train_rows, spec.fields.label))
+        every_row = train_rows + [row for *_, rows in extras for row in rows]
+        labels = list(config.task.labels or infer_labels(every_row, spec.fields.label))
         if len(labels) < 2:
             raise DataValidationError(f"{train_name}: found {len(labels)} label(s); classification needs ≥ 2")
     train = validate_rows(train_rows, train_name, config, labels)
     chunks = [raw_train]
     if spec.validation is not None:
-        raw_val, val_name = read_source(spec.validation, config)
-        val_rows = parse_rows(raw_val, infer_format(val_name, spec.format), val_name)
+        raw_val, val_name, val_rows = _read_rows(spec.validation, config)
         validation = validate_rows(val_rows, val_name, config, labels)
         chunks.append(raw_val)
         source = "validation file"
     else:
         train, validation = split_train_validation(train, spec.validation_split, config.training.seed)
         source = "split of train"
+    for extra, raw, name, rows in extras:
+        train += [
+            example for example in validate_rows(rows, name, config, labels) for _ in range(extra.weight)
+        ]
+        chunks += [f"extra weight={extra.weight}".encode(), raw]  # the weight changes the training set too
     return TaskData(train, validation, labels, digest_bytes(chunks), source)
