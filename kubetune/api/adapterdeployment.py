@@ -434,6 +434,12 @@ class AdapterDeploymentStatus(ApiModel):
         str | None, Field(description="The retraining FineTuneJob whose adapter was promoted last.")
     ] = None
     canary: Annotated[CanaryStatus | None, Field(description="The canary in progress, if any.")] = None
+    last_retrain_request: Annotated[
+        str | None,
+        Field(
+            description="The last kubetune.dev/retrain-requested annotation value handled (once per value)."
+        ),
+    ] = None
     rolled_back: Annotated[
         list[Annotated[str, Field(max_length=128)]],
         Field(

@@ -137,7 +137,8 @@ def _immutability_rule() -> dict[str, Any]:
         "has(oldSelf.status.startTime))"
     )
     same = " && ".join(
-        f"(has(self.spec.{f}) == has(oldSelf.spec.{f}) && (!has(self.spec.{f}) || self.spec.{f} == oldSelf.spec.{f}))"
+        f"(has(self.spec.{f}) == has(oldSelf.spec.{f}) && "
+        f"(!has(self.spec.{f}) || self.spec.{f} == oldSelf.spec.{f}))"
         for f in FROZEN_AFTER_START
     )
     return {

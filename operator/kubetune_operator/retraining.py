@@ -20,6 +20,8 @@ from kubetune.api.finetunejob import DataSource, ExtraSource, FineTuneJobSpec, F
 from kubetune_operator.builders.meta import LABEL_ADAPTERDEPLOYMENT, child_name, owner_reference
 
 TRIGGERED_BY = "kubetune.dev/triggered-by"
+# Set by a human or the Argo CD `retrain-now` action to an RFC 3339 time; honoured once per value.
+RETRAIN_REQUESTED = "kubetune.dev/retrain-requested"
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Readings:
 
 @dataclass(frozen=True)
 class Breach:
-    kind: Literal["drift", "accuracy"]
+    kind: Literal["drift", "accuracy", "manual"]
     message: str
 
 
@@ -65,14 +67,19 @@ def _parse(ts: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
-def retrain_blocker(retraining: RetrainingSpec, records: list[RetrainRecord], now: str) -> str | None:
-    """Why no retrain may start now (in progress, cooldown, daily budget), or None."""
-    if not retraining.enabled:
+def retrain_blocker(
+    retraining: RetrainingSpec, records: list[RetrainRecord], now: str, manual: bool = False
+) -> str | None:
+    """Why no retrain may start now (in progress, cooldown, daily budget), or None.
+
+    A manual request (retrain-now) skips ``enabled`` and the cooldown, never the daily budget.
+    """
+    if not retraining.enabled and not manual:
         return "retraining.enabled is false"
     if any(r.outcome in ("Pending", "Running") for r in records):
         return "a retraining FineTuneJob is already running"
     t = _parse(now)
-    if records:
+    if records and not manual:
         since = (t - _parse(records[-1].created_at)).total_seconds()
         if since < retraining.cooldown_seconds:
             return f"cooldown: {int(retraining.cooldown_seconds - since)}s left"

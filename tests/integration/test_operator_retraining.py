@@ -186,3 +186,52 @@ def test_drift_in_prometheus_triggers_one_retrain_that_is_promoted(
     assert live["activeAdapter"]["uri"] == result["adapterUri"]
     reasons = {e["reason"] for e in cluster.events(NS, "support-intents")}
     assert {"Retraining", "Promoted", "RolledOut"} <= reasons, reasons
+
+
+def test_retrain_now_annotation_starts_one_retrain_per_request(
+    cluster: EmulatedCluster, operator: Operator, prometheus: Prometheus
+) -> None:
+    succeeded_finetunejob(cluster, "sha256:" + "aa" * 32)
+    apply_adep(cluster, prometheus)
+    cluster.wait_for(
+        lambda: cluster.get("deployments.apps", NS, "support-intents-server"),
+        timeout=TIMEOUT,
+        message="Deployment",
+    )
+    play_deployment_controller(cluster, ready=2)
+    wait_adep(cluster, operator, lambda s: s.get("activeAdapter"), "Available")
+    cluster.kubectl(
+        "annotate", "adep", "support-intents", "kubetune.dev/retrain-requested=2026-11-22T10:00:00Z"
+    )
+    status = wait_adep(
+        cluster, operator, lambda s: s.get("lastRetrainRequest") == "2026-11-22T10:00:00Z", "request handled"
+    )
+    (record,) = status["retrains"]
+    assert record["trigger"] == "manual request 2026-11-22T10:00:00Z"
+    trigger = json.loads(
+        cluster.get("ftj", NS, record["fineTuneJob"])["metadata"]["annotations"]["kubetune.dev/triggered-by"]
+    )
+    assert trigger["breach"] == "manual"
+    # The same value is never handled twice; a second request while one runs is refused, visibly.
+    cluster.kubectl(
+        "annotate",
+        "--overwrite",
+        "adep",
+        "support-intents",
+        "kubetune.dev/retrain-requested=2026-11-22T11:00:00Z",
+    )
+    refused = wait_adep(
+        cluster,
+        operator,
+        lambda s: s.get("lastRetrainRequest") == "2026-11-22T11:00:00Z",
+        "second request handled",
+    )
+    assert len(refused["retrains"]) == 1
+    cond = next(c for c in refused["conditions"] if c["type"] == "Retraining")
+    assert cond["status"] == "True"  # the running retrain is still what the condition shows
+    rejected = cluster.wait_for(
+        lambda: [e for e in cluster.events(NS, "support-intents") if e["reason"] == "RetrainRequestRejected"],
+        timeout=TIMEOUT,
+        message="rejection event",
+    )
+    assert "already running" in rejected[0]["message"]

@@ -36,6 +36,8 @@ from kubetune_operator.handlers.serial import Outcome, serialized
 from kubetune_operator.kube import Kube, collection_path
 from kubetune_operator.prometheus import PrometheusError, query_scalar, trigger_queries
 from kubetune_operator.retraining import (
+    RETRAIN_REQUESTED,
+    Breach,
     Readings,
     build_retrain_job,
     find_breach,
@@ -184,18 +186,31 @@ async def _monitor(
     if blocker is not None:
         logger.info("breach (%s) but no retrain: %s", breach.message, blocker)
         return
+    await _start_retrain(kube, ad, owner, status, breach, readings, events, now)
+
+
+async def _start_retrain(
+    kube: Kube,
+    ad: AdapterDeployment,
+    owner: dict[str, Any],
+    status: AdapterDeploymentStatus,
+    breach: Breach,
+    readings: Readings,
+    events: list[Event],
+    now: str,
+) -> str | None:
+    """Create the retraining FineTuneJob; returns why it could not be started, or None."""
+    gen = ad.metadata.generation
+    active = status.active_adapter
+    if active is None or active.version is None:
+        return "no adapter is serving yet"
     template = ad.spec.retraining.template or await _template_from_ref(kube, ad)
     if template is None:
+        reason = "no recipe: the referenced FineTuneJob is gone; set retraining.template"
         status.conditions = set_condition(
-            status.conditions,
-            "Retraining",
-            "False",
-            "NoTemplate",
-            "the referenced FineTuneJob is gone; set retraining.template",
-            now,
-            gen,
+            status.conditions, "Retraining", "False", "NoTemplate", reason, now, gen
         )
-        return
+        return reason
     name = retrain_name(ad.metadata.name, active.version, status.retrains)
     job = build_retrain_job(ad, owner, template, active, breach, readings, name, now)
     _, created = await kube.ensure(job)
@@ -211,6 +226,40 @@ async def _monitor(
     )
     if created:
         events.append(Event("Warning", "Retraining", f"created FineTuneJob {name}: {breach.message}"))
+    return None
+
+
+async def _manual_retrain(
+    kube: Kube,
+    ad: AdapterDeployment,
+    owner: dict[str, Any],
+    status: AdapterDeploymentStatus,
+    events: list[Event],
+    now: str,
+) -> None:
+    """Honour `kubetune.dev/retrain-requested` once per value (the Argo CD retrain-now action):
+    skips the triggers and the cooldown, keeps the daily budget and the approval mode."""
+    requested = (owner.get("metadata", {}).get("annotations") or {}).get(RETRAIN_REQUESTED)
+    if not requested or requested == status.last_retrain_request:
+        return
+    status.last_retrain_request = requested
+    blocker = retrain_blocker(ad.spec.retraining, status.retrains, now, manual=True)
+    if blocker is None:
+        breach = Breach("manual", f"manual request {requested}")
+        blocker = await _start_retrain(kube, ad, owner, status, breach, Readings(), events, now)
+    if blocker is None:
+        return
+    events.append(Event("Warning", "RetrainRequestRejected", f"retrain request {requested}: {blocker}"))
+    if not any(r.outcome in ("Pending", "Running") for r in status.retrains):  # never hide a running retrain
+        status.conditions = set_condition(
+            status.conditions,
+            "Retraining",
+            "False",
+            "RetrainRequestRejected",
+            f"retrain request {requested} not started: {blocker}",
+            now,
+            ad.metadata.generation,
+        )
 
 
 async def _apply_stable(
@@ -478,6 +527,7 @@ async def reconcile_adapter(body: dict[str, Any], memo: kopf.Memo, logger: loggi
         )
     if _monitoring_due(ad, new, now):
         await _monitor(kube, ad, body, new, events, now, logger)
+    await _manual_retrain(kube, ad, body, new, events, now)
     return Outcome(status_patch(prev.wire(), new.wire()) if new != prev else None, events)
 
 
