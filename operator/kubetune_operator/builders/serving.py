@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
-from kubetune_trainer.serve.config import ADMIN_TOKEN_ENV, AdapterSpec, ServeConfig
+from kubetune_trainer.serve.config import ADMIN_TOKEN_ENV, AdapterSpec, ServeConfig, ServeMonitoring
 
 from kubetune.api.adapterdeployment import AdapterDeployment
 from kubetune.api.finetunejob import TaskType
@@ -50,9 +50,21 @@ def _labels(ad: AdapterDeployment, track: Track | None = None) -> dict[str, str]
     return {**labels, LABEL_TRACK: track} if track else labels
 
 
+def _claim(uri: str) -> str | None:
+    return uri[len("pvc://") :].split("/", 1)[0] if uri.startswith("pvc://") else None
+
+
+def _fresh_claim(ad: AdapterDeployment) -> str | None:
+    fresh = ad.spec.monitoring.fresh_data
+    return _claim(fresh.uri) if fresh is not None else None
+
+
 def _claims(ad: AdapterDeployment, adapter: ResolvedAdapter) -> list[str]:
+    """PVCs a serving pod mounts: adapter and model (read-only) and the fresh-data sample (writable)."""
     uris = [adapter.uri, ad.spec.base_model.name]
-    return sorted({u[len("pvc://") :].split("/", 1)[0] for u in uris if u.startswith("pvc://")})
+    claims = {c for u in uris if (c := _claim(u))}
+    fresh = _fresh_claim(ad)
+    return sorted(claims | ({fresh} if fresh else set()))
 
 
 def serve_config(ad: AdapterDeployment, adapter: ResolvedAdapter) -> ServeConfig:
@@ -67,6 +79,13 @@ def serve_config(ad: AdapterDeployment, adapter: ResolvedAdapter) -> ServeConfig
         max_input_tokens=opts.max_input_tokens,
         max_new_tokens=opts.max_new_tokens,
         port=opts.port,
+        monitoring=ServeMonitoring(
+            window_size=ad.spec.monitoring.window_size,
+            fresh_data_uri=ad.spec.monitoring.fresh_data.uri if ad.spec.monitoring.fresh_data else None,
+            fresh_max_rows=ad.spec.monitoring.fresh_data.max_rows if ad.spec.monitoring.fresh_data else 20000,
+            drop_fields=ad.spec.monitoring.fresh_data.drop_fields if ad.spec.monitoring.fresh_data else [],
+            hash_fields=ad.spec.monitoring.fresh_data.hash_fields if ad.spec.monitoring.fresh_data else [],
+        ),
         pvc_mounts={claim: f"{MOUNT_ROOT}/pvc/{claim}" for claim in _claims(ad, adapter)},
         cache_dir=CACHE_DIR,
         admin_token=None,
@@ -121,7 +140,7 @@ def _container(ad: AdapterDeployment, image: str, pull_policy: str, claims: list
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "cache", "mountPath": CACHE_DIR},
     ] + [
-        {"name": f"pvc-{i}", "mountPath": f"{MOUNT_ROOT}/pvc/{c}", "readOnly": True}
+        {"name": f"pvc-{i}", "mountPath": f"{MOUNT_ROOT}/pvc/{c}", "readOnly": c != _fresh_claim(ad)}
         for i, c in enumerate(claims)
     ]
     container: dict[str, Any] = {
@@ -188,7 +207,7 @@ def build_deployment(
         {"name": "tmp", "emptyDir": {}},
         {"name": "cache", "emptyDir": {}},
     ] + [
-        {"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}}
+        {"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": c, "readOnly": c != _fresh_claim(ad)}}
         for i, c in enumerate(claims)
     ]
     pod: dict[str, Any] = {

@@ -41,6 +41,27 @@ def _admin_token_from_env() -> SecretStr | None:
     return SecretStr(token) if token else None
 
 
+class ServeMonitoring(ApiModel):
+    """In-process drift and accuracy monitoring, and the fresh-data sample kept for retraining."""
+
+    enabled: Annotated[bool, Field(description="Compute drift scores inline (cheap) and export them.")] = True
+    window_size: Annotated[
+        int, Field(description="Recent inputs per adapter version in the drift window.", ge=50, le=100_000)
+    ] = 500
+    fresh_data_uri: Annotated[
+        str | None,
+        Field(
+            description="Directory (pvc://<claim>/<path> or a local path) where labelled traffic is kept: "
+            "<dir>/<adapter>/train.jsonl and holdout.jsonl (kubetune.api.adapterdeployment.fresh_data_uris)."
+        ),
+    ] = None
+    fresh_max_rows: Annotated[int, Field(description="Cap of kept rows (oldest dropped).", ge=100)] = 20000
+    drop_fields: Annotated[list[str], Field(description="Request metadata fields never stored (PII).")] = []
+    hash_fields: Annotated[
+        list[str], Field(description="Request metadata fields stored only hashed (PII).")
+    ] = []
+
+
 class ServeConfig(ApiModel):
     """Everything `kubetune serve` needs; camelCase in YAML like the CRDs."""
 
@@ -81,6 +102,9 @@ class ServeConfig(ApiModel):
     feedback_window: Annotated[
         int, Field(description="Feedback events per adapter version in the rolling accuracy.", ge=1, le=10**6)
     ] = 1000
+    monitoring: Annotated[ServeMonitoring, Field(description="Drift/accuracy monitoring.")] = (
+        ServeMonitoring()
+    )
     pvc_mounts: Annotated[dict[str, str], Field(description="PVC claim -> local mount directory.")] = {}
     cache_dir: Annotated[str, Field(description="Converted weights and downloaded adapters.")] = (
         "~/.cache/kubetune"
