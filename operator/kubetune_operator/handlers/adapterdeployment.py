@@ -34,6 +34,7 @@ from kubetune_operator.canary import VersionHealth, canary_replicas, compare, he
 from kubetune_operator.conditions import set_condition, status_patch
 from kubetune_operator.handlers.serial import Outcome, serialized
 from kubetune_operator.kube import Kube, collection_path
+from kubetune_operator.metrics import RETRAINS
 from kubetune_operator.prometheus import PrometheusError, query_scalar, trigger_queries
 from kubetune_operator.retraining import (
     RETRAIN_REQUESTED,
@@ -49,6 +50,13 @@ from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import Event
 
 RESOURCE = ("kubetune.dev", "v1alpha1", "adapterdeployments")
+# Event reason -> kubetune_retrains_total outcome (one place, so the counter follows the events).
+RETRAIN_OUTCOMES = {
+    "Retraining": "Triggered",
+    "Promoted": "Promoted",
+    "NotBetter": "Rejected",
+    "RetrainFailed": "Failed",
+}
 PROMETHEUS_OPERATOR_API = "/apis/monitoring.coreos.com/v1"
 
 
@@ -528,6 +536,9 @@ async def reconcile_adapter(body: dict[str, Any], memo: kopf.Memo, logger: loggi
     if _monitoring_due(ad, new, now):
         await _monitor(kube, ad, body, new, events, now, logger)
     await _manual_retrain(kube, ad, body, new, events, now)
+    for event in events:
+        if event.reason in RETRAIN_OUTCOMES:
+            RETRAINS.labels(ad.metadata.namespace, ad.metadata.name, RETRAIN_OUTCOMES[event.reason]).inc()
     return Outcome(status_patch(prev.wire(), new.wire()) if new != prev else None, events)
 
 

@@ -25,7 +25,7 @@ from kubetune_operator.builders.training import (
 from kubetune_operator.conditions import status_patch
 from kubetune_operator.handlers.serial import Outcome, serialized
 from kubetune_operator.kube import Kube, collection_path, object_path
-from kubetune_operator.metrics import RECONCILES
+from kubetune_operator.metrics import RECONCILES, forget_finetunejob, record_finetunejob
 from kubetune_operator.progress import Progress, parse_progress
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import Observed, derive_status, job_condition
@@ -153,7 +153,9 @@ async def reconcile(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
     settings: OperatorSettings = memo.settings
     prev = _previous_status(body)
     generation = body["metadata"].get("generation")
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     if prev.phase in TERMINAL_PHASES:
+        record_finetunejob(namespace, name, prev.phase, prev.progress, prev.loss)  # re-export after restarts
         stale = prev.observed_generation != generation
         return Outcome(status={"observedGeneration": generation} if stale else None)
     cr, error = _parse(body)
@@ -165,6 +167,7 @@ async def reconcile(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
         RECONCILES.labels(result="error").inc()
         raise
     new, events = derive_status(obs, prev, _now())
+    record_finetunejob(namespace, name, new.phase, new.progress, new.loss)
     failed = next((c for c in new.conditions if c.type == "Failed" and c.status == "True"), None)
     if failed is not None and failed.reason == "TooManyPreemptions" and obs.train_job is not None:
         await kube.delete(object_path(obs.train_job))
@@ -174,9 +177,14 @@ async def reconcile(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
     return Outcome(status_patch(prev.wire(), new.wire()) if new != prev else None, events)
 
 
+def _forget(namespace: str, name: str, **_: Any) -> None:
+    forget_finetunejob(namespace, name)
+
+
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     """Attach the FineTuneJob handlers to ``registry``."""
     handler = serialized(reconcile)
+    kopf.on.delete(*RESOURCE, registry=registry, id="forget-metrics", optional=True)(_forget)
     kopf.on.create(*RESOURCE, registry=registry, id="reconcile-create")(handler)
     kopf.on.resume(*RESOURCE, registry=registry, id="reconcile-resume")(handler)
     kopf.on.update(*RESOURCE, field="spec", registry=registry, id="reconcile-update")(handler)
