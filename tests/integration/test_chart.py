@@ -492,3 +492,16 @@ def test_bad_values_are_rejected(tmp_path: Path, values: Obj, message: str) -> N
     result = run_helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", str(values_file))
     assert result.returncode != 0, f"accepted {values}"
     assert message in result.stderr, result.stderr
+
+
+def test_helm_test_hook_checks_that_the_operator_answers(default_objs: list[Obj]) -> None:
+    hooks = [
+        o
+        for o in default_objs
+        if o["kind"] == "Pod" and o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
+    ]
+    assert len(hooks) == 1, "one `helm test` Pod"
+    (container,) = hooks[0]["spec"]["containers"]
+    script = container["args"][0]
+    assert "-metrics." in script and "/metrics" in script and "kubetune_operator_reconciles" in script
+    assert hooks[0]["spec"]["automountServiceAccountToken"] is False
