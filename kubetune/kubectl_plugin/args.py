@@ -58,8 +58,8 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def _global_flags(default: object) -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+def _global_flags(default: object) -> _Parser:
+    parent = _Parser(add_help=False)
     group = parent.add_argument_group("kubectl flags")
     group.add_argument("--kubeconfig", default=default, help="Path to the kubeconfig file.")
     group.add_argument("--context", default=default, help="The kubeconfig context to use.")
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[sub_flags], help=help_, description=help_)
 
     get = add("get", "Table of FineTuneJobs and/or AdapterDeployments with progress and accuracy.")
-    get.add_argument("what", nargs="*", metavar="[ftj|adep] [NAME]", help="Kind and/or name (default: both).")
+    get.usage = f"{PROG} get [ftj|adep] [NAME] [flags]"
+    get.add_argument("what", nargs="*", metavar="KIND/NAME", help="ftj or adep and/or a name (default: both)")
 
     watch = add("watch", "Print a line per change of phase/progress/loss until the FineTuneJob finishes.")
     watch.add_argument("name", metavar="NAME")

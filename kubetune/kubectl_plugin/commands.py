@@ -16,7 +16,7 @@ from kubetune.api.finetunejob import TERMINAL_PHASES
 from kubetune.kubectl_plugin import pods, render, versions
 from kubetune.kubectl_plugin.args import ADEP_ALIASES, FTJ_ALIASES
 from kubetune.kubectl_plugin.errors import NotFound, PluginError, UsageError
-from kubetune.kubectl_plugin.explain import explain_failure
+from kubetune.kubectl_plugin.explain import EXPLAINED_PHASES, explain_failure
 from kubetune.kubectl_plugin.kubectl import ADEP, FTJ, Kubectl
 
 KIND = {FTJ: "FineTuneJob", ADEP: "AdapterDeployment"}
@@ -54,6 +54,8 @@ def _get_targets(what: list[str]) -> tuple[list[str], str | None]:
 
 def cmd_get(args: argparse.Namespace, kubectl: Kubectl) -> int:
     resources, name = _get_targets(args.what)
+    if name is not None and kubectl.flags.all_namespaces:
+        raise UsageError("a name cannot be combined with -A/--all-namespaces (as in kubectl get)")
     found: dict[str, list[dict[str, Any]]] = {}
     for resource in resources:
         if name is None:
@@ -123,19 +125,26 @@ def cmd_logs(args: argparse.Namespace, kubectl: Kubectl) -> int:
     return 0
 
 
+def _guarded(obj: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``patch`` plus the resourceVersion read: the server answers Conflict if the object changed since
+    the checks ran on it, instead of applying a decision made on stale state."""
+    rv = obj.get("metadata", {}).get("resourceVersion")
+    return {"metadata": {"resourceVersion": rv}, **patch} if rv else patch
+
+
 # -- suspend / resume ----------------------------------------------------------------------------
 def _set_suspend(args: argparse.Namespace, kubectl: Kubectl, suspend: bool) -> int:
     job = _get(kubectl, FTJ, args.name)
     verb = "suspend" if suspend else "resume"
     phase = _phase(job)
     if phase in TERMINAL_PHASES:
-        raise PluginError(f"cannot {verb} FineTuneJob {args.name}: it is {phase} (a finished job never runs again)")
+        raise PluginError(
+            f"cannot {verb} FineTuneJob {args.name}: it is {phase} (a finished job never runs again)"
+        )
     if bool((job.get("spec") or {}).get("suspend")) == suspend:
         print(f"finetunejob {args.name} is already {'suspended' if suspend else 'not suspended'}")
         return 0
-    # resourceVersion makes the patch fail with a conflict if the job changed since it was read.
-    rv = job.get("metadata", {}).get("resourceVersion")
-    kubectl.merge_patch(FTJ, args.name, {"metadata": {"resourceVersion": rv}, "spec": {"suspend": suspend}})
+    kubectl.merge_patch(FTJ, args.name, _guarded(job, {"spec": {"suspend": suspend}}))
     print(f"finetunejob {args.name} {'suspended' if suspend else 'resumed'}")
     return 0
 
@@ -150,8 +159,7 @@ def cmd_resume(args: argparse.Namespace, kubectl: Kubectl) -> int:
 
 # -- promote / rollback --------------------------------------------------------------------------
 def _pin(kubectl: Kubectl, adep: dict[str, Any], version: str | None) -> None:
-    rv = adep.get("metadata", {}).get("resourceVersion")
-    patch = {"metadata": {"resourceVersion": rv}, "spec": {"adapter": {"version": version}}}
+    patch = _guarded(adep, {"spec": {"adapter": {"version": version}}})
     kubectl.merge_patch(ADEP, adep["metadata"]["name"], patch)
 
 
@@ -163,7 +171,8 @@ def cmd_promote(args: argparse.Namespace, kubectl: Kubectl) -> int:
         return 0
     version = versions.check_promotable(adep, args.version)
     _pin(kubectl, adep, version)
-    print(f"adapterdeployment {args.name}: pinned to {version} (was {versions.active_version(adep) or 'none'})")
+    was = versions.active_version(adep) or "none"
+    print(f"adapterdeployment {args.name}: pinned to {version} (was {was})")
     return 0
 
 
@@ -183,7 +192,7 @@ def cmd_explain_failure(args: argparse.Namespace, kubectl: Kubectl) -> int:
     job = _get(kubectl, FTJ, args.name)
     events: list[dict[str, Any]] = []
     termination = None
-    if _phase(job) in ("Failed", "Cancelled"):
+    if _phase(job) in EXPLAINED_PHASES:
         selector = f"involvedObject.name={args.name},involvedObject.kind=FineTuneJob"
         events = kubectl.list("events", field_selector=selector)
         for component in (pods.TRAIN, pods.VALIDATE):

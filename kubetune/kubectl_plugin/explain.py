@@ -1,4 +1,4 @@
-"""``explain-failure`` as one view: phase and message, conditions, events, the trainer's exit report (pure)."""
+"""``explain-failure`` in one view: phase, message, conditions, events, the trainer's exit report (pure)."""
 
 from __future__ import annotations
 

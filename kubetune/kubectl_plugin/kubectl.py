@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +20,9 @@ FTJ = "finetunejobs.kubetune.dev"
 ADEP = "adapterdeployments.kubetune.dev"
 
 
-def find_kubectl(env: dict[str, str] | None = None) -> str:
+def find_kubectl(environ: Mapping[str, str] | None = None) -> str:
     """``$KUBECTL``, else ``kubectl`` on PATH."""
-    env = os.environ if env is None else env
+    env = os.environ if environ is None else environ
     wanted = env.get("KUBECTL") or "kubectl"
     found = shutil.which(wanted, path=env.get("PATH"))
     if found is None:
@@ -33,10 +33,9 @@ def find_kubectl(env: dict[str, str] | None = None) -> str:
 def error_line(stderr: str) -> str:
     """kubectl's own error line (``Error from server (NotFound): ...``), without warnings around it."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for line in lines:
-        if line.lower().startswith("error"):
-            return line
-    return lines[-1] if lines else "kubectl failed without a message"
+    line = next((line for line in lines if line.lower().startswith("error")), lines[-1] if lines else "")
+    # "error: x" would print as "... error: error: x"; "Error from server (Forbidden): x" stays as it is.
+    return line.removeprefix("error: ") or "kubectl failed without a message"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 NONE = "-"
@@ -204,13 +204,12 @@ def _event_line(kind: str, e: dict[str, Any]) -> str:
         return f"== {e.get('phase', '?')}"
     if kind == "checkpoint":
         return f"checkpoint at step {e.get('step', '?')}" + (f" -> {e['path']}" if e.get("path") else "")
+    metrics = e["metrics"] if isinstance(e.get("metrics"), dict) else {}
     if kind == "eval":
-        metrics = e.get("metrics") if isinstance(e.get("metrics"), dict) else {}
         return f"eval {e.get('stage', '?')}: {_kv(metrics)}".rstrip()
     if kind == "result":
         if e.get("reason"):
             return f"result: failed: {e['reason']}"
-        metrics = e.get("metrics") if isinstance(e.get("metrics"), dict) else {}
         text = f"result: adapter {e.get('adapterUri', NONE)}"
         return f"{text}  {_kv(metrics)}" if metrics else text
     return f"{kind}: {_kv(e)}".rstrip()

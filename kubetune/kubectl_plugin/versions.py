@@ -59,6 +59,7 @@ def rollback_target(adep: dict[str, Any], version: str | None = None) -> str:
     earlier = [v for v in known[: known.index(active)] if v not in rejected]
     if not earlier:
         raise PluginError(
-            f"AdapterDeployment {_name(adep)} has no version before {active} in status.history to roll back to"
+            f"AdapterDeployment {_name(adep)} has no version before {active} in status.history "
+            "to roll back to"
         )
     return earlier[-1]
