@@ -56,10 +56,12 @@ async def load_adapter(body: AdapterLoadRequest, request: Request) -> dict[str, 
         raise InvalidRequestError(format_validation_error(err)) from None
     before = s.registry.parameter_count()
     loaded = await s.worker.call(s.registry.load, spec)
+    await s.worker.call(s.watch, loaded)
     unloaded: list[LoadedAdapter] = []
     if body.unload_previous:
         for old in [a for a in s.registry.served() if a.name == spec.name and a.version != spec.version]:
             unloaded += await s.worker.call(s.registry.unload, old.name, old.version)
+    s.unwatch(unloaded)
     return {
         "loaded": describe(loaded),
         "unloaded": [describe(a) for a in unloaded],
@@ -74,6 +76,7 @@ async def unload_adapter(request: Request, name: str, version: str | None = None
     s = _authorized(request)
     before = s.registry.parameter_count()
     unloaded = await s.worker.call(s.registry.unload, name, version)
+    s.unwatch(unloaded)
     return {
         "unloaded": [describe(a) for a in unloaded],
         "parametersBefore": before,

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -20,8 +21,10 @@ from kubetune_trainer.serve import admin, routes
 from kubetune_trainer.serve.adapters import AdapterRegistry, Target
 from kubetune_trainer.serve.batching import Batcher, ModelWorker
 from kubetune_trainer.serve.config import ServeConfig
+from kubetune_trainer.serve.drift import DriftMonitor
 from kubetune_trainer.serve.errors import error_body, install_error_handlers
 from kubetune_trainer.serve.feedback import FeedbackStore
+from kubetune_trainer.serve.fresh import FreshDataWriter, InputMemory
 from kubetune_trainer.serve.metrics import ServeMetrics
 from kubetune_trainer.serve.state import ServerState, server_state
 
@@ -70,7 +73,8 @@ async def load_declared(state: ServerState) -> None:
         if state.config.task == "causal-lm":
             await state.worker.call(state.registry.warm_up, Target(state.config.base_model_id, None))
         for spec in state.config.adapters:
-            await state.worker.call(state.registry.load, spec)
+            loaded = await state.worker.call(state.registry.load, spec)
+            await state.worker.call(state.watch, loaded)
         state.ready = True
         log.info("ready: %d adapters in %.1f s", len(state.config.adapters), time.perf_counter() - started)
     except Exception as err:  # a pod that cannot load its declared adapters must not turn ready
@@ -91,6 +95,8 @@ def create_app(config: ServeConfig, registry: AdapterRegistry | None = None) -> 
         loading.cancel()
         await state.batcher.stop()
         state.worker.shutdown()
+        if state.drift is not None:
+            state.drift.shutdown()
 
     app = FastAPI(title="kubetune serve", lifespan=lifespan)
     reg = registry or AdapterRegistry(config)
@@ -103,6 +109,7 @@ def create_app(config: ServeConfig, registry: AdapterRegistry | None = None) -> 
         metrics=metrics,
         batcher=Batcher(reg, worker, config.max_batch_size, config.batch_wait_ms, config.max_input_tokens),
         feedback=FeedbackStore(metrics, config.feedback_window),
+        **monitoring_parts(config, metrics),
     )
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
@@ -113,6 +120,27 @@ def create_app(config: ServeConfig, registry: AdapterRegistry | None = None) -> 
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"])
     return app
+
+
+def monitoring_parts(config: ServeConfig, metrics: ServeMetrics) -> dict[str, Any]:
+    """Drift monitor, fresh-data writer and input memory, each only where the config asks for it."""
+    monitoring = config.monitoring
+    if config.task != "sequence-classification" or not monitoring.enabled:
+        return {}
+    parts: dict[str, Any] = {
+        "drift": DriftMonitor(
+            metrics.drift_score,
+            metrics.drift_window,
+            monitoring.window_size,
+            mmd_every=max(10, monitoring.window_size // 5),
+        )
+    }
+    if monitoring.fresh_data_uri:
+        parts["fresh"] = FreshDataWriter(
+            Path(config.locate(monitoring.fresh_data_uri)), monitoring.fresh_max_rows
+        )
+        parts["inputs"] = InputMemory()
+    return parts
 
 
 async def healthz(request: Request) -> JSONResponse:

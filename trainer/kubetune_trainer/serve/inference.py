@@ -10,10 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from kubetune_trainer.models import mean_pool
 from kubetune_trainer.serve.adapters import AdapterRegistry, Target
 from kubetune_trainer.serve.errors import ServeError
 
@@ -162,18 +164,29 @@ class ClassifyRow:
     target: Target
     text: str
     probabilities: list[float] = field(default_factory=list)
+    embedding: np.ndarray | None = None  # mean-pooled last hidden state, for the drift monitor
     error: ServeError | None = None
 
 
 def classify_rows(registry: AdapterRegistry, rows: list[ClassifyRow], max_tokens: int) -> None:
-    """Softmax over the head of each row's adapter, in one forward pass."""
+    """Softmax over the head of each row's adapter, in one forward pass; with monitoring on, the same
+    pass also yields each row's mean-pooled embedding (as the trainer's reference statistics do)."""
     rows = live_rows(registry, rows)
     if not rows:
         return
     batch = registry.tokenizer(
         [r.text for r in rows], return_tensors="pt", padding=True, truncation=True, max_length=max_tokens
     )
+    monitoring = registry.config.monitoring.enabled
     with torch.inference_mode():
-        logits = registry.model(**batch, **registry.adapter_kwargs([r.target for r in rows])).logits
-    for row, probs in zip(rows, torch.softmax(logits.float(), dim=-1).tolist(), strict=True):
+        out = registry.model(
+            **batch, output_hidden_states=monitoring, **registry.adapter_kwargs([r.target for r in rows])
+        )
+        embeddings = (
+            mean_pool(out.hidden_states[-1].float(), batch["attention_mask"]).numpy() if monitoring else None
+        )
+    for i, (row, probs) in enumerate(
+        zip(rows, torch.softmax(out.logits.float(), dim=-1).tolist(), strict=True)
+    ):
         row.probabilities = probs
+        row.embedding = embeddings[i] if embeddings is not None else None

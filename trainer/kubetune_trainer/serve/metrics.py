@@ -45,6 +45,13 @@ class ServeMetrics:
         self.rolling_accuracy = Gauge(
             names.ACCURACY, "Accuracy over the rolling feedback window.", LABELS, registry=r
         )
+        self.drift_score = Gauge(
+            names.DRIFT_SCORE,
+            "Drift of the sliding window from the reference.",
+            (*LABELS, "kind"),
+            registry=r,
+        )
+        self.drift_window = Gauge(names.DRIFT_WINDOW, "Inputs in the drift window.", LABELS, registry=r)
 
     @contextmanager
     def track(self, labels: tuple[str, str]) -> Iterator[None]:

@@ -20,7 +20,8 @@ from kubetune_trainer.serve.errors import (
     WrongTaskError,
     error_body,
 )
-from kubetune_trainer.serve.feedback import Prediction
+from kubetune_trainer.serve.feedback import FeedbackEvent, Prediction
+from kubetune_trainer.serve.fresh import RememberedInput, scrub_metadata
 from kubetune_trainer.serve.inference import ClassifyRow, GenerationRow, Sampling
 from kubetune_trainer.serve.metrics import UNKNOWN
 from kubetune_trainer.serve.schemas import (
@@ -75,6 +76,7 @@ async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         predicted = [labels[max(range(len(r.probabilities)), key=r.probabilities.__getitem__)] for r in rows]
         s.metrics.tokens.labels(*served.label_values).inc(sum(lengths))
         s.feedback.remember(request.state.request_id, Prediction(*served.label_values, tuple(predicted)))
+        _monitor(s, request.state.request_id, body, served, predicted, rows, lengths)
     return {
         "id": f"clf-{request.state.request_id}",
         "object": "classification",
@@ -93,6 +95,7 @@ async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
 async def feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
     s = server_state(request)
     event = s.feedback.record(_strip_id_prefix(body.request_id), body.index, body.label, body.correct)
+    await _keep_fresh(s, event)
     accuracy, window = s.feedback.accuracy(event.adapter, event.version)
     return {
         "object": "feedback",
@@ -103,6 +106,44 @@ async def feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
         "rollingAccuracy": accuracy,
         "windowSize": window,
     }
+
+
+def _monitor(
+    s: ServerState,
+    request_id: str,
+    body: ClassifyRequest,
+    served: Target,
+    predicted: list[str],
+    rows: list[ClassifyRow],
+    lengths: list[int],
+) -> None:
+    """Feed the drift window, and remember the inputs (scrubbed) where fresh data is kept."""
+    if s.drift is not None:
+        s.drift.observe(
+            *served.label_values,
+            predicted,
+            [max(r.probabilities) for r in rows],
+            lengths,
+            [r.embedding for r in rows],
+        )
+    if s.inputs is not None:
+        m = s.config.monitoring
+        metadata = scrub_metadata(body.metadata, m.drop_fields, m.hash_fields, salt=served.label_values[0])
+        s.inputs.remember(request_id, RememberedInput(tuple(body.inputs), metadata))
+
+
+async def _keep_fresh(s: ServerState, event: FeedbackEvent) -> None:
+    """A labelled input goes to the fresh dataset: the true label, or the prediction judged correct."""
+    if s.fresh is None or s.inputs is None:
+        return
+    remembered = s.inputs.get(event.request_id)
+    label = event.true_label if event.true_label is not None else (event.predicted if event.correct else None)
+    served = [a.labels for a in s.registry.served() if (a.name, a.version) == (event.adapter, event.version)]
+    known = served[0] if served else s.registry.labels
+    if remembered is None or label is None or label not in known:
+        return  # not remembered, no label, or a label the trainer would reject
+    text = remembered.texts[event.index]
+    await asyncio.to_thread(s.fresh.append, event.adapter, text, label, remembered.metadata)
 
 
 def _strip_id_prefix(request_id: str) -> str:

@@ -68,6 +68,10 @@ class CompletionRequest(_Sampling):
 class ClassifyRequest(_Body):
     model: Annotated[str, Field(min_length=1, max_length=256)]
     input: str | Annotated[list[str], Field(min_length=1, max_length=1024)]
+    metadata: Annotated[
+        dict[str, str | int | float | bool] | None,
+        Field(description="Kept with fresh-data rows after monitoring.dropFields/hashFields apply."),
+    ] = None
 
     @property
     def inputs(self) -> list[str]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from kubetune_trainer.serve.adapters import AdapterRegistry
+from kubetune_trainer.serve.adapters import AdapterRegistry, LoadedAdapter
 from kubetune_trainer.serve.batching import Batcher, ModelWorker
 from kubetune_trainer.serve.config import ServeConfig
+from kubetune_trainer.serve.drift import DriftMonitor
 from kubetune_trainer.serve.errors import NotReadyError
 from kubetune_trainer.serve.feedback import FeedbackStore
+from kubetune_trainer.serve.fresh import FreshDataWriter, InputMemory
 from kubetune_trainer.serve.metrics import ServeMetrics
 
 
@@ -23,6 +26,9 @@ class ServerState:
     batcher: Batcher
     metrics: ServeMetrics
     feedback: FeedbackStore
+    drift: DriftMonitor | None = None  # sequence-classification with monitoring.enabled
+    fresh: FreshDataWriter | None = None  # monitoring.freshDataUri set
+    inputs: InputMemory | None = None  # request id -> inputs, only while fresh data is kept
     ready: bool = False  # base + every declared adapter loaded and warmed up
     draining: bool = False  # SIGTERM received
     startup_error: str | None = None
@@ -33,6 +39,21 @@ class ServerState:
             raise NotReadyError(f"the server failed to start: {self.startup_error}")
         if not self.ready:
             raise NotReadyError("the base model and declared adapters are still loading; retry shortly")
+
+    def watch(self, loaded: LoadedAdapter) -> None:
+        """Start drift monitoring of a freshly loaded version (model thread: may read the volume)."""
+        if self.drift is not None:
+            try:
+                folder = self.registry.adapter_dir(loaded.uri)
+            except Exception as err:  # monitoring never fails a load
+                logging.getLogger("kubetune.serve").warning("drift disabled for %s: %s", loaded.model_id, err)
+                return
+            self.drift.load_reference(loaded.name, loaded.version, folder)
+
+    def unwatch(self, unloaded: list[LoadedAdapter]) -> None:
+        if self.drift is not None:
+            for adapter in unloaded:
+                self.drift.forget(adapter.name, adapter.version)
 
 
 def server_state(request: Request) -> ServerState:
