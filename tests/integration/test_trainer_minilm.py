@@ -70,12 +70,16 @@ def write_manifest(path: Path, **training: Any) -> Path:
             },
             "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
             "training": {
-                "maxSteps": 4,
-                "batchSize": 4,
-                "learningRate": 0.003,
-                "maxSeqLength": 32,
-                "checkpointEvery": 100,
-                **training,
+                k: v
+                for k, v in {
+                    "maxSteps": 4,
+                    "batchSize": 4,
+                    "learningRate": 0.003,
+                    "maxSeqLength": 32,
+                    "checkpointEvery": 100,
+                    **training,
+                }.items()
+                if v is not None
             },
             "evaluation": evaluation,
             "output": {"uri": "pvc://out/tiny"},
@@ -93,9 +97,13 @@ def workspace(tmp_path: Path) -> Path:
 
 def kubetune_train(workspace: Path, manifest: Path, out: str = "out", **popen: Any) -> subprocess.Popen[str]:
     env = {**os.environ, "KUBETUNE_TERMINATION_LOG": str(workspace / f"{out}.termination")}
-    cmd = [
-        sys.executable,
-        "-m",
+    cmd = [sys.executable, "-m", *kubetune_train_args(workspace, manifest, out)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, **popen)
+
+
+def kubetune_train_args(workspace: Path, manifest: Path, out: str) -> list[str]:
+    """`kubetune.cli train ...` (after `python -m` or `torchrun -m`) with the data and out mounts."""
+    return [
         "kubetune.cli",
         "train",
         "-f",
@@ -109,7 +117,6 @@ def kubetune_train(workspace: Path, manifest: Path, out: str = "out", **popen: A
         "--cache-dir",
         str(workspace / "cache"),
     ]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, **popen)
 
 
 def events(stdout: str) -> list[dict[str, Any]]:
@@ -263,3 +270,77 @@ def test_sigterm_outside_the_training_loop_stops_at_once(workspace: Path) -> Non
     assert '"event":"step"' not in rest
     reason = TrainResult.model_validate_json((workspace / "out.termination").read_text()).reason
     assert reason and reason.startswith("Preempted: stopped by SIGTERM outside the training loop")
+
+
+def test_champion_is_scored_on_the_same_rows(workspace: Path) -> None:
+    """A run with evaluation.championUri = adapter A reports champion_* equal to A's own after_*."""
+    first = kubetune_train(workspace, write_manifest(workspace / "a.yaml", maxSteps=3), out="a")
+    stdout, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, stdout[-2000:]
+    champion = TrainResult.model_validate_json((workspace / "a.termination").read_text()).metrics
+
+    manifest = write_manifest(
+        workspace / "b.yaml",
+        maxSteps=2,
+        seed=7,
+        evaluation={"maxSamples": 9, "baseline": False, "championUri": str(workspace / "a" / "tiny")},
+    )
+    second = kubetune_train(workspace, manifest, out="b")
+    stdout, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, stdout[-2000:]
+    metrics = TrainResult.model_validate_json((workspace / "b.termination").read_text()).metrics
+    for name in ("accuracy", "macro_f1"):
+        assert metrics[f"champion_{name}"] == pytest.approx(champion[f"after_{name}"], abs=1e-6)
+    report = json.loads((workspace / "b" / "tiny" / "metrics.json").read_text())
+    assert report["champion"]["accuracy"] == metrics["champion_accuracy"]
+    assert report["championUri"] == str(workspace / "a" / "tiny")
+    # only the new adapter is saved, not the champion loaded beside it
+    assert sorted(p.name for p in (workspace / "b" / "tiny" / "adapter").iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "kubetune.json",
+    ]
+
+
+def test_champion_that_cannot_be_found_fails_before_training(workspace: Path) -> None:
+    manifest = write_manifest(
+        workspace / "job.yaml",
+        evaluation={"maxSamples": 9, "baseline": False, "championUri": str(workspace / "nowhere")},
+    )
+    proc = kubetune_train(workspace, manifest)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and not any(e["event"] == "step" for e in events(stdout))
+    reason = TrainResult.model_validate_json((workspace / "out.termination").read_text()).reason
+    assert reason and "no adapter_config.json" in reason
+
+
+def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(workspace: Path) -> None:
+    """torchrun --nproc-per-node=2 (gloo on CPU), batch 2 per rank == one process with batch 4:
+    the same step count, rank 0's share of every global batch, and only rank 0 logs and writes."""
+    single = kubetune_train(
+        workspace, write_manifest(workspace / "one.yaml", maxSteps=None, epochs=1), out="one"
+    )
+    one_stdout, _ = single.communicate(timeout=300)
+    assert single.returncode == 0, one_stdout[-2000:]
+    one_steps = [e for e in events(one_stdout) if e["event"] == "step"]
+    assert len(one_steps) == 6  # 24 rows / 4
+
+    manifest = write_manifest(workspace / "two.yaml", maxSteps=None, epochs=1, batchSize=2)
+    env = {
+        **os.environ,
+        "KUBETUNE_TERMINATION_LOG": str(workspace / "two.termination"),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "-m"]
+    cmd += kubetune_train_args(workspace, manifest, "two")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    log = events(proc.stdout)
+    steps = [e for e in log if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [e["step"] for e in one_steps]  # rank 0 alone logs steps
+    assert [e["batchIds"] for e in steps] == [e["batchIds"][0::2] for e in one_steps]
+    assert len([e for e in log if e["event"] == "result"]) == 1
+    result = TrainResult.model_validate_json((workspace / "two.termination").read_text())
+    assert result.reason is None and result.metrics["train_steps"] == 6
+    assert (workspace / "two" / "tiny" / "adapter" / "adapter_model.safetensors").stat().st_size > 0

@@ -145,3 +145,17 @@ def test_epoch_batches_are_deterministic_and_cover_every_example_once() -> None:
     packed = epoch_batches(seqs, seed=3, epoch=0, batch_size=2, max_len=8, packing=True)
     assert sorted(i for b in packed for i in b) == list(range(23))
     assert all(sum(len(seqs[i].input_ids) for i in b) <= 16 for b in packed)
+
+
+def test_ranks_share_the_single_process_plan() -> None:
+    """W ranks x batch b step through the same global batches as one process with batch W*b."""
+    seqs = [Tokenized(list(range(1 + i % 5)), i % 2) for i in range(11)]
+    single = epoch_batches(seqs, seed=3, epoch=0, batch_size=4, max_len=8, packing=False)
+    ranks = [epoch_batches(seqs, 3, 0, 2, 8, False, rank=r, world=2) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == 3
+    for step, batch in enumerate(single[:-1]):
+        assert ranks[0][step] == batch[0::2] and ranks[1][step] == batch[1::2]
+    # 11 rows padded to 12: the last global batch holds 4 rows, the first row of the order repeated
+    assert sorted(ranks[0][-1] + ranks[1][-1]) == sorted(single[-1] + [single[0][0]])
+    packed = [epoch_batches(seqs, 3, 0, 1, 8, True, rank=r, world=2) for r in range(2)]
+    assert len(packed[0]) == len(packed[1])

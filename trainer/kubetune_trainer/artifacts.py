@@ -20,6 +20,7 @@ import numpy as np
 
 from kubetune.api.finetunejob import TrainResult
 from kubetune.api.trainconfig import TrainConfig
+from kubetune_trainer.errors import ModelLoadError
 from kubetune_trainer.evaluate import Evaluation
 
 TERMINATION_LOG_DEFAULT = "/dev/termination-log"
@@ -44,10 +45,13 @@ def file_digest(path: Path) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
-def write_adapter(model: Any, out: Path, config: TrainConfig, labels: list[str]) -> str:
-    """Save the unmerged adapter (never merged here: merging a big base is what OOMs); returns its digest."""
+def write_adapter(model: Any, out: Path, config: TrainConfig, labels: list[str], pooling: str) -> str:
+    """Save the unmerged adapter (never merged here: merging a big base is what OOMs); returns its digest.
+
+    `pooling` (classification: "mean" or "model", see models.classifier_pooling) says what the head
+    reads; an adapter only fits a base loaded with the same pooling."""
     adapter = out / "adapter"
-    model.save_pretrained(str(adapter), safe_serialization=True)
+    model.save_pretrained(str(adapter), safe_serialization=True, selected_adapters=["default"])
     (adapter / "kubetune.json").write_text(
         json.dumps(
             {
@@ -55,6 +59,7 @@ def write_adapter(model: Any, out: Path, config: TrainConfig, labels: list[str])
                 "task": config.task.type,
                 "labels": labels,
                 "maxSeqLength": config.training.max_seq_length,
+                **({"pooling": pooling} if config.task.type == "sequence-classification" else {}),
             },
             indent=2,
         )
@@ -109,7 +114,7 @@ def model_card(config: TrainConfig, report: dict[str, Any]) -> str:
         f"| {stage} | "
         + " | ".join(f"{report[stage].get(m, float('nan')):.4f}" for m in report["metricNames"])
         + " |"
-        for stage in ("before", "baseline", "after")
+        for stage in ("before", "baseline", "after", "champion")
         if report.get(stage)
     )
     gguf = f" (GGUF `{config.base_model.gguf_file}`)" if config.base_model.gguf_file else ""
@@ -127,7 +132,8 @@ Training: {report["steps"]} optimizer steps in {report["trainSeconds"]:.0f} s.
 {rows}
 
 *before* is the base model without the adapter (classification: an untrained head, so about chance);
-*baseline* is logistic regression on frozen mean-pooled embeddings; *after* is base + this adapter.
+*baseline* is logistic regression on frozen mean-pooled embeddings; *after* is base + this adapter;
+*champion* (when evaluation.championUri is set) is that earlier adapter on the same validation rows.
 Gate: {config.gate_metric} ≥ {minimum if minimum is not None else "none"}.
 Load with `peft.PeftModel.from_pretrained(base, "adapter")`; labels are in `adapter/kubetune.json`.
 """
@@ -140,6 +146,72 @@ def write_report(
     (out / "reference_stats.json").write_text(json.dumps(stats) + "\n")
     (out / "README.md").write_text(model_card(config, report))
     plot_loss_curve(losses, out / "loss_curve.png")
+
+
+def locate_adapter(uri: str, config: TrainConfig) -> Path:
+    """The local folder holding adapter_config.json + adapter_model.safetensors for an adapter URI
+    (pvc://, a local path, or s3:// copied once under cache_dir); `uri` may name the run's output
+    folder or its adapter/ subfolder."""
+    if uri.startswith("s3://"):
+        local = (
+            Path(os.path.expanduser(config.cache_dir))
+            / "adapters"
+            / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        )
+        if not local.is_dir():
+            download_from_s3(uri, local)
+    else:
+        local = Path(config.locate(uri))
+    for folder in (local, local / "adapter"):
+        if (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file():
+            return folder
+    raise ModelLoadError(
+        f"{uri}: no adapter_config.json + adapter_model.safetensors in {local} or {local}/adapter"
+    )
+
+
+def champion_adapter(config: TrainConfig, labels: list[str], pooling: str) -> Path:
+    """evaluation.championUri located and checked against this run before any training, so a wrong
+    URI or an adapter that cannot be scored like this run fails in seconds, not after training."""
+    assert config.evaluation.champion_uri is not None
+    uri = config.evaluation.champion_uri
+    folder = locate_adapter(uri, config)
+    meta_file = folder / "kubetune.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    problem = None
+    if meta.get("task", config.task.type) != config.task.type:
+        problem = f"it is a {meta['task']} adapter, this run is {config.task.type}"
+    elif labels and meta.get("labels", labels) != labels:
+        problem = f"its labels {meta['labels']} differ from this run's {labels}"
+    elif labels and meta.get("pooling", "model") != pooling:
+        problem = (
+            f"its head reads pooling {meta.get('pooling', 'model')!r}, this base now uses {pooling!r} "
+            "(adapters from before LP-FT mean pooling must be retrained once)"
+        )
+    if problem:
+        raise ModelLoadError(f"evaluation.championUri {uri}: cannot be scored against this run: {problem}")
+    return folder
+
+
+def download_from_s3(uri: str, target: Path) -> None:
+    """Copy every object under s3://bucket/prefix/ into target (written beside it, then renamed)."""
+    import boto3
+    import botocore.exceptions
+
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    prefix = prefix.rstrip("/") + "/"
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                dest = tmp / obj["Key"][len(prefix) :]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, obj["Key"], str(dest))
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        raise ModelLoadError(f"{uri}: cannot read from S3: {err}") from None
+    if tmp.is_dir():
+        tmp.rename(target)
 
 
 def upload_to_s3(local: Path, uri: str) -> None:
@@ -158,7 +230,11 @@ def termination_message(result: TrainResult) -> str:
     text = json.dumps(result.wire(), separators=(",", ":"))
     if len(text.encode()) <= TERMINATION_LIMIT:
         return text
-    metrics = {k: v for k, v in result.metrics.items() if k.startswith(("after_", "before_", "baseline_"))}
+    metrics = {
+        k: v
+        for k, v in result.metrics.items()
+        if k.startswith(("after_", "before_", "baseline_", "champion_"))
+    }
     result = result.model_copy(update={"metrics": metrics})
     text = json.dumps(result.wire(), separators=(",", ":"))
     if len(text.encode()) <= TERMINATION_LIMIT:

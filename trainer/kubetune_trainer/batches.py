@@ -121,14 +121,38 @@ def pack_groups(order: list[int], lengths: list[int], token_budget: int) -> list
     return groups
 
 
+def pad_to_multiple(items: list[Any], multiple: int) -> list[Any]:
+    """Repeat the first items so len is a multiple (DistributedSampler's rule); unchanged for 1."""
+    short = -len(items) % multiple
+    return items + (items * (short // max(1, len(items)) + 1))[:short]
+
+
 def epoch_batches(
-    seqs: list[Tokenized], seed: int, epoch: int, batch_size: int, max_len: int, packing: bool
+    seqs: list[Tokenized],
+    seed: int,
+    epoch: int,
+    batch_size: int,
+    max_len: int,
+    packing: bool,
+    rank: int = 0,
+    world: int = 1,
 ) -> list[list[int]]:
-    """The micro-batches (lists of example indices) of one epoch, deterministic in (seed, epoch)."""
+    """This rank's micro-batches of one epoch, deterministic in (seed, epoch).
+
+    Every rank builds the same global plan and takes its share, so `world` ranks of `batch_size`
+    step through the data exactly like one process with batch_size * world (same steps, same rows per
+    step). The plan is padded with its first entries to divide evenly, so no rank ever idles in a
+    collective; with one process nothing changes.
+
+        order [5 2 7 0 3 1 6 4], batch 2, world 2 -> global batches [5 2 7 0] [3 1 6 4]
+        rank 0: [5 7] [3 6]     rank 1: [2 0] [1 4]
+    """
     order = epoch_order(len(seqs), seed, epoch)
     if packing:
-        return pack_groups(order, [len(s.input_ids) for s in seqs], batch_size * max_len)
-    return fixed_size_groups(order, batch_size)
+        groups = pack_groups(order, [len(s.input_ids) for s in seqs], batch_size * max_len)
+        return pad_to_multiple(groups, world)[rank::world]
+    global_batches = fixed_size_groups(pad_to_multiple(order, world), batch_size * world)
+    return [batch[rank::world] for batch in global_batches]
 
 
 # ---------------------------------------------------------------- tensors

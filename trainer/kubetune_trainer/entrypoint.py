@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from kubetune.api import exitcodes
@@ -35,11 +36,13 @@ CLASSIFICATION_METRICS = ["accuracy", "macro_f1"]
 CAUSAL_METRICS = ["loss", "perplexity", "json_validity", "intent_exact_match"]
 
 
-def _report_failure(log: EventLog, reason: str, **result: Any) -> None:
+def _report_failure(log: EventLog, reason: str, main: bool = True, **result: Any) -> None:
+    """Only rank 0 (`main`) writes the termination message; the others just exit."""
     from kubetune_trainer.artifacts import write_termination_message
 
     outcome = TrainResult(reason=reason[:REASON_LIMIT], **result)
-    write_termination_message(outcome)
+    if main:
+        write_termination_message(outcome)
     log.result(outcome.wire())
     log.say(f"kubetune: {reason}")
 
@@ -75,24 +78,26 @@ def run_train(config: TrainConfig, log_format: str) -> int:
     """Validate data, evaluate the base, train (resuming), evaluate, write artifacts, apply the gate."""
     if not _is_hub_id(config.base_model.name):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local models never touch the network
-    from kubetune_trainer.train import StopRequest
+    from kubetune_trainer.train import StopRequest, start_processes
 
-    log = EventLog(log_format)
+    processes = start_processes()  # torchrun: one per GPU; rank 0 alone logs and writes
+    main = processes.is_main_process
+    log = EventLog(log_format) if main else EventLog("json", stream=open(os.devnull, "w"))  # noqa: SIM115
     try:
-        return _train(config, log, StopRequest().install())
+        return _train(config, log, StopRequest().install(), processes)
     except (DataValidationError, DataSourceError) as err:
-        _report_failure(log, f"InvalidData: {err}")
+        _report_failure(log, f"InvalidData: {err}", main)
         return EXIT_INVALID_DATA
     except GateFailedError:
         return EXIT_GATE
     except StoppedError as err:
-        _report_failure(log, f"Preempted: {err}")
+        _report_failure(log, f"Preempted: {err}", main)
         return EXIT_PREEMPTED
     except TrainerError as err:
-        _report_failure(log, f"{type(err).__name__.removesuffix('Error')}: {err}")
+        _report_failure(log, f"{type(err).__name__.removesuffix('Error')}: {err}", main)
         return EXIT_ERROR
     except Exception as err:  # reported to the operator, then re-raised with its traceback
-        _report_failure(log, f"{type(err).__name__}: {err}")
+        _report_failure(log, f"{type(err).__name__}: {err}", main)
         raise
 
 
@@ -107,15 +112,20 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _train(config: TrainConfig, log: EventLog, stop: Any) -> int:
+def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int:
     from peft import PeftModel
 
     from kubetune_trainer import artifacts, evaluate
     from kubetune_trainer.batches import tokenize_examples
     from kubetune_trainer.checkpoint import Progress, list_checkpoints, load_checkpoint
     from kubetune_trainer.data import load_task_data
-    from kubetune_trainer.models import apply_lora, load_tokenizer_and_model
-    from kubetune_trainer.train import setup, train
+    from kubetune_trainer.models import (
+        apply_lora,
+        classifier_pooling,
+        init_head_from_probe,
+        load_tokenizer_and_model,
+    )
+    from kubetune_trainer.train import broadcast_from_main, setup, train
 
     _quiet_transformers()
     from transformers import set_seed
@@ -127,38 +137,53 @@ def _train(config: TrainConfig, log: EventLog, stop: Any) -> int:
 
     set_seed(config.training.seed)
     tokenizer, base = load_tokenizer_and_model(config, data.labels)
+    pooling = classifier_pooling(base)
+    main = processes.is_main_process
+    champion_dir = (
+        artifacts.champion_adapter(config, data.labels, pooling)
+        if config.evaluation.champion_uri and main
+        else None
+    )
     max_len = config.training.max_seq_length
     train_seqs = tokenize_examples(data.train, tokenizer, max_len)
     val_examples = data.validation[: config.evaluation.max_samples]
     val_seqs = tokenize_examples(val_examples, tokenizer, max_len)
     model: PeftModel = apply_lora(base, config)
-    run = setup(model, train_seqs, tokenizer.pad_token_id, config.training, config.task.type)
+    device = processes.device
+    model.to(device)
 
     def score(stage: str) -> evaluate.Evaluation:
         if config.task.type == "sequence-classification":
             result = evaluate.evaluate_classifier(
-                model, val_seqs, data.labels, tokenizer.pad_token_id, run.device
+                model, val_seqs, data.labels, tokenizer.pad_token_id, device
             )
         else:
-            result = evaluate.evaluate_causal(model, tokenizer, val_examples, val_seqs, run.device)
+            result = evaluate.evaluate_causal(model, tokenizer, val_examples, val_seqs, device)
         log.eval(stage, result.metrics)
         return result
 
     progress = Progress()
-    checkpoints = list_checkpoints(out)
-    if checkpoints:
-        progress = load_checkpoint(checkpoints[-1], model, run.optimizer, run.scheduler)
-        log.emit("resume", step=progress.step, checkpoint=str(checkpoints[-1]))
-        log.say(f"resuming from {checkpoints[-1]} (step {progress.step}/{run.total_steps})")
-    else:
+    newest = list_checkpoints(out)[-1:] if main else []
+    checkpoint = broadcast_from_main(processes, str(newest[0]) if newest else None)
+    if checkpoint is None and main:  # a fresh run: score the base; LP-FT head (DDP copies it to all)
         log.phase("Evaluating")
+        lp_ft = pooling == "mean"  # the probe's input is exactly what the head reads: start from it
         with model.disable_adapter():
             progress.before = score("before").metrics
-            if config.task.type == "sequence-classification" and config.evaluation.baseline:
-                progress.baseline = _linear_probe(
-                    model, train_seqs, val_seqs, data.labels, tokenizer, run.device
-                )
-                log.eval("baseline", progress.baseline)
+            probe = None
+            if config.task.type == "sequence-classification" and (config.evaluation.baseline or lp_ft):
+                probe = _linear_probe(model, train_seqs, val_seqs, data.labels, tokenizer, device)
+        if probe is not None and config.evaluation.baseline:
+            progress.baseline = probe.metrics
+            log.eval("baseline", progress.baseline)
+        if probe is not None and lp_ft:
+            init_head_from_probe(model, probe.coef, probe.intercept, probe.classes)
+            log.emit("head", init="linear-probe", pooling=pooling)
+    run = setup(model, train_seqs, tokenizer.pad_token_id, config.training, config.task.type, processes)
+    if checkpoint is not None:  # every rank reads rank 0's choice (the output location is shared)
+        progress = load_checkpoint(Path(checkpoint), model, run.optimizer, run.scheduler)
+        log.emit("resume", step=progress.step, checkpoint=checkpoint)
+        log.say(f"resuming from {checkpoint} (step {progress.step}/{run.total_steps})")
 
     log.phase("Training")
     started = time.monotonic()
@@ -166,14 +191,22 @@ def _train(config: TrainConfig, log: EventLog, stop: Any) -> int:
         _report_failure(
             log,
             f"Preempted: stopped by SIGTERM, checkpoint at step {progress.step} of {run.total_steps}",
+            main,
             dataset_digest=data.digest,
         )
         return EXIT_PREEMPTED
     train_seconds = time.monotonic() - started
+    if not main:  # rank 0 evaluates and writes everything from here on
+        return EXIT_OK
 
     log.phase("Evaluating")
     after = score("after")
-    digest = artifacts.write_adapter(model, out, config, data.labels)
+    digest = artifacts.write_adapter(model, out, config, data.labels, pooling)
+    champion: dict[str, float] = {}
+    if champion_dir is not None:  # the adapter serving now, scored on the same rows with the same metrics
+        model.load_adapter(str(champion_dir), adapter_name="champion", is_trainable=False)
+        model.set_adapter("champion")
+        champion = score("champion").metrics
     report = {
         "name": config.name,
         "task": config.task.type,
@@ -187,6 +220,10 @@ def _train(config: TrainConfig, log: EventLog, stop: Any) -> int:
         "before": progress.before,
         "baseline": progress.baseline,
         "after": after.metrics,
+        "champion": champion,
+        "championUri": config.evaluation.champion_uri,
+        "classifierPooling": pooling if data.labels else None,
+        "headInit": "linear-probe" if data.labels and pooling == "mean" else "random",
         "confusionMatrix": after.confusion_matrix,
         "labels": data.labels,
         "metricNames": [
@@ -206,7 +243,7 @@ def _train(config: TrainConfig, log: EventLog, stop: Any) -> int:
 
     metrics = {
         f"{stage}_{k}": float(v)
-        for stage in ("before", "baseline", "after")
+        for stage in ("before", "baseline", "after", "champion")
         for k, v in report[stage].items()
     }
     metrics |= {
@@ -225,7 +262,12 @@ def _train(config: TrainConfig, log: EventLog, stop: Any) -> int:
     artifacts.write_termination_message(result)
     log.result(result.wire())
     log.table(
-        [("before", progress.before), ("baseline", progress.baseline), ("after", after.metrics)],
+        [
+            ("before", progress.before),
+            ("baseline", progress.baseline),
+            ("after", after.metrics),
+            *([("champion", champion)] if champion else []),
+        ],
         report["metricNames"],
     )
     log.say(f"adapter: {out / 'adapter'} ({digest}); {progress.step} steps in {train_seconds:.0f} s")
@@ -250,7 +292,7 @@ def gate_failure(config: TrainConfig, after: dict[str, float]) -> str | None:
 
 def _linear_probe(
     model: Any, train_seqs: list[Any], val_seqs: list[Any], labels: list[str], tokenizer: Any, device: Any
-) -> dict[str, float]:
+) -> Any:
     import numpy as np
 
     from kubetune_trainer.evaluate import classify, linear_probe

@@ -17,6 +17,7 @@ import torch
 
 from kubetune_trainer.batches import IGNORE, Tokenized, packed_batch, padded_batch, render_chat
 from kubetune_trainer.data import ChatExample, Example, PromptCompletionExample
+from kubetune_trainer.models import mean_pool
 
 EVAL_BATCH = 32
 GEN_BATCH = 16
@@ -30,11 +31,6 @@ class Evaluation:
     confidence: list[float] = field(default_factory=list)
     embeddings: np.ndarray | None = None  # mean-pooled last hidden state per row
     lengths: list[int] = field(default_factory=list)
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 # ---------------------------------------------------------------- classification
@@ -90,21 +86,32 @@ def evaluate_classifier(
     )
 
 
+@dataclass
+class Probe:
+    """A fitted linear probe: its validation metrics and its weights (sklearn layout)."""
+
+    metrics: dict[str, float]
+    coef: np.ndarray
+    intercept: np.ndarray
+    classes: np.ndarray
+
+
 def linear_probe(
     train_embeddings: np.ndarray,
     train_labels: np.ndarray,
     val_embeddings: np.ndarray,
     val_labels: np.ndarray,
     n_labels: int,
-) -> dict[str, float]:
-    """Logistic regression on frozen embeddings: the cheap baseline an adapter has to beat."""
+) -> Probe:
+    """Logistic regression on frozen, L2-normalised mean-pooled embeddings: the cheap baseline an
+    adapter has to beat, and (LP-FT) the starting point of the classification head."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import normalize
 
     probe = LogisticRegression(max_iter=2000, C=10.0)
     probe.fit(normalize(train_embeddings), train_labels)
     metrics, _ = classification_metrics(probe.predict(normalize(val_embeddings)), val_labels, n_labels)
-    return metrics
+    return Probe(metrics, probe.coef_, probe.intercept_, probe.classes_)
 
 
 # ---------------------------------------------------------------- causal LM

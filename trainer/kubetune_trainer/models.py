@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kubetune.api.trainconfig import TrainConfig
@@ -121,7 +122,107 @@ def load_tokenizer_and_model(config: TrainConfig, labels: list[str]) -> tuple[An
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if config.task.type == "sequence-classification" and sentence_mean_pooling(location):
+        use_mean_pooling(model)
     return tokenizer, model
+
+
+# ---------------------------------------------------------------- classifier pooling (LP-FT)
+#
+# BertForSequenceClassification classifies from BERT's pooler (CLS token -> dense -> tanh). Sentence-
+# transformers checkpoints such as all-MiniLM-L6-v2 never trained that pooler: they were trained to be
+# read as the L2-normalised mean of the token states. So for such models (their modules.json says
+# mean pooling) the head reads exactly that embedding, which is also the linear probe's input; the
+# head can then start as the fitted probe (LP-FT, Kumar et al. 2022: linear probe, then fine-tune,
+# so fine-tuning starts from a good head instead of distorting features to fit a random one).
+# Trainer and server both load the base through load_tokenizer_and_model, so both pool alike; the
+# adapter records it in kubetune.json ("pooling").
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states where mask is 1 (padding excluded)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def sentence_mean_pooling(location: str) -> bool:
+    """True for a local sentence-transformers model whose Pooling module uses mean pooling."""
+    import json
+
+    modules = Path(location) / "modules.json"
+    if not modules.is_file():
+        return False
+    for module in json.loads(modules.read_text()):
+        if module.get("type", "").endswith("models.Pooling"):
+            pooling = Path(location) / module.get("path", "") / "config.json"
+            return pooling.is_file() and bool(json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"))
+    return False
+
+
+class MeanPooler(torch.nn.Module):
+    """Stands in for BERT's pooler: the L2-normalised masked mean of the last hidden states.
+
+    BertModel calls its pooler with the hidden states only; the attention mask of the same forward
+    pass is handed over by a pre-hook on the encoder model (see use_mean_pooling).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        mask = self.mask if self.mask is not None else hidden.new_ones(hidden.shape[:2])
+        return torch.nn.functional.normalize(mean_pool(hidden, mask.to(hidden.device)), dim=-1)
+
+
+def use_mean_pooling(model: Any) -> None:
+    """Make a BERT-style classifier read the mean-pooled embedding; a no-op for heads without a pooler
+    (RoBERTa, DistilBERT, decoder models classify from their own token and keep doing so)."""
+    encoder = model.base_model
+    if getattr(encoder, "pooler", None) is None:
+        return
+    pooler = MeanPooler()
+    encoder.pooler = pooler
+
+    def remember_mask(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        pooler.mask = mask if mask is not None or len(args) < 2 else args[1]
+
+    encoder.register_forward_pre_hook(remember_mask, with_kwargs=True)
+
+
+def classifier_pooling(model: Any) -> str:
+    """'mean' when the classifier reads the mean-pooled embedding, else 'model' (the architecture's own)."""
+    return "mean" if any(isinstance(m, MeanPooler) for m in model.modules()) else "model"
+
+
+def init_head_from_probe(model: Any, coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray) -> None:
+    """Copy a fitted logistic regression into the trainable classification head (the LP of LP-FT).
+
+    coef/intercept are sklearn's: one row per class seen in training, or a single row for two classes
+    (sigmoid), which is the softmax with logits (-z/2, +z/2). Classes absent from training get a
+    bias far below the others, as the probe never predicts them either.
+    """
+    head = trainable_head(model)
+    n_labels, width = head.weight.shape
+    if coef.shape[0] == 1 and len(classes) == 2:
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    weight = np.zeros((n_labels, width), dtype=np.float32)
+    bias = np.full(n_labels, -20.0, dtype=np.float32)
+    weight[classes], bias[classes] = coef, intercept
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+
+
+def trainable_head(model: Any) -> torch.nn.Linear:
+    """The classification Linear that training updates (peft's modules_to_save copy once wrapped)."""
+    head = model.base_model.model.classifier if hasattr(model, "peft_config") else model.classifier
+    if hasattr(head, "modules_to_save"):
+        head = head.modules_to_save["default"]
+    if not isinstance(head, torch.nn.Linear):
+        raise ModelLoadError(f"{type(model).__name__}: the classification head is not a single Linear layer")
+    return head
 
 
 def four_bit_config() -> Any:

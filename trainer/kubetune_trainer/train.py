@@ -8,11 +8,21 @@ when off, so the loop itself has no branches for them:
   gradientAccumulation -> train_step()       several micro-batches per optimizer step, exact token mean
   gradientCheckpointing -> maybe_gradient_checkpointing()  less activation memory, ~30% more compute
   packing          -> batches.packed_batch() no pad tokens at all (causal-lm)
+
+Several processes (torchrun: GPUs x nodes): start_processes() returns accelerate's Accelerator, which
+joins the process group torchrun set up (nccl on GPUs, gloo on CPU) and wraps the model in DDP; one
+process gets SingleProcess, its no-op stand-in, so the loop is the same code either way:
+  data      every rank builds the same (seed, epoch) plan and takes its share (batches.epoch_batches):
+            W ranks x batchSize step like one process with W x batchSize, the same steps and rows
+  gradients all-reduced by DDP once per optimizer step (no_sync on the other micro-batches); the loss
+            is divided by the token/row count summed over ranks, so the gradient is the exact mean
+  writing   only rank 0 logs step events and writes checkpoints (every rank agrees on stopping)
 """
 
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -57,10 +67,52 @@ class StopRequest:
         self.requested = True
 
 
+class SingleProcess:
+    """The no-op stand-in for accelerate.Accelerator when not launched by torchrun (rank 0 of 1)."""
+
+    process_index, num_processes, is_main_process = 0, 1, True
+
+    def __init__(self) -> None:
+        self.device = pick_device()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def reduce(self, tensor: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+        return tensor
+
+    def no_sync(self, model: torch.nn.Module) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def start_processes() -> Any:
+    """accelerate's Accelerator under torchrun (WORLD_SIZE > 1), else SingleProcess."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import Accelerator
+
+        # cpu=True is how accelerate picks gloo for CPU-only ranks; with CUDA it uses nccl, one GPU each
+        return Accelerator(cpu=not torch.cuda.is_available())
+    return SingleProcess()
+
+
+def broadcast_from_main(processes: Any, value: Any) -> Any:
+    """Rank 0's value on every rank (e.g. which checkpoint to resume from)."""
+    if processes.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
 @dataclass
 class TrainSetup:
     model: torch.nn.Module  # the peft model (checkpoints and artifacts use its parameter names)
-    forward: Callable[..., Any]  # what the loop calls: the model, maybe compiled
+    forward: Callable[..., Any]  # what the loop calls: the model, maybe DDP-wrapped, maybe compiled
+    processes: Any  # Accelerator or SingleProcess
+    ddp: torch.nn.Module  # the model as prepared by `processes` (DDP when distributed)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -136,19 +188,39 @@ def count_total_steps(batches_per_epoch: int, training: TrainingSpec) -> int:
 
 
 def setup(
-    model: torch.nn.Module, seqs: list[Tokenized], pad_id: int, training: TrainingSpec, task: TaskType
+    model: torch.nn.Module,
+    seqs: list[Tokenized],
+    pad_id: int,
+    training: TrainingSpec,
+    task: TaskType,
+    processes: Any = None,
 ) -> TrainSetup:
-    device = pick_device()
+    """Everything the loop needs. Under DDP, wrapping copies rank 0's weights to every rank, so what
+    rank 0 did to the model before (e.g. the LP-FT head) holds everywhere."""
+    processes = processes or SingleProcess()
+    device = processes.device
     model.to(device)
     maybe_gradient_checkpointing(model, training.gradient_checkpointing)
     per_epoch = len(
-        epoch_batches(seqs, training.seed, 0, training.batch_size, training.max_seq_length, training.packing)
+        epoch_batches(
+            seqs,
+            training.seed,
+            0,
+            training.batch_size,
+            training.max_seq_length,
+            training.packing,
+            processes.process_index,
+            processes.num_processes,
+        )
     )
     total = count_total_steps(per_epoch, training)
     optimizer = build_optimizer(model, training, device)
+    ddp = processes.prepare_model(model)
     return TrainSetup(
         model=model,
-        forward=maybe_compile(model, training.compile),
+        forward=maybe_compile(ddp, training.compile),
+        processes=processes,
+        ddp=ddp,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, total, training.warmup_ratio),
         scaler=torch.amp.GradScaler(device.type, enabled=training.precision == "fp16"),
@@ -178,7 +250,16 @@ def micro_batches(s: TrainSetup, epoch: int, index: int) -> Iterator[MicroBatch]
     """Micro-batches from a saved data position onwards, epoch after epoch."""
     t = s.training
     while True:
-        plan = epoch_batches(s.seqs, t.seed, epoch, t.batch_size, t.max_seq_length, t.packing)
+        plan = epoch_batches(
+            s.seqs,
+            t.seed,
+            epoch,
+            t.batch_size,
+            t.max_seq_length,
+            t.packing,
+            s.processes.process_index,
+            s.processes.num_processes,
+        )
         for i in range(index, len(plan)):
             last = i + 1 == len(plan)
             yield MicroBatch(plan[i], epoch + (i + 1) / len(plan), epoch + last, 0 if last else i + 1)
@@ -202,16 +283,28 @@ def loss_sum(forward: Callable[..., Any], batch: dict[str, torch.Tensor], task: 
     )
 
 
+def sum_over_ranks(s: TrainSetup, *values: float) -> list[float]:
+    """Each value summed over every rank (one small all-reduce; the values themselves with one process)."""
+    total = s.processes.reduce(torch.tensor(values, dtype=torch.float64, device=s.device), reduction="sum")
+    return [float(v) for v in total.tolist()]
+
+
 def train_step(s: TrainSetup, group: list[MicroBatch]) -> float:
-    """One optimizer step over gradient-accumulation micro-batches; returns the mean loss."""
+    """One optimizer step over gradient-accumulation micro-batches; returns the mean loss (all ranks).
+
+    DDP averages gradients over ranks, so each rank's summed loss is scaled by world / global items:
+    the all-reduced gradient is then the exact mean over every row or answer token of the step."""
     batches = [to_tensors(s, mb.ids) for mb in group]
-    items = max(1, sum(count_targets(b) for b in batches))
+    world = s.processes.num_processes
+    (items,) = sum_over_ranks(s, sum(count_targets(b) for b in batches))
+    items = max(1.0, items)
     total = 0.0
-    for batch in batches:
-        with s.autocast():
-            loss = loss_sum(s.forward, batch, s.task) / items
-        s.scaler.scale(loss).backward()
-        total += loss.item()
+    for i, batch in enumerate(batches):
+        last = i + 1 == len(batches)
+        with s.autocast(), nullcontext() if last else s.processes.no_sync(s.ddp):
+            loss = loss_sum(s.forward, batch, s.task) * (world / items)
+            s.scaler.scale(loss).backward()
+        total += loss.item() / world
     s.scaler.unscale_(s.optimizer)
     torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], 1.0)
     s.scaler.step(s.optimizer)
@@ -239,7 +332,8 @@ def _train_steps(
     while progress.step < s.total_steps:
         group = [next(stream) for _ in range(s.training.gradient_accumulation)]
         lr = s.scheduler.get_last_lr()[0]
-        loss = train_step(s, group)
+        loss, stops = sum_over_ranks(s, train_step(s, group), float(stop.requested))
+        stop.requested = stops > 0  # a SIGTERM seen by any rank stops all of them at the same step
         progress.step += 1
         progress.epoch, progress.batch_index = group[-1].next_epoch, group[-1].next_index
         progress.losses.append(loss)
@@ -254,7 +348,9 @@ def _train_steps(
             [i for mb in group for i in mb.ids],
         )
         last = progress.step == s.total_steps
-        if stop.requested or last or progress.step % s.training.checkpoint_every == 0:
+        if s.processes.is_main_process and (
+            stop.requested or last or progress.step % s.training.checkpoint_every == 0
+        ):
             path = save_checkpoint(output_dir, s.model, s.optimizer, s.scheduler, progress)
             log.checkpoint(progress.step, str(path))
         if stop.requested and not last:
