@@ -4,7 +4,9 @@ The operator parses the JSON lines from pod logs, so event and key names are an 
   {"event":"phase","phase":"ValidatingData"|"Training"|"Evaluating"}
   {"event":"step","step":s,"totalSteps":t,"loss":x,"lr":..,"etaSeconds":..,"epoch":..,"batchIds":[..]}
   {"event":"checkpoint","step":s,"time":"<RFC 3339>"}
-  {"event":"eval","stage":"before"|"after"|"baseline","metrics":{..}}
+  {"event":"eval","stage":"before"|"baseline"|"after"|"champion","metrics":{..}}
+  {"event":"head","init":"linear-probe","pooling":"mean"}   (LP-FT: the head starts as the probe)
+Under torchrun only rank 0 emits anything.
   {"event":"result",...TrainResult wire form...}
 """
 
