@@ -208,7 +208,10 @@ def test_drift_retrains_promotes_and_recovers_accuracy(
     assert acc_now is not None and acc_now < calm_status["accuracy"]
     fresh = kubelet.pvc_root / "kubetune-data" / "fresh" / ADAPTER
     fresh_rows = rows(fresh / "train.jsonl") + rows(fresh / "holdout.jsonl")
-    assert len(fresh_rows) == len(traffic) and {r["text"] for r in fresh_rows} == {t["text"] for t in traffic}
+    labelled = calm[:MIN_SAMPLES] + traffic  # every input with feedback, calm ones too
+    assert len(fresh_rows) == len(labelled) and {r["text"] for r in fresh_rows} == {
+        t["text"] for t in labelled
+    }
 
     # 5. One retraining FineTuneJob, trained for real on the fresh data, judged against the champion.
     record = w(lambda: (adep(cluster).get("retrains") or [None])[0], "retraining FineTuneJob", 60)
