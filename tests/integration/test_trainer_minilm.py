@@ -197,6 +197,11 @@ def test_cli_writes_artifacts_and_termination_message(workspace: Path) -> None:
 
 
 def test_gate_failure_exits_nonzero_with_reason(workspace: Path) -> None:
+    # LP-FT gets this tiny set right at once, so one mislabelled validation row keeps 1.0 out of reach
+    validation = workspace / "data" / "tiny" / "validation.jsonl"
+    rows = validation.read_text().splitlines()
+    rows[0] = json.dumps({"text": "I lost my card yesterday", "label": "shipping_delay"})
+    validation.write_text("\n".join(rows) + "\n")
     manifest = write_manifest(
         workspace / "job.yaml",
         maxSteps=1,
