@@ -74,6 +74,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_serve(config.model_copy(update=overrides) if overrides else config)
 
 
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from kubetune.launch import run
+
+    command = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
+    return run(command)
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--file", required=True, help="FineTuneJob manifest or TrainConfig (YAML/JSON)")
     p.add_argument(
@@ -122,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate-data", help="validate every dataset row, then exit")
     _add_train_args(val)
     val.set_defaults(func=_cmd_validate_data)
+
+    launch = sub.add_parser("launch", help="run torchrun/accelerate and keep the trainer's exit code")
+    launch.add_argument(
+        "command_args", nargs=argparse.REMAINDER, help="-- torchrun ... -m kubetune.cli train ..."
+    )
+    launch.set_defaults(func=_cmd_launch)
 
     serve = sub.add_parser("serve", help="serve a base model with LoRA adapters (OpenAI-compatible)")
     serve.add_argument("-f", "--file", required=True, help="serve-config.yaml (a ServeConfig)")

@@ -141,7 +141,8 @@ def test_multi_node_uses_indexed_job_and_torchrun_rendezvous() -> None:
     pod = job["spec"]["template"]["spec"]
     assert pod["subdomain"] == "support-triage-rdzv" == objs["rdzv"]["metadata"]["name"]
     container = pod["containers"][0]
-    assert container["command"] == ["torchrun"]
+    assert container["command"] == ["kubetune"]
+    assert container["args"][:3] == ["launch", "--", "torchrun"]
     assert "--nnodes=4" in container["args"] and "--nproc-per-node=8" in container["args"]
     assert "--node-rank=$(JOB_COMPLETION_INDEX)" in container["args"]
     env = {e["name"]: e.get("value") for e in container["env"]}

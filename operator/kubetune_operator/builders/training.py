@@ -112,7 +112,8 @@ def _train_command(cr: FineTuneJob) -> tuple[list[str], list[str]]:
             "--master-addr=$(MASTER_ADDR)",
             f"--master-port={RENDEZVOUS_PORT}",
         ]
-    return ["torchrun"], [*launcher, "-m", "kubetune.cli", *train_args]
+    # `kubetune launch` keeps the trainer's exit code (torchrun reports 1 for any worker failure).
+    return ["kubetune"], ["launch", "--", "torchrun", *launcher, "-m", "kubetune.cli", *train_args]
 
 
 def _resources(cr: FineTuneJob, gpu: bool) -> dict[str, Any]:
