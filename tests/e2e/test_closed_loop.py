@@ -120,7 +120,7 @@ def test_drift_retrains_promotes_and_recovers_accuracy(
     ftj = yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())
     # 2 cores shared: a few steps on top of the linear-probe head init (LP-FT) are enough here.
     training = {k: v for k, v in ftj["spec"]["training"].items() if k != "epochs"}
-    ftj["spec"]["training"] = {**training, "maxSteps": 10, "checkpointEvery": 1000}
+    ftj["spec"]["training"] = {**training, "maxSteps": 40, "checkpointEvery": 1000}
     ftj["spec"]["evaluation"]["minAccuracy"] = 0.7
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(ftj))
     done = w(
@@ -201,11 +201,17 @@ def test_drift_retrains_promotes_and_recovers_accuracy(
         "drift above threshold in Prometheus",
         30,
     )
-    acc_now = prom_value(prom, f"{ACCURACY}{selector}")
-    print("drifted: drift", drift_now, "accuracy", acc_now, "held-out before", before)
     # These tickets are hard for routing words ("charger", "RFID tag") but not hopeless: rolling accuracy
-    # falls (measured ~0.92 vs 0.975 calm) without crossing 0.8; the drift trigger is the one that fires.
-    assert acc_now is not None and acc_now < calm_status["accuracy"]
+    # falls (measured 0.92-0.96 vs ~1.0 calm) without crossing 0.8; the drift trigger is the one that fires.
+    # Wait for a scrape taken after the feedback (the drift gauge moves first, during classification).
+    acc_now = w(
+        lambda: (
+            (v := prom_value(prom, f"{ACCURACY}{selector}")) is not None and v < calm_status["accuracy"] and v
+        ),
+        "rolling accuracy below the calm value in Prometheus",
+        30,
+    )
+    print("drifted: drift", drift_now, "accuracy", acc_now, "held-out before", before)
     fresh = kubelet.pvc_root / "kubetune-data" / "fresh" / ADAPTER
     fresh_rows = rows(fresh / "train.jsonl") + rows(fresh / "holdout.jsonl")
     labelled = calm[:MIN_SAMPLES] + traffic  # every input with feedback, calm ones too
