@@ -76,10 +76,12 @@ def adep_status(cluster: EmulatedCluster) -> dict[str, Any]:
     return obj.get("status", {})
 
 
-def wait_adep(cluster: EmulatedCluster, operator: Operator, predicate: Any, message: str) -> dict[str, Any]:
+def wait_adep(
+    cluster: EmulatedCluster, operator: Operator, predicate: Any, message: str, timeout: float = TIMEOUT
+) -> dict[str, Any]:
     try:
         return cluster.wait_for(
-            lambda: (s := adep_status(cluster)) and predicate(s) and s, timeout=TIMEOUT, message=message
+            lambda: (s := adep_status(cluster)) and predicate(s) and s, timeout=timeout, message=message
         )
     except AssertionError:
         print(operator.logs()[-5000:])

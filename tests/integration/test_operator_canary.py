@@ -103,7 +103,7 @@ def test_worse_canary_is_rolled_back(
     metrics.set(CANDIDATE, drift=0.05, window=300, accuracy=0.55, feedback=100)
     start_with_champion(cluster, operator, prometheus)
     ready(cluster, "support-intents-canary")
-    rolled = wait_adep(cluster, operator, lambda s: CANDIDATE in s.get("rolledBack", []), "rolled back")
+    rolled = wait_adep(cluster, operator, lambda s: CANDIDATE in s.get("rolledBack", []), "rolled back", 60)
     cond = next(c for c in rolled["conditions"] if c["type"] == "RolledBack")
     assert cond["status"] == "True" and "accuracy 0.550 < champion 0.950" in cond["message"]
     cluster.wait_for(
