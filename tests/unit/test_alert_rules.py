@@ -460,11 +460,6 @@ def test_server_exports_the_contract_series_it_owns_today() -> None:
     assert owned <= server, f"server lacks {sorted(owned - server)}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the server has no drift monitor yet (no kubetune_drift_score / kubetune_drift_window_size) and "
-    "exports its rolling accuracy as kubetune_feedback_accuracy, not the contract's kubetune_accuracy",
-)
 def test_server_exports_every_contract_series_the_dashboard_uses() -> None:
     server = exported_series(ServeMetrics().registry)
     missing = (used_metric_names() & contract_series()) - server
