@@ -62,6 +62,12 @@ def ready(cluster: EmulatedCluster, name: str) -> dict[str, Any]:
 
 
 def start_with_champion(cluster: EmulatedCluster, operator: Operator, prometheus: Prometheus) -> None:
+    # The canary is judged on what Prometheus has: make sure both versions were scraped first.
+    cluster.wait_for(
+        lambda: all(prometheus.query(f'kubetune_accuracy{{version="{v}"}}') for v in (CHAMPION, CANDIDATE)),
+        timeout=60,
+        message="both versions scraped",
+    )
     succeeded_finetunejob(cluster, "sha256:" + "aa" * 32)
     doc = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents.yaml").read_text())
     doc["spec"]["replicas"] = 4
