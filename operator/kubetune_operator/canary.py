@@ -50,6 +50,15 @@ def step_decision(
     return "judge"
 
 
+def evidence_overdue(ad: AdapterDeployment, canary: CanaryStatus, now: str) -> bool:
+    """A canary with no metrics at all is judged anyway once the grace after its pause is over
+    (a deployment nobody sends traffic to must not hold a rollout forever)."""
+    if canary.step_started_at is None:
+        return False
+    pause = ad.spec.rollout.steps[canary.step].pause_seconds
+    return _elapsed(canary.step_started_at, now) > pause + NOT_READY_GRACE_SECONDS
+
+
 def health_queries(adapter: str, version: str, window_seconds: int, drift_kind: str) -> dict[str, str]:
     sel = f'adapter="{adapter}",version="{version}"'
     w = f"{max(window_seconds, 60)}s"

@@ -55,3 +55,14 @@ def test_health_queries_are_per_version() -> None:
     q = health_queries("intents", "v2", 30, "embedding_cosine")
     assert 'version="v2"' in q["error_ratio"] and "[60s]" in q["error_ratio"]
     assert q["accuracy"] == 'avg(kubetune_accuracy{adapter="intents",version="v2"})'
+
+
+def test_a_canary_without_evidence_waits_only_until_the_grace_is_over() -> None:
+    from kubetune_operator.canary import evidence_overdue
+
+    ad = canary_adep()
+    started = CanaryStatus(
+        version="v2", uri="pvc://o/v2", step=0, weight=25, step_started_at="2026-01-01T00:00:00Z"
+    )
+    assert not evidence_overdue(ad, started, "2026-01-01T00:05:00Z")
+    assert evidence_overdue(ad, started, "2026-01-01T00:12:00Z")

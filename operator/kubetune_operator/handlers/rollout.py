@@ -13,7 +13,14 @@ from kubetune_operator.builders.serving import (
     build_serve_config_map,
     server_name,
 )
-from kubetune_operator.canary import VersionHealth, canary_replicas, compare, health_queries, step_decision
+from kubetune_operator.canary import (
+    VersionHealth,
+    canary_replicas,
+    compare,
+    evidence_overdue,
+    health_queries,
+    step_decision,
+)
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.kube import Kube, collection_path
 from kubetune_operator.prometheus import PrometheusError, query_scalar
@@ -141,9 +148,19 @@ async def run_canary(
     if reason is None:
         try:
             window = ad.spec.rollout.steps[canary.step].pause_seconds
+            candidate_health = await _version_health(ad, canary.version, window)
+            if (
+                ad.spec.monitoring.prometheus_url
+                and candidate_health == VersionHealth()
+                and not evidence_overdue(ad, canary, now)
+            ):
+                return (
+                    stable,
+                    False,
+                )  # no series for the canary yet (no scrape, no traffic): wait for evidence
             reason = compare(
                 await _version_health(ad, champion.version, window),
-                await _version_health(ad, canary.version, window),
+                candidate_health,
                 ad.spec.monitoring.drift.threshold,
             )
         except PrometheusError as err:
