@@ -104,9 +104,8 @@ def test_operator_and_defaults_leave_the_example_app_in_sync(
         live = cluster.get(resource, NS, name)
         assert live is not None
         assert (
-            (live.get("status")
-            and any(k.startswith("kubetune.dev/") for k in live["metadata"].get("annotations", {})))
-            or kind == "AdapterDeployment"
-        ), "the operator wrote nothing: the test proves nothing"
+            live.get("status")
+            and any(k.startswith("kubetune.dev/") for k in live["metadata"].get("annotations", {}))
+        ) or kind == "AdapterDeployment", "the operator wrote nothing: the test proves nothing"
         want, have = normalize(predicted(cluster, path)), normalize(live)
         assert have == want, f"{kind} would show OutOfSync:\nlive:      {have}\npredicted: {want}"

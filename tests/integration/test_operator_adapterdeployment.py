@@ -180,6 +180,10 @@ def test_adapterdeployment_serves_the_finetunejob_adapter(
     play_deployment_controller(cluster, ready=1)
     degraded = wait_adep(cluster, operator, lambda s: s.get("phase") == "Degraded", "Degraded")
     assert "1/2" in degraded["message"]
-    assert any(e["type"] == "Warning" for e in cluster.events(NS, "support-intents"))
+    cluster.wait_for(
+        lambda: any(e["type"] == "Warning" for e in cluster.events(NS, "support-intents")),
+        timeout=TIMEOUT,
+        message="a Warning event",
+    )
     table = cluster.kubectl("get", "adep").stdout
     assert "support-intents-aaaaaaaa" in table and "Degraded" in table, table

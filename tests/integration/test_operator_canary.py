@@ -121,7 +121,11 @@ def test_worse_canary_is_rolled_back(
         cluster, operator, lambda s: s.get("phase") == "Available" and not s.get("canary"), "stable"
     )
     assert final["activeAdapter"]["version"] == CHAMPION
-    assert any(e["reason"] == "RolledBack" for e in cluster.events(NS, "support-intents"))
+    cluster.wait_for(
+        lambda: any(e["reason"] == "RolledBack" for e in cluster.events(NS, "support-intents")),
+        timeout=TIMEOUT,
+        message="RolledBack event",
+    )
     # The rejected version is not retried while the job still points at it.
     later = wait_adep(
         cluster, operator, lambda s: s.get("lastEvaluated") or s.get("observedGeneration"), "tick"
@@ -161,5 +165,9 @@ def test_good_canary_walks_its_steps_and_is_promoted(
     )
     assert live["phase"] == "Available" and not live.get("canary")
     assert cluster.get("deployments.apps", NS, "support-intents-canary") is None
-    reasons = {e["reason"] for e in cluster.events(NS, "support-intents")}
-    assert {"CanaryStarted", "CanaryStep", "CanaryPassed", "RolledOut"} <= reasons, reasons
+    wanted = {"CanaryStarted", "CanaryStep", "CanaryPassed", "RolledOut"}
+    cluster.wait_for(
+        lambda: wanted <= {e["reason"] for e in cluster.events(NS, "support-intents")},
+        timeout=TIMEOUT,
+        message=f"events {wanted}",
+    )

@@ -284,8 +284,13 @@ def test_finetunejob_runs_to_succeeded_with_the_trainer_result(
     assert conds["Ready"]["status"] == "True" and conds["Succeeded"]["status"] == "True"
     assert conds["DataValidated"]["status"] == "True" and conds["Running"]["status"] == "False"
 
-    reasons = {e["reason"] for e in cluster.events(NS, name)}
-    assert {"Created", "ValidatingData", "Training", "Completed"} <= reasons, reasons
+    # Events are posted right after the status write: wait for the last one rather than racing it.
+    expected_reasons = {"Created", "ValidatingData", "Training", "Completed"}
+    cluster.wait_for(
+        lambda: expected_reasons <= {e["reason"] for e in cluster.events(NS, name)},
+        timeout=TIMEOUT,
+        message=f"events {expected_reasons}",
+    )
     table = cluster.kubectl("get", "ftj", name).stdout
     assert "Succeeded" in table and "0.9583" in table and "120/120" in table, table
 
@@ -313,7 +318,11 @@ def test_training_failure_reports_job_and_trainer_reason(
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "PodFailurePolicy"
     assert "accuracy 0.61 < evaluation.minAccuracy 0.85" in failed["message"]
-    warnings = [e for e in cluster.events(NS, name) if e["type"] == "Warning"]
+    warnings = cluster.wait_for(
+        lambda: [e for e in cluster.events(NS, name) if e["type"] == "Warning"],
+        timeout=TIMEOUT,
+        message="Warning events",
+    )
     assert any("minAccuracy" in e["message"] for e in warnings)
 
 
@@ -432,7 +441,11 @@ def test_preemption_is_counted_not_a_failure(cluster: EmulatedCluster, operator:
         message="preemption counted",
     )
     assert status["failures"] == 0 and status["attempts"] == 2
-    assert any(e["reason"] == "Preempted" for e in cluster.events(NS, name))
+    cluster.wait_for(
+        lambda: any(e["reason"] == "Preempted" for e in cluster.events(NS, name)),
+        timeout=TIMEOUT,
+        message="Preempted event",
+    )
 
 
 def test_spec_invalid_past_the_schema_fails_with_a_clear_condition(

@@ -184,8 +184,12 @@ def test_drift_in_prometheus_triggers_one_retrain_that_is_promoted(
         "challenger serving",
     )
     assert live["activeAdapter"]["uri"] == result["adapterUri"]
-    reasons = {e["reason"] for e in cluster.events(NS, "support-intents")}
-    assert {"Retraining", "Promoted", "RolledOut"} <= reasons, reasons
+    wanted = {"Retraining", "Promoted", "RolledOut"}
+    cluster.wait_for(
+        lambda: wanted <= {e["reason"] for e in cluster.events(NS, "support-intents")},
+        timeout=TIMEOUT,
+        message=f"events {wanted}",
+    )
 
 
 def test_retrain_now_annotation_starts_one_retrain_per_request(
