@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jq
-import pytest
 import yaml
 from emulator import EmulatedCluster
 from test_operator_finetunejob import NS, TIMEOUT, Operator
@@ -24,14 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/argocd/support-intents"
 APP = yaml.safe_load((ROOT / "examples/argocd/apps/support-intents.yaml").read_text())
 SERVER_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "namespace")
-
-
-@pytest.fixture
-def operator(cluster: EmulatedCluster, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(cluster, tmp_path / "operator.log")
-    op.start()
-    yield op
-    op.stop()
 
 
 def normalize(obj: dict[str, Any]) -> dict[str, Any]:

@@ -3,26 +3,15 @@ operator against the emulated API server; the test plays the Deployment controll
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from emulator import EmulatedCluster
 from test_operator_finetunejob import NS, TIMEOUT, Operator, finish_job, run_pod, wait_job
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGEST_A, DIGEST_B = "sha256:" + "aa" * 32, "sha256:" + "bb" * 32
-
-
-@pytest.fixture
-def operator(cluster: EmulatedCluster, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(cluster, tmp_path / "operator.log")
-    op.start()
-    yield op
-    op.stop()
-    assert "Traceback" not in op.logs(), op.logs()[-4000:]
 
 
 def succeeded_finetunejob(cluster: EmulatedCluster, digest: str) -> None:

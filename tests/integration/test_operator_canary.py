@@ -4,7 +4,6 @@ and never retried; a good one walks its steps and replaces the champion."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +18,6 @@ from test_operator_retraining import FakeServerMetrics
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian prometheus not installed")
 CHAMPION, CANDIDATE = "support-intents-aaaaaaaa", "support-intents-bbbbbbbb"
-
-
-@pytest.fixture
-def metrics() -> Iterator[FakeServerMetrics]:
-    fake = FakeServerMetrics()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path, metrics: FakeServerMetrics) -> Iterator[Prometheus]:
-    with Prometheus(tmp_path / "prometheus", [f"127.0.0.1:{metrics.port}"]) as prom:
-        yield prom
-
-
-@pytest.fixture
-def operator(cluster: EmulatedCluster, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(cluster, tmp_path / "operator.log")
-    op.start()
-    yield op
-    op.stop()
-    assert "Traceback" not in op.logs(), op.logs()[-4000:]
 
 
 def ready(cluster: EmulatedCluster, name: str) -> dict[str, Any]:

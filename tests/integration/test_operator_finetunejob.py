@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +65,6 @@ class Operator:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-@pytest.fixture
-def operator(cluster: EmulatedCluster, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(cluster, tmp_path / "operator.log")
-    op.start()
-    yield op
-    op.stop()
-    assert "Traceback" not in op.logs(), op.logs()[-4000:]
 
 
 def ftj(cluster: EmulatedCluster, name: str) -> dict[str, Any]:

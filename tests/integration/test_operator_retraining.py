@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,28 +51,6 @@ class FakeServerMetrics:
 
     def close(self) -> None:
         self.server.shutdown()
-
-
-@pytest.fixture
-def metrics() -> Iterator[FakeServerMetrics]:
-    fake = FakeServerMetrics()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path, metrics: FakeServerMetrics) -> Iterator[Prometheus]:
-    with Prometheus(tmp_path / "prometheus", [f"127.0.0.1:{metrics.port}"]) as prom:
-        yield prom
-
-
-@pytest.fixture
-def operator(cluster: EmulatedCluster, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(cluster, tmp_path / "operator.log")
-    op.start()
-    yield op
-    op.stop()
-    assert "Traceback" not in op.logs(), op.logs()[-4000:]
 
 
 def apply_adep(cluster: EmulatedCluster, prometheus: Prometheus) -> None:

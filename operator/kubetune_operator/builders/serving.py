@@ -13,7 +13,7 @@ from kubetune_trainer.serve.config import ADMIN_TOKEN_ENV, AdapterSpec, ServeCon
 from kubetune.api.adapterdeployment import AdapterDeployment
 from kubetune.api.finetunejob import TaskType
 from kubetune_operator.builders.meta import LABEL_ADAPTERDEPLOYMENT, child_metadata, child_name, common_labels
-from kubetune_operator.builders.training import UID
+from kubetune_operator.builders.security import restricted_container_security, restricted_pod_security
 from kubetune_operator.builders.volumes import CACHE_DIR, CONFIG_DIR, MOUNT_ROOT
 
 SERVER_CONTAINER = "server"
@@ -171,13 +171,7 @@ def _container(ad: AdapterDeployment, image: str, pull_policy: str, claims: list
         },
         # Give Service endpoints time to drop the pod before SIGTERM starts the server's drain.
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(DRAIN_SECONDS)]}}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_container_security(),
     }
     if requests or limits:
         container["resources"] = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
@@ -214,13 +208,7 @@ def build_deployment(
         "serviceAccountName": service_account,
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 60,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-            "runAsGroup": UID,
-            "fsGroup": UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_pod_security(),
         "containers": [_container(ad, image, pull_policy, claims)],
         "volumes": volumes,
     }

@@ -20,11 +20,11 @@ from kubetune_operator.builders.meta import (
     child_name,
     common_labels,
 )
+from kubetune_operator.builders.security import restricted_container_security, restricted_pod_security
 from kubetune_operator.builders.volumes import CACHE_DIR, CONFIG_FILE, pod_storage, secret_env
 
 TRAINER_CONTAINER = "trainer"
 RENDEZVOUS_PORT = 29500
-UID = 65532
 
 
 def config_map_name(job_name: str) -> str:
@@ -63,26 +63,6 @@ def build_config_map(cr: FineTuneJob, owner: dict[str, Any]) -> dict[str, Any]:
         "kind": "ConfigMap",
         "metadata": child_metadata(owner, config_map_name(cr.metadata.name), _labels(cr, "train-config")),
         "data": {"train-config.yaml": text},
-    }
-
-
-def _container_security() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _pod_security() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": UID,
-        "runAsGroup": UID,
-        "fsGroup": UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
@@ -164,7 +144,7 @@ def _pod_spec(
         "args": args,
         "env": env,
         "volumeMounts": storage.mounts,
-        "securityContext": _container_security(),
+        "securityContext": restricted_container_security(),
         "terminationMessagePath": "/dev/termination-log",
         # The trainer writes a JSON result there; a crash before that still reports its last log lines.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -179,7 +159,7 @@ def _pod_spec(
         "restartPolicy": "Never",
         "serviceAccountName": service_account,
         "automountServiceAccountToken": False,
-        "securityContext": _pod_security(),
+        "securityContext": restricted_pod_security(),
         "containers": [container],
         "volumes": storage.volumes,
     }
