@@ -40,13 +40,21 @@ def resolve_adapter(
     """
     wanted = _resolve(ad, ftj, history, promoted)
     if isinstance(wanted, Unresolved) and active is not None and ad.spec.adapter.version is None:
-        for entry in history:
-            if entry.version == active:
-                task = ad.spec.task or _task_of(ftj) or "sequence-classification"
-                return ResolvedAdapter(
-                    entry.version, entry.uri, task, entry.digest, entry.fine_tune_job, entry.accuracy
-                )
+        return _from_history(ad, ftj, history, active) or wanted
     return wanted
+
+
+def _from_history(
+    ad: AdapterDeployment, ftj: dict[str, Any] | None, history: list[HistoryEntry], version: str
+) -> ResolvedAdapter | None:
+    """A version rolled out before, as a ResolvedAdapter (None when it is not in the history)."""
+    for entry in history:
+        if entry.version == version:
+            task = ad.spec.task or _task_of(ftj) or "sequence-classification"
+            return ResolvedAdapter(
+                entry.version, entry.uri, task, entry.digest, entry.fine_tune_job, entry.accuracy
+            )
+    return None
 
 
 def _resolve(
@@ -54,12 +62,9 @@ def _resolve(
 ) -> ResolvedAdapter | Unresolved:
     source = ad.spec.adapter
     if source.version is not None:
-        for entry in history:
-            if entry.version == source.version:
-                task = ad.spec.task or _task_of(ftj) or "sequence-classification"
-                return ResolvedAdapter(
-                    entry.version, entry.uri, task, entry.digest, entry.fine_tune_job, entry.accuracy
-                )
+        pinned = _from_history(ad, ftj, history, source.version)
+        if pinned is not None:
+            return pinned
         known = ", ".join(e.version for e in history) or "none"
         return Unresolved(
             "UnknownVersion", f"adapter.version {source.version} is not in status.history ({known})"
