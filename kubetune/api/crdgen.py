@@ -18,6 +18,15 @@ from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
 _DROP = {"title", "$defs", "discriminator"}
 
 
+def _without_nulls(value: Any) -> Any:
+    """A default as the API server may store it: unset optional fields are absent, not null."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
     """Resolve every $ref and rewrite JSON Schema constructs into their OpenAPI v3.0 structural form."""
     if isinstance(node, list):
@@ -51,7 +60,9 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
         elif key == "additionalProperties" and value is False:
             continue  # the API server prunes unknown fields; `false` is not allowed in structural schemas
         elif key == "default" and isinstance(value, dict):
-            out[key] = {}  # object defaults: let the nested field defaults apply
+            # The object's whole default, not `{}`: kube-apiserver checks a default against the
+            # object's CEL rules before nested defaults apply, so `{}` fails any rule naming a field.
+            out[key] = _without_nulls(value)
         else:
             out[key] = _inline(value, defs)
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import yaml
-from emulator import EmulatedCluster
+from controlplane import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "examples/finetunejob-support-intents.yaml"
 
 
-def apply(cluster: EmulatedCluster, **spec: Any) -> Any:
+def apply(cluster: Cluster, **spec: Any) -> Any:
     doc = yaml.safe_load(MANIFEST.read_text())
     for dotted, value in spec.items():
         node = doc["spec"]
@@ -26,10 +26,10 @@ def apply(cluster: EmulatedCluster, **spec: Any) -> Any:
     return cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
 
 
-def start(cluster: EmulatedCluster, phase: str = "Running") -> None:
+def start(cluster: Cluster, phase: str = "Running") -> None:
     assert apply(cluster).returncode == 0
     cluster.patch_status(
-        "ftj", "default", "support-intents", {"phase": phase, "startTime": "2026-11-22T10:00:00Z"}
+        "ftj", cluster.ns, "support-intents", {"phase": phase, "startTime": "2026-11-22T10:00:00Z"}
     )
 
 
@@ -43,7 +43,7 @@ def start(cluster: EmulatedCluster, phase: str = "Running") -> None:
         ("backoffLimit", 7),
     ],
 )
-def test_spec_change_of_a_started_job_is_rejected(cluster: EmulatedCluster, field: str, value: Any) -> None:
+def test_spec_change_of_a_started_job_is_rejected(cluster: Cluster, field: str, value: Any) -> None:
     start(cluster)
     result = apply(cluster, **{field: value})
     assert result.returncode != 0
@@ -51,22 +51,22 @@ def test_spec_change_of_a_started_job_is_rejected(cluster: EmulatedCluster, fiel
     assert "only suspend, activeDeadlineSeconds, maxPreemptions may change" in result.stderr
 
 
-def test_mutable_fields_of_a_started_job_go_through(cluster: EmulatedCluster) -> None:
+def test_mutable_fields_of_a_started_job_go_through(cluster: Cluster) -> None:
     start(cluster)
     result = apply(cluster, suspend=True, activeDeadlineSeconds=7200, maxPreemptions=5)
     assert result.returncode == 0, result.stderr
-    spec = cluster.get("ftj", "default", "support-intents")["spec"]
+    spec = cluster.get("ftj", cluster.ns, "support-intents")["spec"]
     assert (spec["suspend"], spec["activeDeadlineSeconds"], spec["maxPreemptions"]) == (True, 7200, 5)
 
 
-def test_finished_jobs_are_frozen_too(cluster: EmulatedCluster) -> None:
+def test_finished_jobs_are_frozen_too(cluster: Cluster) -> None:
     start(cluster, phase="Succeeded")
     assert "immutable" in apply(cluster, **{"lora.r": 8}).stderr
 
 
-def test_a_pending_job_may_still_be_edited(cluster: EmulatedCluster) -> None:
+def test_a_pending_job_may_still_be_edited(cluster: Cluster) -> None:
     assert apply(cluster).returncode == 0
-    cluster.patch_status("ftj", "default", "support-intents", {"phase": "Pending"})
+    cluster.patch_status("ftj", cluster.ns, "support-intents", {"phase": "Pending"})
     result = apply(cluster, **{"lora.r": 8})
     assert result.returncode == 0, result.stderr
-    assert cluster.get("ftj", "default", "support-intents")["spec"]["lora"]["r"] == 8
+    assert cluster.get("ftj", cluster.ns, "support-intents")["spec"]["lora"]["r"] == 8
