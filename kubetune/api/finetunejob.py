@@ -28,6 +28,7 @@ TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed", "Cancelled"}
 EvalMetric = Literal["accuracy", "macro_f1", "intent_exact_match", "json_validity"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Quantization = Literal["none", "4bit"]
+Recipe = Literal["auto", "lora", "full", "probe"]
 
 CPU_QUANTITY = r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$"
 MEMORY_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
@@ -229,6 +230,15 @@ class TrainingSpec(ApiModel):
     precision: Annotated[Precision, Field(description="auto = bf16 where supported, else fp32.")] = "auto"
     compile: Annotated[bool, Field(description="torch.compile the model.")] = False
     gradient_checkpointing: Annotated[bool, Field(description="Trade compute for activation memory.")] = False
+    recipe: Annotated[
+        Recipe,
+        Field(
+            description="lora (LP-FT LoRA), probe (logistic regression on frozen embeddings as the head), "
+            "full (every encoder weight but the token embeddings), or auto: train each that fits "
+            "(probe and full: sequence-classification only; full: small models), keep the validation "
+            "winner."
+        ),
+    ] = "lora"
 
     model_config = {
         "json_schema_extra": {
