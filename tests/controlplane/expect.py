@@ -12,15 +12,16 @@ from typing import Any
 
 def differences(want: Any, got: Any, path: str = "") -> list[str]:
     """Paths where ``got`` lacks or changes a value ``want`` sets (lists compare item by item and
-    must have the same length; an empty dict or list in ``want`` must be empty or absent in ``got``)."""
+    must have the same length; a zero value in ``want`` may be absent from ``got``, as the API
+    server drops ``false``, ``0``, ``""`` and empty collections of omitempty fields)."""
     if isinstance(want, dict):
         if not isinstance(got, dict):
             return [f"{path or '.'}: want a mapping, got {got!r}"]
         out: list[str] = []
         for key, value in want.items():
             if key not in got:
-                if value in ({}, [], None):
-                    continue
+                if value in ({}, [], None, False, 0, ""):
+                    continue  # Go's omitempty: the server does not store zero values
                 out.append(f"{path}.{key}: missing (want {value!r})")
             else:
                 out += differences(value, got[key], f"{path}.{key}")

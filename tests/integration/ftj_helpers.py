@@ -89,13 +89,15 @@ def wait_pod(cluster: Cluster, job: str, count: int = 1) -> dict[str, Any]:
     return cluster.wait_running(cluster.ns, pods[count - 1]["metadata"]["name"], timeout=TIMEOUT)
 
 
+def job_condition(job: dict[str, Any] | None, condition: str) -> bool:
+    conditions = (job or {}).get("status", {}).get("conditions", [])
+    return any(c["type"] == condition and c["status"] == "True" for c in conditions)
+
+
 def wait_job_condition(cluster: Cluster, name: str, condition: str) -> dict[str, Any]:
     """The real Job controller's verdict (Complete / Failed / Suspended)."""
     return cluster.wait_for(
-        lambda: any(
-            c["type"] == condition and c["status"] == "True"
-            for c in ((j := cluster.get("jobs.batch", cluster.ns, name)) or {}).get("status", {}).get("conditions", [])
-        ) and j,
+        lambda: job_condition(j := cluster.get("jobs.batch", cluster.ns, name), condition) and j,
         timeout=TIMEOUT, message=f"Job {name} {condition}",
     )
 
