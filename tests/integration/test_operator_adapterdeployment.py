@@ -1,178 +1,162 @@
 """From a Succeeded FineTuneJob to a serving Deployment, rollout, new adapter and rollback — the real
-operator against the emulated API server; the test plays the Deployment controller."""
+operator against the real control plane. The real Job controller finishes the FineTuneJob's Jobs, the
+real Deployment and ReplicaSet controllers make the serving pods, kwok runs them; the test plays only
+the kubelet (how pods end, whether their readiness probe passes)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import yaml
-from emulator import EmulatedCluster
-from test_operator_finetunejob import NS, TIMEOUT, Operator, finish_job, run_pod, wait_job
+from adep_helpers import (
+    ADEP,
+    STABLE,
+    active_version,
+    deployment,
+    ready_pods,
+    reasons,
+    succeeded_finetunejob,
+    template_version,
+    wait_adep,
+    wait_deployment,
+    wait_template_version,
+)
+from controlplane import Cluster
+from ftj_helpers import ROOT, TIMEOUT, bind_claims
+from operator_process import SERVER_IMAGE, Operator
 
-ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples/adapterdeployment-support-intents.yaml"
 DIGEST_A, DIGEST_B = "sha256:" + "aa" * 32, "sha256:" + "bb" * 32
+VERSION_A, VERSION_B = "support-intents-aaaaaaaa", "support-intents-bbbbbbbb"
 
 
-def succeeded_finetunejob(cluster: EmulatedCluster, digest: str) -> None:
-    """(Re)run the support-intents FineTuneJob through the operator to Succeeded with ``digest``."""
-    if cluster.get("ftj", NS, "support-intents") is not None:
-        cluster.kubectl("delete", "ftj", "support-intents")
-        cluster.wait_for(
-            lambda: cluster.get("ftj", NS, "support-intents") is None,
-            timeout=TIMEOUT,
-            message="old FineTuneJob gone",
-        )
-    cluster.kubectl("apply", "-f", str(ROOT / "examples/finetunejob-support-intents.yaml"))
-    vjob = wait_job(cluster, "support-intents-validate")
-    finish_job(cluster, vjob["metadata"]["name"], ok=True)
-    tjob = wait_job(cluster, "support-intents-train")
-    result = {
-        "adapterUri": "pvc://kubetune-output/support-intents",
-        "digest": digest,
-        "metrics": {"after_accuracy": 0.9583},
-    }
-    run_pod(cluster, tjob, "t1", phase="Succeeded", termination=result)
-    finish_job(cluster, tjob["metadata"]["name"], ok=True)
-    cluster.wait_for(
-        lambda: cluster.get("ftj", NS, "support-intents").get("status", {}).get("phase") == "Succeeded",
-        timeout=TIMEOUT,
-        message="FineTuneJob Succeeded",
-    )
-
-
-def play_deployment_controller(cluster: EmulatedCluster, ready: int) -> dict[str, Any]:
-    dep = cluster.get("deployments.apps", NS, "support-intents-server")
-    assert dep is not None
-    replicas = dep["spec"]["replicas"]
-    return cluster.patch_status(
-        "deployments.apps",
-        NS,
-        "support-intents-server",
-        {
-            "observedGeneration": dep["metadata"]["generation"],
-            "replicas": replicas,
-            "updatedReplicas": replicas,
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-        },
-    )
-
-
-def adep_status(cluster: EmulatedCluster) -> dict[str, Any]:
-    obj = cluster.get("adep", NS, "support-intents")
-    assert obj is not None
-    return obj.get("status", {})
-
-
-def wait_adep(
-    cluster: EmulatedCluster, operator: Operator, predicate: Any, message: str, timeout: float = TIMEOUT
-) -> dict[str, Any]:
-    try:
-        return cluster.wait_for(
-            lambda: (s := adep_status(cluster)) and predicate(s) and s, timeout=timeout, message=message
-        )
-    except AssertionError:
-        print(operator.logs()[-5000:])
-        raise
-
-
-def test_adapterdeployment_serves_the_finetunejob_adapter(
-    cluster: EmulatedCluster, operator: Operator
-) -> None:
-    cluster.kubectl("apply", "-f", str(ROOT / "examples/adapterdeployment-support-intents.yaml"))
+def test_adapterdeployment_serves_the_finetunejob_adapter(cluster: Cluster, operator: Operator) -> None:
+    bind_claims(cluster)
+    cluster.kubectl("apply", "-f", str(EXAMPLE))
     pending = wait_adep(cluster, operator, lambda s: s.get("phase") == "Pending", "Pending without adapter")
     assert "support-intents" in pending["message"]
-    assert cluster.get("deployments.apps", NS, "support-intents-server") is None
+    assert cluster.get("deployments.apps", cluster.ns, STABLE) is None
 
     succeeded_finetunejob(cluster, DIGEST_A)
-    dep = cluster.wait_for(
-        lambda: cluster.get("deployments.apps", NS, "support-intents-server"),
-        timeout=TIMEOUT,
-        message="Deployment",
-    )
+    dep = wait_deployment(cluster)
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["image"] == "registry.example/server:1.2.3"
+    assert container["image"] == SERVER_IMAGE
     assert container["args"] == ["serve", "-f", "/etc/kubetune/serve-config.yaml"]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["readinessProbe"]["httpGet"]["port"] == "http"
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    config = yaml.safe_load(
-        cluster.get("configmaps", NS, "support-intents-serve-config")["data"]["serve-config.yaml"]
-    )
+    config_map = cluster.get("configmaps", cluster.ns, "support-intents-serve-config")
+    assert config_map is not None
+    config = yaml.safe_load(config_map["data"]["serve-config.yaml"])
     assert config["adapters"][0]["uri"] == "pvc://kubetune-output/support-intents"
-    assert config["adapters"][0]["version"] == "support-intents-aaaaaaaa"
-    service_selector = cluster.get("services", NS, "support-intents")["spec"]["selector"]
+    assert config["adapters"][0]["version"] == VERSION_A
+    service = cluster.get("services", cluster.ns, ADEP)
+    assert service is not None
     # The Service selects both tracks (stable + canary); the Deployment only its own.
-    assert service_selector.items() <= dep["spec"]["selector"]["matchLabels"].items()
+    assert service["spec"]["selector"].items() <= dep["spec"]["selector"]["matchLabels"].items()
     assert dep["spec"]["selector"]["matchLabels"]["kubetune.dev/track"] == "stable"
-    assert cluster.get("poddisruptionbudgets.policy", NS, "support-intents-server") is not None
+    assert cluster.get("poddisruptionbudgets.policy", cluster.ns, STABLE) is not None
+    # The real controllers made the pods; their readiness probe has not passed yet.
     wait_adep(cluster, operator, lambda s: s.get("phase") == "Progressing", "Progressing")
 
-    play_deployment_controller(cluster, ready=2)
+    pods = ready_pods(cluster)
+    assert all(p["spec"]["nodeName"].startswith("kwok-cpu-") for p in pods), [
+        p["spec"]["nodeName"] for p in pods
+    ]
     live = wait_adep(cluster, operator, lambda s: s.get("phase") == "Available", "Available")
-    assert live["activeAdapter"]["version"] == "support-intents-aaaaaaaa"
+    assert live["activeAdapter"]["version"] == VERSION_A
     assert live["activeAdapter"]["digest"] == DIGEST_A and live["activeAdapter"]["accuracy"] == 0.9583
     assert live["readyReplicas"] == 2
 
-    # A new successful run of the job rolls out a new version; the old one serves meanwhile.
+    # A new successful run of the job rolls out a new version; the old one serves meanwhile
+    # (maxUnavailable 0: the real controller keeps both old pods until a new one is ready).
     succeeded_finetunejob(cluster, DIGEST_B)
-    cluster.wait_for(
-        lambda: (
-            cluster.get("deployments.apps", NS, "support-intents-server")["spec"]["template"]["metadata"][
-                "annotations"
-            ]["kubetune.dev/adapter-version"]
-            == "support-intents-bbbbbbbb"
-        ),
-        timeout=TIMEOUT,
-        message="template updated",
-    )
-    play_deployment_controller(cluster, ready=2)
+    wait_template_version(cluster, VERSION_B)
+    rolling = wait_adep(cluster, operator, lambda s: s.get("phase") == "Progressing", "rolling out B")
+    assert active_version(rolling) == VERSION_A and VERSION_B in rolling["message"]
+    assert deployment(cluster).get("status", {}).get("availableReplicas", 0) >= 2
+    ready_pods(cluster)
     live = wait_adep(
         cluster,
         operator,
-        lambda s: (s.get("activeAdapter") or {}).get("version") == "support-intents-bbbbbbbb",
-        "second version active",
+        lambda s: active_version(s) == VERSION_B and s.get("phase") == "Available",
+        "B active",
     )
-    assert live["phase"] == "Available"
-    assert [h["version"] for h in live["history"]] == ["support-intents-aaaaaaaa", "support-intents-bbbbbbbb"]
+    assert [h["version"] for h in live["history"]] == [VERSION_A, VERSION_B]
+    # The real Deployment controller scaled the old ReplicaSet down and deleted its pods.
+    cluster.wait_for(
+        lambda: len(cluster.list("pods", cluster.ns, label_selector="kubetune.dev/track=stable")) == 2,
+        timeout=TIMEOUT,
+        message="old pods gone",
+    )
 
     # Roll back by pinning the previous version.
     cluster.kubectl(
         "patch",
         "adep",
-        "support-intents",
+        ADEP,
         "--type=merge",
         "-p",
-        '{"spec": {"adapter": {"version": "support-intents-aaaaaaaa"}}}',
+        f'{{"spec": {{"adapter": {{"version": "{VERSION_A}"}}}}}}',
     )
-    cluster.wait_for(
-        lambda: (
-            cluster.get("deployments.apps", NS, "support-intents-server")["spec"]["template"]["metadata"][
-                "annotations"
-            ]["kubetune.dev/adapter-version"]
-            == "support-intents-aaaaaaaa"
-        ),
-        timeout=TIMEOUT,
-        message="rolled back template",
-    )
-    play_deployment_controller(cluster, ready=2)
+    wait_template_version(cluster, VERSION_A)
+    ready_pods(cluster)
     live = wait_adep(
         cluster,
         operator,
-        lambda s: (s.get("activeAdapter") or {}).get("version") == "support-intents-aaaaaaaa",
+        lambda s: active_version(s) == VERSION_A and s.get("phase") == "Available",
         "rollback active",
     )
     assert live["activeAdapter"]["digest"] == DIGEST_A
 
-    # Pods lost after the rollout: Degraded, with a Warning event.
-    play_deployment_controller(cluster, ready=1)
+    # A pod's readiness probe starts failing after the rollout: Degraded, with a Warning event.
+    cluster.wait_for(
+        lambda: (
+            (d := deployment(cluster)).get("status", {}).get("replicas") == 2
+            and d["status"].get("updatedReplicas") == 2
+        ),
+        timeout=TIMEOUT,
+        message="rollback finished",
+    )
+    (first, _) = ready_pods(cluster)
+    cluster.set_pod_ready(cluster.ns, first["metadata"]["name"], ready=False)
     degraded = wait_adep(cluster, operator, lambda s: s.get("phase") == "Degraded", "Degraded")
     assert "1/2" in degraded["message"]
+    assert template_version(deployment(cluster)) == VERSION_A
     cluster.wait_for(
-        lambda: any(e["type"] == "Warning" for e in cluster.events(NS, "support-intents")),
+        lambda: any(e["type"] == "Warning" for e in cluster.events(cluster.ns, ADEP)),
         timeout=TIMEOUT,
         message="a Warning event",
     )
     table = cluster.kubectl("get", "adep").stdout
-    assert "support-intents-aaaaaaaa" in table and "Degraded" in table, table
+    assert VERSION_A in table and "Degraded" in table, table
+    assert {"RolledOut", "Degraded"} <= reasons(cluster)
+
+
+def test_deleting_the_adapterdeployment_deletes_its_children(cluster: Cluster, operator: Operator) -> None:
+    bind_claims(cluster)
+    succeeded_finetunejob(cluster, DIGEST_A)
+    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    wait_deployment(cluster)
+    ready_pods(cluster)
+    wait_adep(cluster, operator, lambda s: s.get("phase") == "Available", "Available")
+    selector = f"kubetune.dev/adapterdeployment={ADEP}"
+    children = {
+        kind: cluster.list(kind, cluster.ns, label_selector=selector)
+        for kind in ("deployments.apps", "services", "configmaps", "poddisruptionbudgets.policy")
+    }
+    assert all(children.values()), {k: len(v) for k, v in children.items()}
+
+    cluster.kubectl("delete", "adep", ADEP, "--timeout=60s")  # kubectl waits: no finalizer may stick
+    # The real garbage collector: AdapterDeployment -> Deployment, Service, ConfigMap, PDB;
+    # Deployment -> ReplicaSet -> Pods.
+    cluster.wait_for(
+        lambda: (
+            not any(cluster.list(kind, cluster.ns, label_selector=selector) for kind in children)
+            and not cluster.list("replicasets.apps", cluster.ns, label_selector=selector)
+            and not cluster.list("pods", cluster.ns, label_selector=selector)
+        ),
+        timeout=60,
+        message="garbage collection",
+    )
+    # The FineTuneJob is not the AdapterDeployment's child: it stays.
+    assert cluster.get("ftj", cluster.ns, "support-intents") is not None
