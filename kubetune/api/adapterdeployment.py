@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import Field, model_validator
 
 from kubetune.api.common import (
-    DNS1123_SUBDOMAIN,
-    NO_TRAVERSAL_RULE,
+    AdapterUri,
     ApiModel,
     Condition,
+    FreshDataUri,
     ObjectMeta,
+    PrometheusUrl,
     SecretKeyRef,
-    Toleration,
-    reject_traversal,
+    check_resource_name,
+    object_name,
 )
-from kubetune.api.finetunejob import CPU_QUANTITY, MEMORY_QUANTITY, BaseModelSpec, FineTuneJobSpec, TaskType
+from kubetune.api.finetunejob import BaseModelSpec, FineTuneJobSpec, TaskType
+from kubetune.api.rules import Checked, Rule, single_line
+from kubetune.api.scheduling import CpuQuantity, GpuResource, MemoryQuantity, NodeSelector, Toleration
 from kubetune.api.telemetry import DRIFT_KINDS, DriftKind
 
 AdapterPhase = Literal["Pending", "Progressing", "Available", "Degraded"]
 RolloutStrategy = Literal["Rolling", "Canary"]
-ADAPTER_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]|https://[A-Za-z0-9.-]+)(/[A-Za-z0-9._@=+%-]+)*/?$"
+VERSION_RULE = Rule(
+    "must be a version: letters, digits, '.', '_' and '-', starting with a letter or digit",
+    require=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+)
+MetadataField = Annotated[str, Checked("A request metadata field name.", 128, single_line(), min_length=1)]
 HISTORY_LIMIT = 10
 
 
 class FineTuneJobRef(ApiModel):
     """A FineTuneJob in the same namespace."""
 
-    name: Annotated[str, Field(description="FineTuneJob name.", max_length=253, pattern=DNS1123_SUBDOMAIN)]
+    name: Annotated[str, object_name("FineTuneJob name.")]
 
 
 class AdapterSource(ApiModel):
@@ -39,29 +45,9 @@ class AdapterSource(ApiModel):
         FineTuneJobRef | None,
         Field(description="Serve the adapter this FineTuneJob produced; a new successful run rolls out."),
     ] = None
-    uri: Annotated[
-        str | None,
-        Field(
-            description="Adapter folder (peft): pvc://<claim>/<path>, s3://<bucket>/<prefix> or https://<url>.",
-            max_length=2048,
-            json_schema_extra={
-                "x-kubernetes-validations": [
-                    {
-                        "rule": f'self.matches(r"{ADAPTER_URI_PATTERN}")',
-                        "message": "must be pvc://<claim>/<path>, s3://<bucket>/<prefix> or https://<url>",
-                    },
-                    NO_TRAVERSAL_RULE,
-                ]
-            },
-        ),
-    ] = None
+    uri: AdapterUri | None = None
     version: Annotated[
-        str | None,
-        Field(
-            description="Pin (roll back to) a version listed in status.history.",
-            max_length=128,
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        ),
+        str | None, Checked("Pin (roll back to) a version listed in status.history.", 128, VERSION_RULE)
     ] = None
 
     model_config = {
@@ -79,12 +65,6 @@ class AdapterSource(ApiModel):
     def _one_source(self) -> AdapterSource:
         if (self.fine_tune_job_ref is None) == (self.uri is None):
             raise ValueError("set exactly one of adapter.fineTuneJobRef and adapter.uri")
-        if self.uri is not None:
-            if not re.fullmatch(ADAPTER_URI_PATTERN, self.uri):
-                raise ValueError(
-                    "adapter.uri must be pvc://<claim>/<path>, s3://<bucket>/<prefix> or https://<url>"
-                )
-            reject_traversal(self.uri)
         return self
 
 
@@ -92,29 +72,14 @@ class ServingResources(ApiModel):
     """Hardware and placement of the serving pods."""
 
     gpus: Annotated[int, Field(description="GPUs per serving pod (0: CPU).", ge=0, le=8)] = 0
-    gpu_resource: Annotated[
-        str,
-        Field(
-            description="Extended resource name of the GPU.",
-            max_length=253,
-            pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
-        ),
-    ] = "nvidia.com/gpu"
-    cpu: Annotated[
-        str | None, Field(description="CPU request/limit.", max_length=32, pattern=CPU_QUANTITY)
-    ] = None
-    memory: Annotated[
-        str | None, Field(description="Memory request/limit.", max_length=32, pattern=MEMORY_QUANTITY)
-    ] = None
-    node_selector: Annotated[
-        dict[str, str], Field(description="Node labels the pods require.", max_length=64)
-    ] = {}
+    gpu_resource: GpuResource = "nvidia.com/gpu"
+    cpu: CpuQuantity = None
+    memory: MemoryQuantity = None
+    node_selector: NodeSelector = {}
     tolerations: Annotated[
         list[Toleration], Field(description="Taints the pods tolerate.", max_length=64)
     ] = []
-    priority_class_name: Annotated[
-        str | None, Field(description="PriorityClass of the pods.", max_length=253, pattern=DNS1123_SUBDOMAIN)
-    ] = None
+    priority_class_name: Annotated[str | None, object_name("PriorityClass of the pods.")] = None
 
 
 class ServingOptions(ApiModel):
@@ -194,25 +159,16 @@ class AccuracyTrigger(ApiModel):
 class FreshDataSpec(ApiModel):
     """Where servers keep a rolling sample of recent inputs and feedback labels (the retraining data)."""
 
-    uri: Annotated[
-        str,
-        Field(
-            description="Directory on a writable PVC: pvc://<claim>/<path>.",
-            max_length=2048,
-            pattern=r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[A-Za-z0-9._@=+-]+)*/?$",
-            json_schema_extra={"x-kubernetes-validations": [NO_TRAVERSAL_RULE]},
-        ),
-        AfterValidator(reject_traversal),
-    ]
+    uri: FreshDataUri
     max_rows: Annotated[
         int, Field(description="Cap of kept rows per server (oldest dropped).", ge=100, le=10_000_000)
     ] = 20000
     drop_fields: Annotated[
-        list[Annotated[str, Field(max_length=128)]],
+        list[MetadataField],
         Field(description="Request metadata fields never stored (PII).", max_length=64),
     ] = []
     hash_fields: Annotated[
-        list[Annotated[str, Field(max_length=128)]],
+        list[MetadataField],
         Field(description="Request metadata fields stored only as a salted sha256 (PII).", max_length=64),
     ] = []
 
@@ -233,14 +189,7 @@ def fresh_data_uris(fresh_uri: str, adapter: str) -> tuple[str, str]:
 class MonitoringSpec(ApiModel):
     """Drift and accuracy watching: in-process in every server, read back from Prometheus."""
 
-    prometheus_url: Annotated[
-        str | None,
-        Field(
-            description="Prometheus HTTP API the operator queries (no retraining triggers without it).",
-            max_length=2048,
-            pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s]*)?$",
-        ),
-    ] = None
+    prometheus_url: PrometheusUrl | None = None
     interval_seconds: Annotated[
         int, Field(description="How often the operator evaluates triggers.", ge=5, le=86400)
     ] = 60
@@ -248,7 +197,12 @@ class MonitoringSpec(ApiModel):
         int, Field(description="Recent inputs per drift window in each server.", ge=50, le=100_000)
     ] = 500
     min_samples: Annotated[
-        int, Field(description="Window inputs and feedback events needed before a trigger may fire.", ge=1)
+        int,
+        Field(
+            description="Window inputs and feedback events needed before a trigger may fire.",
+            ge=1,
+            le=10_000_000,
+        ),
     ] = 100
     drift: Annotated[DriftTrigger, Field(description="Input drift trigger.")] = DriftTrigger()
     accuracy: Annotated[AccuracyTrigger, Field(description="Accuracy trigger.")] = AccuracyTrigger()
@@ -458,3 +412,8 @@ class AdapterDeployment(ApiModel):
     metadata: ObjectMeta = ObjectMeta()
     spec: AdapterDeploymentSpec
     status: AdapterDeploymentStatus = AdapterDeploymentStatus()
+
+    @model_validator(mode="after")
+    def _name_fits_children(self) -> AdapterDeployment:
+        check_resource_name(self.metadata.name)
+        return self

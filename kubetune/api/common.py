@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from kubetune.api import uris
+from kubetune.api.rules import Checked, Rule
+from kubetune.api.uris import TRAVERSAL
 
 GROUP = "kubetune.dev"
 VERSION = "v1alpha1"
@@ -14,83 +17,95 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-
-# A path segment: no spaces, no shell metacharacters. ".." is rejected separately with its own message.
-_SEG = r"[A-Za-z0-9._@=+-]+"
-PVC_URI = rf"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/{_SEG})*/?"
-S3_URI = rf"s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9](/{_SEG})*/?"
-HTTPS_URI = r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?"
-CONFIGMAP_URI = r"configmap://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[-._a-zA-Z0-9]+"
-PKG_URI = r"pkg://[A-Za-z0-9][A-Za-z0-9._-]*"
-HF_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
-ABS_PATH = rf"(/{_SEG})+/?"
-
-DATA_URI_PATTERN = f"^({PVC_URI}|{S3_URI}|{HTTPS_URI}|{CONFIGMAP_URI})$"
-OUTPUT_URI_PATTERN = f"^({PVC_URI}|{S3_URI})$"
-MODEL_NAME_PATTERN = f"^({PKG_URI}|{PVC_URI}|{S3_URI}|{HTTPS_URI}|{ABS_PATH}|{HF_ID})$"
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 # CEL twin of ``reject_traversal``: the API server rejects it before the operator ever sees it.
-NO_TRAVERSAL_RULE: dict[str, Any] = {
-    "rule": "!self.matches('(^|/)[.][.](/|$)')",
-    "message": "must not contain '..' path segments (path traversal)",
-}
+NO_TRAVERSAL_RULE: dict[str, Any] = TRAVERSAL.cel()
 
 
 def reject_traversal(value: str) -> str:
     """Reject URIs and paths with a ``..`` segment; used by validators of every location field."""
-    if re.search(r"(^|/)\.\.(/|$)", value):
-        raise ValueError(f"{value!r} must not contain '..' path segments (path traversal)")
+    if TRAVERSAL.broken_by(value):
+        raise ValueError(f"{value!r} {TRAVERSAL.message}")
     return value
 
 
-def _location(pattern: str, what: str, accepted: str) -> Any:
-    """A location field: one readable message for a wrong scheme/shape, one for traversal.
+def _location(what: str, accepted: str, rules: tuple[Rule, ...]) -> Checked:
+    """A location field: one readable message per rule (wrong scheme or shape, traversal, unsafe host).
 
-    The regex sits in a CEL rule (not `pattern`) so the API server answers with ``accepted`` instead of
-    echoing the regex; pydantic runs the same regex with the same message for local runs.
+    The regexes sit in CEL rules (not `pattern`) so the API server answers with the message instead of
+    echoing a regex; pydantic runs the same rules with the same messages for local runs, and
+    ``kubetune.api.uris.check_uri`` runs them again right before a fetch.
     """
-    message = f"must be {accepted}"
-
-    def check(value: str) -> str:
-        if not re.fullmatch(pattern.strip("^$"), value):
-            raise ValueError(f"{value!r} {message}")
-        return reject_traversal(value)
-
-    return (
-        Field(
-            description=f"{what} One of: {accepted}.",
-            max_length=2048,
-            json_schema_extra={
-                "x-kubernetes-validations": [
-                    {"rule": f'self.matches(r"{pattern}")', "message": message},
-                    NO_TRAVERSAL_RULE,
-                ]
-            },
-        ),
-        AfterValidator(check),
-    )
+    return Checked(f"{what} One of: {accepted}.", 2048, *rules)
 
 
-_DATA_FIELD, _DATA_CHECK = _location(
-    DATA_URI_PATTERN,
-    "Dataset location.",
-    "pvc://<claim>/<path>, s3://<bucket>/<key>, https://<host>/<path> or configmap://<name>/<key>",
+DataUri = Annotated[str, _location("Dataset location.", uris.DATA_ACCEPTED, uris.DATA_RULES)]
+OutputUri = Annotated[
+    str, _location("Where the adapter, checkpoints and metrics go.", uris.OUTPUT_ACCEPTED, uris.OUTPUT_RULES)
+]
+ModelName = Annotated[str, _location("The pretrained base model.", uris.MODEL_ACCEPTED, uris.MODEL_RULES)]
+AdapterUri = Annotated[str, _location("Adapter folder (peft).", uris.ADAPTER_ACCEPTED, uris.ADAPTER_RULES)]
+ChampionUri = Annotated[
+    str,
+    _location(
+        "An adapter to score on the same validation rows (champion/challenger); reported as "
+        "champion_<metric>.",
+        uris.CHAMPION_ACCEPTED,
+        uris.CHAMPION_RULES,
+    ),
+]
+FreshDataUri = Annotated[
+    str,
+    _location("Where servers keep labelled traffic for retraining.", uris.FRESH_ACCEPTED, uris.FRESH_RULES),
+]
+PrometheusUrl = Annotated[
+    str,
+    _location(
+        "Prometheus HTTP API the operator queries (no retraining triggers without it); loopback only "
+        "makes sense for an operator running outside the cluster.",
+        uris.PROMETHEUS_ACCEPTED,
+        uris.PROMETHEUS_RULES,
+    ),
+]
+
+SUBDOMAIN_RULE = Rule(
+    "must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', starting and ending with "
+    "a letter or digit",
+    require=DNS1123_SUBDOMAIN,
 )
-_OUT_FIELD, _OUT_CHECK = _location(
-    OUTPUT_URI_PATTERN,
-    "Where the adapter, checkpoints and metrics go.",
-    "pvc://<claim>/<path> or s3://<bucket>/<prefix>",
+LABEL_RULE = Rule(
+    "must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or "
+    "digit",
+    require=DNS1123_LABEL,
 )
-_MODEL_FIELD, _MODEL_CHECK = _location(
-    MODEL_NAME_PATTERN,
-    "The pretrained base model.",
-    "a Hugging Face id (org/name), an absolute path in the image, pkg://<python-distribution> "
-    "(model files shipped in a Python package), pvc://<claim>/<path>, s3://<bucket>/<prefix> "
-    "or https://<url>",
+KEY_RULE = Rule(
+    "must be a Secret key: letters, digits, '-', '_' and '.', but not '.', '..' or starting with '..'",
+    require=r"^[-._a-zA-Z0-9]+$",
 )
-DataUri = Annotated[str, _DATA_FIELD, _DATA_CHECK]
-OutputUri = Annotated[str, _OUT_FIELD, _OUT_CHECK]
-ModelName = Annotated[str, _MODEL_FIELD, _MODEL_CHECK]
+NOT_DOTS = Rule(KEY_RULE.message, deny=r"^[.][.]|^[.]$")
+
+
+RESOURCE_NAME = Rule(
+    "metadata.name must be a DNS-1035 label of at most 63 characters (lower-case letters, digits and "
+    "'-', starting with a letter): it names the children's Services and is a label value on every pod",
+    require=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$",
+)
+RESOURCE_NAME_RULE: dict[str, Any] = {
+    "rule": RESOURCE_NAME.expression("self.metadata.name"),
+    "message": RESOURCE_NAME.message,
+}
+
+
+def check_resource_name(name: str) -> None:
+    """The CEL twin of RESOURCE_NAME_RULE for manifests read outside the API server (empty: unnamed)."""
+    if name and RESOURCE_NAME.broken_by(name):
+        raise ValueError(f"{name[:100]!r}: {RESOURCE_NAME.message}")
+
+
+def object_name(what: str) -> Checked:
+    """A reference to a namespaced object by name (Secret, PriorityClass, FineTuneJob)."""
+    return Checked(what, 253, SUBDOMAIN_RULE)
 
 
 class ApiModel(BaseModel):
@@ -111,34 +126,14 @@ class ApiModel(BaseModel):
 class SecretKeyRef(ApiModel):
     """A key in a Secret in the same namespace. Secret values never appear in status, events or logs."""
 
-    name: Annotated[str, Field(description="Name of the Secret.", max_length=253, pattern=DNS1123_SUBDOMAIN)]
-    key: Annotated[
-        str,
-        Field(description="Key inside the Secret.", max_length=253, pattern=r"^[-._a-zA-Z0-9]+$"),
-    ]
+    name: Annotated[str, object_name("Name of the Secret.")]
+    key: Annotated[str, Checked("Key inside the Secret.", 253, KEY_RULE, NOT_DOTS)]
 
 
 class SecretRef(ApiModel):
     """A whole Secret whose keys become environment variables (e.g. AWS_ACCESS_KEY_ID, HF_TOKEN)."""
 
-    name: Annotated[str, Field(description="Name of the Secret.", max_length=253, pattern=DNS1123_SUBDOMAIN)]
-
-
-class Toleration(ApiModel):
-    """A core/v1 Toleration, typed."""
-
-    key: Annotated[str | None, Field(description="Taint key to tolerate.", max_length=316)] = None
-    operator: Annotated[
-        Literal["Exists", "Equal"] | None, Field(description="Exists or Equal (default Equal).")
-    ] = None
-    value: Annotated[str | None, Field(description="Taint value for Equal.", max_length=63)] = None
-    effect: Annotated[
-        Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None,
-        Field(description="Taint effect to tolerate; empty means all."),
-    ] = None
-    toleration_seconds: Annotated[
-        int | None, Field(description="How long a NoExecute taint is tolerated.", ge=0)
-    ] = None
+    name: Annotated[str, object_name("Name of the Secret.")]
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

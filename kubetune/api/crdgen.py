@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel
 
 from kubetune.api.adapterdeployment import AdapterDeploymentSpec, AdapterDeploymentStatus
-from kubetune.api.common import GROUP, VERSION
+from kubetune.api.common import GROUP, RESOURCE_NAME_RULE, VERSION
 from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
 
 _DROP = {"title", "$defs", "discriminator"}
@@ -178,7 +178,7 @@ def finetunejob_crd() -> dict[str, Any]:
             {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel.name", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
-        rules=[_immutability_rule()],
+        rules=[RESOURCE_NAME_RULE, _immutability_rule()],
     )
 
 
@@ -197,6 +197,7 @@ def adapterdeployment_crd() -> dict[str, Any]:
             {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
+        rules=[RESOURCE_NAME_RULE],
     )
 
 

@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from kubetune.api.common import (
-    DNS1123_SUBDOMAIN,
-    NO_TRAVERSAL_RULE,
+    LABEL_RULE,
     ApiModel,
+    ChampionUri,
     Condition,
     DataUri,
     ModelName,
@@ -17,8 +17,19 @@ from kubetune.api.common import (
     OutputUri,
     SecretKeyRef,
     SecretRef,
+    check_resource_name,
+    object_name,
+)
+from kubetune.api.rules import Checked, Rule, single_line
+from kubetune.api.scheduling import (
+    ONE_YEAR,
+    CpuQuantity,
+    GpuResource,
+    MemoryQuantity,
+    NodeSelector,
     Toleration,
 )
+from kubetune.api.uris import TRAVERSAL
 
 TaskType = Literal["causal-lm", "sequence-classification"]
 CausalFormat = Literal["prompt-completion", "messages"]
@@ -30,8 +41,19 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Quantization = Literal["none", "4bit"]
 Recipe = Literal["auto", "lora", "full", "probe"]
 
-CPU_QUANTITY = r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$"
-MEMORY_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+INT32_MAX = 2**31 - 1
+REVISION = Rule(
+    "must be a Hub revision: a branch, tag or commit of letters, digits, '.', '_', '-' and '/'",
+    require=r"^[A-Za-z0-9._/-]+$",
+)
+GGUF_FILE = Rule(
+    "must be a file name ending in .gguf (letters, digits, '.', '_' and '-'; no folders)",
+    require=r"^[A-Za-z0-9._-]+[.]gguf$",
+)
+TARGET_MODULE = Rule(
+    "must be a module name or glob: letters, digits, '_', '.', '*' and '-'", require=r"^[A-Za-z0-9_.*-]+$"
+)
+Column = Annotated[str, Checked("A column name in the dataset.", 128, single_line(), min_length=1)]
 
 
 class BaseModelSpec(ApiModel):
@@ -40,18 +62,12 @@ class BaseModelSpec(ApiModel):
     name: ModelName
     revision: Annotated[
         str | None,
-        Field(
-            description="Hub revision (branch, tag or commit) for a Hugging Face id.",
-            max_length=128,
-            pattern=r"^[A-Za-z0-9._/-]+$",
-        ),
+        Checked("Hub revision (branch, tag or commit) for a Hugging Face id.", 128, REVISION, TRAVERSAL),
     ] = None
     gguf_file: Annotated[
         str | None,
-        Field(
-            description="GGUF file inside the model location; dequantized once and cached as safetensors.",
-            max_length=255,
-            pattern=r"^[A-Za-z0-9._-]+\.gguf$",
+        Checked(
+            "GGUF file inside the model location; dequantized once and cached as safetensors.", 255, GGUF_FILE
         ),
     ] = None
     token_secret_ref: Annotated[
@@ -69,7 +85,7 @@ class TaskSpec(ApiModel):
         Field(description="causal-lm only: prompt-completion pairs or chat messages (default messages)."),
     ] = None
     labels: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=128)]] | None,
+        list[Annotated[str, Checked("A label name.", 128, single_line(), min_length=1)]] | None,
         Field(
             description="sequence-classification only: the label set, in order. Inferred from the "
             "training data when omitted.",
@@ -124,15 +140,11 @@ class DataSource(ApiModel):
 class FieldMapping(ApiModel):
     """Column names in the dataset, when they differ from the defaults."""
 
-    text: Annotated[str, Field(description="Input text column (classification).", max_length=128)] = "text"
-    label: Annotated[str, Field(description="Label column (classification).", max_length=128)] = "label"
-    prompt: Annotated[str, Field(description="Prompt column (prompt-completion).", max_length=128)] = "prompt"
-    completion: Annotated[
-        str, Field(description="Completion column (prompt-completion).", max_length=128)
-    ] = "completion"
-    messages: Annotated[str, Field(description="Chat messages column (messages).", max_length=128)] = (
-        "messages"
-    )
+    text: Annotated[Column, Field(description="Input text column (classification).")] = "text"
+    label: Annotated[Column, Field(description="Label column (classification).")] = "label"
+    prompt: Annotated[Column, Field(description="Prompt column (prompt-completion).")] = "prompt"
+    completion: Annotated[Column, Field(description="Completion column (prompt-completion).")] = "completion"
+    messages: Annotated[Column, Field(description="Chat messages column (messages).")] = "messages"
 
 
 class ExtraSource(DataSource):
@@ -178,7 +190,7 @@ class LoraSpec(ApiModel):
     alpha: Annotated[int, Field(description="LoRA scaling alpha.", ge=1, le=4096)] = 32
     dropout: Annotated[float, Field(description="Dropout on the LoRA path.", ge=0.0, lt=1.0)] = 0.05
     target_modules: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.*-]+$")]],
+        list[Annotated[str, Checked("A module name or glob.", 128, TARGET_MODULE, min_length=1)]],
         Field(
             description="Module names to adapt, or [auto] for every linear layer of the architecture.",
             min_length=1,
@@ -223,9 +235,10 @@ class TrainingSpec(ApiModel):
     ] = False
     warmup_ratio: Annotated[float, Field(description="Fraction of steps of LR warm-up.", ge=0, le=0.5)] = 0.05
     weight_decay: Annotated[float, Field(description="AdamW weight decay.", ge=0, le=1)] = 0.0
-    seed: Annotated[int, Field(description="Random seed (data order, init).", ge=0, le=2**31 - 1)] = 42
+    seed: Annotated[int, Field(description="Random seed (data order, init).", ge=0, le=INT32_MAX)] = 42
     checkpoint_every: Annotated[
-        int, Field(description="Optimizer steps between checkpoints to the output location.", ge=1)
+        int,
+        Field(description="Optimizer steps between checkpoints to the output location.", ge=1, le=10_000_000),
     ] = 100
     precision: Annotated[Precision, Field(description="auto = bf16 where supported, else fp32.")] = "auto"
     compile: Annotated[bool, Field(description="torch.compile the model.")] = False
@@ -273,20 +286,15 @@ class EvaluationSpec(ApiModel):
         Field(description="Fail the job when the gate metric ends below this value (0..1).", ge=0, le=1),
     ] = None
     max_samples: Annotated[
-        int, Field(description="Validation rows evaluated (generation is slow on causal LMs).", ge=1)
+        int,
+        Field(
+            description="Validation rows evaluated (generation is slow on causal LMs).", ge=1, le=1_000_000
+        ),
     ] = 512
     baseline: Annotated[
         bool, Field(description="Also score a linear probe on frozen embeddings (classification).")
     ] = True
-    champion_uri: Annotated[
-        str | None,
-        Field(
-            description="An adapter to score on the same validation rows (champion/challenger); reported "
-            "as champion_<metric>.",
-            max_length=2048,
-            json_schema_extra={"x-kubernetes-validations": [NO_TRAVERSAL_RULE]},
-        ),
-    ] = None
+    champion_uri: ChampionUri | None = None
 
 
 class ResourcesSpec(ApiModel):
@@ -296,37 +304,18 @@ class ResourcesSpec(ApiModel):
     nodes: Annotated[
         int, Field(description="Pods (nodes); > 1 uses an Indexed Job + torchrun.", ge=1, le=256)
     ] = 1
-    gpu_resource: Annotated[
-        str,
-        Field(
-            description="Extended resource name of the GPU.",
-            max_length=253,
-            pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
-        ),
-    ] = "nvidia.com/gpu"
-    cpu: Annotated[
-        str | None,
-        Field(description="CPU request/limit, e.g. '8' or '500m'.", max_length=32, pattern=CPU_QUANTITY),
-    ] = None
-    memory: Annotated[
-        str | None,
-        Field(description="Memory request/limit, e.g. '64Gi'.", max_length=32, pattern=MEMORY_QUANTITY),
-    ] = None
-    node_selector: Annotated[
-        dict[str, str], Field(description="Node labels the pods require.", max_length=64)
-    ] = {}
+    gpu_resource: GpuResource = "nvidia.com/gpu"
+    cpu: CpuQuantity = None
+    memory: MemoryQuantity = None
+    node_selector: NodeSelector = {}
     tolerations: Annotated[
         list[Toleration], Field(description="Taints the pods tolerate.", max_length=64)
     ] = []
-    priority_class_name: Annotated[
-        str | None, Field(description="PriorityClass of the pods.", max_length=253, pattern=DNS1123_SUBDOMAIN)
-    ] = None
+    priority_class_name: Annotated[str | None, object_name("PriorityClass of the pods.")] = None
     queue_name: Annotated[
         str | None,
-        Field(
-            description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name and lets Kueue admit the job.",
-            max_length=63,
-            pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        Checked(
+            "Kueue LocalQueue; sets kueue.x-k8s.io/queue-name and lets Kueue admit the job.", 63, LABEL_RULE
         ),
     ] = None
 
@@ -355,7 +344,10 @@ class FineTuneJobSpec(ApiModel):
         False
     )
     active_deadline_seconds: Annotated[
-        int | None, Field(description="Fail the job after this many seconds of running.", ge=1)
+        int | None,
+        Field(
+            description="Fail the job after this many seconds of running (at most a year).", ge=1, le=ONE_YEAR
+        ),
     ] = None
     backoff_limit: Annotated[
         int,
@@ -494,3 +486,8 @@ class FineTuneJob(ApiModel):
     metadata: ObjectMeta = ObjectMeta()
     spec: FineTuneJobSpec
     status: FineTuneJobStatus = FineTuneJobStatus()
+
+    @model_validator(mode="after")
+    def _name_fits_children(self) -> FineTuneJob:
+        check_resource_name(self.metadata.name)
+        return self

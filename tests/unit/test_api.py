@@ -68,7 +68,7 @@ def test_defaults_fill_in() -> None:
         ("training.packing", True, "training.packing applies only to task.type causal-lm"),
         ("evaluation.metric", "intent_exact_match", "evaluation.metric must be accuracy or macro_f1"),
         ("evaluation.minAccuracy", 1.5, "less than or equal to 1"),
-        ("resources.memory", "lots", "should match pattern"),
+        ("resources.memory", "lots", "must be a memory quantity such as 512Mi"),
         ("baseModel", ..., "Field required"),
         ("dataset.validationSplit", 0.9, "less than or equal to 0.5"),
     ],

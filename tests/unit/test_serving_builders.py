@@ -143,7 +143,7 @@ def test_unready_pods_after_rollout_are_degraded() -> None:
     [
         ({"adapter": {}}, "set exactly one of adapter.fineTuneJobRef and adapter.uri"),
         ({"adapter": {"uri": "pvc://out/a"}}, "task is required when adapter.uri is set"),
-        ({"adapter": {"uri": "ftp://x/a"}, "task": "causal-lm"}, "adapter.uri must be"),
+        ({"adapter": {"uri": "ftp://x/a"}, "task": "causal-lm"}, "must be pvc://<claim>/<path> or s3://"),
         ({"adapter": {"uri": "pvc://out/../a"}, "task": "causal-lm"}, "path traversal"),
         (
             {"adapter": {"uri": "pvc://out/a"}, "task": "causal-lm", "rollout": {"strategy": "Canary"}},
