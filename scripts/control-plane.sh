@@ -2,8 +2,8 @@
 # Builds the real Kubernetes control plane the integration tests run against, from Go modules
 # (nothing is downloaded from a release site): kube-apiserver, kube-controller-manager and
 # kube-scheduler of the k8s.io/kubernetes release pinned in tools/k8s/go.mod, etcd of the version
-# that release is tested with, and kwok (tools/kwok/go.mod) for fake nodes, plus kwok's CRDs (Logs, used to serve pod
-# logs through the real kubelet API). Prints the folder that holds them.
+# that release is tested with, and kwok (tools/kwok/go.mod) for fake nodes; plus kwok's Logs CRD
+# (pod logs through the real kubelet API) and Argo CD's CRDs (manifests only). Prints the folder.
 #
 # Binaries go to .tools/k8s-<version>/ (outside git). A stamp of go.mod + go.sum + this script makes
 # a second run a no-op; the Go build cache (~/.cache/go-build) makes a rebuild after a bump cheap.
@@ -20,6 +20,7 @@ out="${root}/.tools/k8s-${version}"
 stamp="${out}/.stamp"
 want="$(cat "${mod}/go.mod" "${mod}/go.sum" "${kwok_mod}/go.mod" "${kwok_mod}/go.sum" "${BASH_SOURCE[0]}" \
   | sha256sum | cut -c1-16)"
+argocd_version="v3.2.0"
 bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 have_all() { for b in "${bins[@]}"; do [[ -x "${out}/${b}" ]] || return 1; done; }
@@ -60,7 +61,17 @@ trap 'rm -rf "${tmp}"' EXIT
   mkdir -p "${tmp}/kwok-crds"
   cp "${kwok_dir}/kustomize/crd/bases/kwok.x-k8s.io_logs.yaml" "${tmp}/kwok-crds/"
 )
+(
+  # Argo CD's Application/AppProject CRDs, so the examples/argocd manifests meet a real schema.
+  # Only manifests are taken from the module (go mod download verifies its checksum); nothing is built.
+  argocd_dir="$(go mod download -json "github.com/argoproj/argo-cd/v3@${argocd_version}" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  mkdir -p "${tmp}/argocd-crds"
+  cp "${argocd_dir}/manifests/crds/application-crd.yaml" "${argocd_dir}/manifests/crds/appproject-crd.yaml" \
+    "${tmp}/argocd-crds/"
+)
 for b in "${bins[@]}"; do mv -f "${tmp}/${b}" "${out}/${b}"; done
+rm -rf "${out}/argocd-crds" && mv "${tmp}/argocd-crds" "${out}/argocd-crds"
 rm -rf "${out}/kwok-crds" && mv "${tmp}/kwok-crds" "${out}/kwok-crds"
 echo "${want}" > "${stamp}"
 echo "control-plane.sh: built in $(( $(date +%s) - start )) s" >&2

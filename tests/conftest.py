@@ -29,6 +29,8 @@ OPERATOR_NAMESPACE = "kubetune-system"
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     with ControlPlane(tmp_path_factory.mktemp("control-plane")) as plane:
         plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        # Argo CD's Application CRD, so that examples/argocd meets a real schema (no Argo CD runs).
+        plane.kubectl("apply", "--server-side", "-f", str(plane.bin / "argocd-crds"))
         plane.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         yield plane
         failed = plane.failed_components()

@@ -92,7 +92,8 @@ def test_helm_lint_strict_passes(set_args: list[str]) -> None:
 def test_helm_package_builds_a_complete_archive(tmp_path: Path) -> None:
     result = run_helm("package", str(CHART), "--destination", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    archive = tmp_path / "kubetune-0.1.0.tgz"
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    archive = tmp_path / f"kubetune-{version}.tgz"
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
     for needed in [
