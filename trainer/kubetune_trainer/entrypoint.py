@@ -8,8 +8,6 @@ Exit codes (the operator reads them with the termination message):
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 from typing import Any
 
 from kubetune.api import exitcodes
@@ -23,6 +21,7 @@ from kubetune_trainer.errors import (
     TrainerError,
 )
 from kubetune_trainer.logs import EventLog
+from kubetune_trainer.recipes import RecipeError
 
 # The contract with the Job's podFailurePolicy lives in kubetune.api.exitcodes.
 EXIT_OK, EXIT_ERROR = exitcodes.OK, 1
@@ -88,6 +87,9 @@ def run_train(config: TrainConfig, log_format: str) -> int:
     except (DataValidationError, DataSourceError) as err:
         _report_failure(log, f"InvalidData: {err}", main)
         return EXIT_INVALID_DATA
+    except RecipeError as err:
+        _report_failure(log, f"InvalidConfig: {err}", main)
+        return EXIT_INVALID_DATA
     except GateFailedError:
         return EXIT_GATE
     except StoppedError as err:
@@ -113,19 +115,13 @@ def _quiet_transformers() -> None:
 
 
 def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int:
-    from peft import PeftModel
-
-    from kubetune_trainer import artifacts, evaluate
+    from kubetune_trainer import artifacts
     from kubetune_trainer.batches import tokenize_examples
-    from kubetune_trainer.checkpoint import Progress, list_checkpoints, load_checkpoint
+    from kubetune_trainer.checkpoint import Progress
     from kubetune_trainer.data import load_task_data
-    from kubetune_trainer.models import (
-        apply_lora,
-        classifier_pooling,
-        init_head_from_probe,
-        load_tokenizer_and_model,
-    )
-    from kubetune_trainer.train import broadcast_from_main, setup, train
+    from kubetune_trainer.fit import Preempted, RunContext, fit, linear_probe
+    from kubetune_trainer.models import classifier_pooling, load_tokenizer_and_model
+    from kubetune_trainer.recipes import candidate_recipes, pick_winner
 
     _quiet_transformers()
     from transformers import set_seed
@@ -138,6 +134,10 @@ def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int
     set_seed(config.training.seed)
     tokenizer, base = load_tokenizer_and_model(config, data.labels)
     pooling = classifier_pooling(base)
+    recipes = candidate_recipes(
+        config.training.recipe, config.task.type, pooling, sum(p.numel() for p in base.parameters())
+    )
+    several = len(recipes) > 1
     main = processes.is_main_process
     champion_dir = (
         artifacts.champion_adapter(config, data.labels, pooling)
@@ -145,76 +145,89 @@ def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int
         else None
     )
     max_len = config.training.max_seq_length
-    train_seqs = tokenize_examples(data.train, tokenizer, max_len)
     val_examples = data.validation[: config.evaluation.max_samples]
-    val_seqs = tokenize_examples(val_examples, tokenizer, max_len)
-    model: PeftModel = apply_lora(base, config)
-    device = processes.device
-    model.to(device)
+    ctx = RunContext(
+        config,
+        data.labels,
+        tokenizer,
+        tokenize_examples(data.train, tokenizer, max_len),
+        val_examples,
+        tokenize_examples(val_examples, tokenizer, max_len),
+        processes,
+        log,
+        stop,
+        out,
+        pooling,
+    )
+    base.to(processes.device)
 
-    def score(stage: str) -> evaluate.Evaluation:
-        if config.task.type == "sequence-classification":
-            result = evaluate.evaluate_classifier(
-                model, val_seqs, data.labels, tokenizer.pad_token_id, device
-            )
-        else:
-            result = evaluate.evaluate_causal(model, tokenizer, val_examples, val_seqs, device)
-        log.eval(stage, result.metrics)
-        return result
-
-    progress = Progress()
-    newest = list_checkpoints(out)[-1:] if main else []
-    checkpoint = broadcast_from_main(processes, str(newest[0]) if newest else None)
-    if checkpoint is None and main:  # a fresh run: score the base; LP-FT head (DDP copies it to all)
+    start, probe = Progress(), None
+    fresh = several or recipes == ["probe"] or ctx.resume_from(ctx.checkpoint_dir(recipes[0], False)) is None
+    if fresh and main:  # score the bare base, fit the probe (baseline, probe recipe, LP-FT head)
         log.phase("Evaluating")
-        lp_ft = pooling == "mean"  # the probe's input is exactly what the head reads: start from it
-        with model.disable_adapter():
-            progress.before = score("before").metrics
-            probe = None
-            if config.task.type == "sequence-classification" and (config.evaluation.baseline or lp_ft):
-                probe = _linear_probe(model, train_seqs, val_seqs, data.labels, tokenizer, device)
+        start.before = ctx.score(base, "before").metrics
+        classification = config.task.type == "sequence-classification"
+        if classification and (config.evaluation.baseline or pooling == "mean" or "probe" in recipes):
+            probe = linear_probe(ctx, base)
         if probe is not None and config.evaluation.baseline:
-            progress.baseline = probe.metrics
-            log.eval("baseline", progress.baseline)
-        if probe is not None and lp_ft:
-            init_head_from_probe(model, probe.coef, probe.intercept, probe.classes)
-            log.emit("head", init="linear-probe", pooling=pooling)
-    run = setup(model, train_seqs, tokenizer.pad_token_id, config.training, config.task.type, processes)
-    if checkpoint is not None:  # every rank reads rank 0's choice (the output location is shared)
-        progress = load_checkpoint(Path(checkpoint), model, run.optimizer, run.scheduler)
-        log.emit("resume", step=progress.step, checkpoint=checkpoint)
-        log.say(f"resuming from {checkpoint} (step {progress.step}/{run.total_steps})")
+            start.baseline = probe.metrics
+            log.eval("baseline", start.baseline)
 
-    log.phase("Training")
-    started = time.monotonic()
-    if not train(run, progress, log, out, stop):
-        _report_failure(
-            log,
-            f"Preempted: stopped by SIGTERM, checkpoint at step {progress.step} of {run.total_steps}",
-            main,
-            dataset_digest=data.digest,
-        )
+    fitted, scores, seconds = None, {}, {}
+    try:
+        for i, recipe in enumerate(recipes):
+            if i > 0:  # every candidate starts from the same pretrained weights and seed
+                set_seed(config.training.seed)
+                base = load_tokenizer_and_model(config, data.labels)[1].to(processes.device)
+            candidate = fit(
+                ctx,
+                recipe,
+                base,
+                probe,
+                start,
+                ctx.checkpoint_dir(recipe, several),
+                recipe if several else "after",
+            )
+            seconds[recipe] = candidate.seconds
+            if candidate.after is not None:
+                scores[recipe] = candidate.after.metrics
+            if (
+                fitted is None
+                or not main
+                or pick_winner(
+                    {fitted.recipe: scores[fitted.recipe], recipe: scores[recipe]}, config.gate_metric
+                )
+                == recipe
+            ):
+                fitted = candidate  # the others are dropped here: one model in memory at a time
+    except Preempted as err:
+        _report_failure(log, f"Preempted: {err}", main, dataset_digest=data.digest)
         return EXIT_PREEMPTED
-    train_seconds = time.monotonic() - started
-    if not main:  # rank 0 evaluates and writes everything from here on
+    if not main or fitted is None:  # rank 0 evaluates and writes everything from here on
         return EXIT_OK
-
-    log.phase("Evaluating")
-    after = score("after")
+    model, progress, after = fitted.model, fitted.progress, fitted.after
+    assert after is not None
+    train_seconds = sum(seconds.values())
+    if several:
+        log.eval("after", after.metrics)
+        log.say(f"recipe auto: {fitted.recipe} wins on {config.gate_metric} ({', '.join(scores)} trained)")
     digest = artifacts.write_adapter(model, out, config, data.labels, pooling)
     champion: dict[str, float] = {}
     if champion_dir is not None:  # the adapter serving now, scored on the same rows with the same metrics
         model.load_adapter(str(champion_dir), adapter_name="champion", is_trainable=False)
         model.set_adapter("champion")
-        champion = score("champion").metrics
+        champion = ctx.score(model, "champion").metrics
     report = {
         "name": config.name,
         "task": config.task.type,
         "datasetDigest": data.digest,
         "trainRows": len(data.train),
-        "validationRows": len(val_seqs),
+        "validationRows": len(ctx.val_seqs),
         "validationSource": data.validation_source,
         "targetModules": sorted(model.peft_config["default"].target_modules),
+        "recipe": fitted.recipe,
+        "recipes": scores,  # every candidate trained (one unless training.recipe is auto)
+        "recipeSeconds": seconds,
         "steps": progress.step,
         "trainSeconds": train_seconds,
         "before": progress.before,
@@ -246,11 +259,14 @@ def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int
         for stage in ("before", "baseline", "after", "champion")
         for k, v in report[stage].items()
     }
+    if several:
+        metrics |= {f"{recipe}_{k}": float(v) for recipe, m in scores.items() for k, v in m.items()}
     metrics |= {
-        "train_loss": progress.losses[-1] if progress.losses else float("nan"),
         "train_steps": float(progress.step),
         "train_seconds": round(train_seconds, 1),
     }
+    if progress.losses:  # the probe recipe trains no steps
+        metrics["train_loss"] = progress.losses[-1]
     reason = gate_failure(config, after.metrics)
     result = TrainResult(
         adapter_uri=config.output_uri.rstrip("/") + "/adapter",
@@ -265,7 +281,8 @@ def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int
         [
             ("before", progress.before),
             ("baseline", progress.baseline),
-            ("after", after.metrics),
+            *([(f"  {recipe}", m) for recipe, m in scores.items()] if several else []),
+            (f"after ({fitted.recipe})", after.metrics),
             *([("champion", champion)] if champion else []),
         ],
         report["metricNames"],
@@ -288,21 +305,3 @@ def gate_failure(config: TrainConfig, after: dict[str, float]) -> str | None:
     if after[metric] < minimum:
         return f"GateFailed: {metric} {after[metric]:.4f} is below evaluation.minAccuracy {minimum:.4f}"
     return None
-
-
-def _linear_probe(
-    model: Any, train_seqs: list[Any], val_seqs: list[Any], labels: list[str], tokenizer: Any, device: Any
-) -> Any:
-    import numpy as np
-
-    from kubetune_trainer.evaluate import classify, linear_probe
-
-    _, train_emb = classify(model, train_seqs, tokenizer.pad_token_id, device)
-    _, val_emb = classify(model, val_seqs, tokenizer.pad_token_id, device)
-    return linear_probe(
-        train_emb,
-        np.array([s.labels for s in train_seqs]),
-        val_emb,
-        np.array([s.labels for s in val_seqs]),
-        len(labels),
-    )

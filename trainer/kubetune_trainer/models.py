@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from kubetune.api.trainconfig import TrainConfig
+from kubetune.api.uris import MODEL_RULES, UnsafeUriError, check_uri
 from kubetune_trainer.errors import ModelLoadError
 
 # Output layers that are trained in full (classification) or left alone (causal-lm), never LoRA targets.
@@ -43,6 +44,10 @@ def package_model_dir(distribution: str, gguf_file: str | None = None) -> Path:
 def resolve_model_location(config: TrainConfig) -> str:
     """A local directory, or an HF hub id passed to transformers as is."""
     name = config.base_model.name
+    try:
+        check_uri(name, MODEL_RULES, "baseModel.name")
+    except UnsafeUriError as err:
+        raise ModelLoadError(str(err)) from None
     if name.startswith("pkg://"):
         return str(package_model_dir(name[len("pkg://") :], config.base_model.gguf_file))
     if name.startswith(("pvc://", "/")):
@@ -261,17 +266,28 @@ def head_modules(model: torch.nn.Module, task_type: str) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_children() if name in HEAD_NAMES})
 
 
-def apply_lora(model: Any, config: TrainConfig) -> Any:
+def apply_lora(model: Any, config: TrainConfig, full_rank: bool = False) -> Any:
+    """Wrap with LoRA (lora settings); `full_rank` (training.recipe full): a full-rank LoRA whose
+    training is exactly a full fine-tune of every targeted Linear (recipes.make_full_rank)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from kubetune_trainer.recipes import full_rank_kwargs, make_full_rank
 
     if config.lora.quantization == "4bit":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    targets = resolve_target_modules(model, config.lora.target_modules)
+    size: dict[str, Any] = {
+        "r": config.lora.r,
+        "lora_alpha": config.lora.alpha,
+        "lora_dropout": config.lora.dropout,
+    }
     lora = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=resolve_target_modules(model, config.lora.target_modules),
+        **(full_rank_kwargs(model, targets) if full_rank else size),
+        target_modules=targets,
         modules_to_save=head_modules(model, config.task.type) or None,
         task_type="SEQ_CLS" if config.task.type == "sequence-classification" else "CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    wrapped = get_peft_model(model, lora)
+    if full_rank:
+        make_full_rank(wrapped)
+    return wrapped
