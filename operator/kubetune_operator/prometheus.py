@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from kubetune.api.adapterdeployment import MonitoringSpec
 from kubetune.api.telemetry import ACCURACY, DRIFT_SCORE, DRIFT_WINDOW, FEEDBACK_TOTAL
+from kubetune.api.uris import PROMETHEUS_RULES, UnsafeUriError, address_problem, check_uri
 
 
 class PrometheusError(RuntimeError):
@@ -58,13 +61,41 @@ def trigger_queries(monitoring: MonitoringSpec, adapter: str, version: str) -> T
     )
 
 
+async def check_prometheus_url(base_url: str) -> None:
+    """The monitoring.prometheusUrl rules again, plus the addresses its host resolves to: a DNS name
+    pointing at 169.254.169.254 passes admission but is never queried. Loopback stays allowed for an
+    operator running outside the cluster next to a port-forwarded Prometheus."""
+    what = "monitoring.prometheusUrl"
+    try:
+        check_uri(base_url, PROMETHEUS_RULES, what, allow_loopback=True)
+        parts = urlsplit(base_url)
+        host = parts.hostname or ""
+        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 80)
+    except UnsafeUriError as err:
+        raise PrometheusError(str(err)) from None
+    except OSError as err:
+        raise PrometheusError(f"{what} {base_url}: cannot resolve: {err}") from None
+    for info in infos:
+        problem = address_problem(str(info[4][0]), allow_loopback=True)
+        if problem is not None:
+            raise PrometheusError(
+                f"{what} {base_url}: host {host!r} resolves to {info[4][0]}, which {problem}"
+            )
+
+
 async def query_scalar(session: aiohttp.ClientSession, base_url: str, promql: str) -> float | None:
-    """The single value of an instant query, or None when it has no data."""
+    """The single value of an instant query, or None when it has no data. Redirects are not followed
+    (a redirect could lead anywhere the URL rules forbid)."""
+    await check_prometheus_url(base_url)
     url = base_url.rstrip("/") + "/api/v1/query"
     try:
         async with session.get(
-            url, params={"query": promql}, timeout=aiohttp.ClientTimeout(total=10)
+            url, params={"query": promql}, timeout=aiohttp.ClientTimeout(total=10), allow_redirects=False
         ) as resp:
+            if 300 <= resp.status < 400:
+                raise PrometheusError(
+                    f"{url}: HTTP {resp.status} redirect to {resp.headers.get('Location')!r} not followed"
+                )
             body: dict[str, Any] = await resp.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as err:
         raise PrometheusError(f"{url}: {err}") from None

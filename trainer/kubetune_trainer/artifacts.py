@@ -20,8 +20,10 @@ import numpy as np
 
 from kubetune.api.finetunejob import TrainResult
 from kubetune.api.trainconfig import TrainConfig
+from kubetune.api.uris import CHAMPION_RULES, OUTPUT_RULES, UnsafeUriError, check_uri
 from kubetune_trainer.errors import ModelLoadError
 from kubetune_trainer.evaluate import Evaluation
+from kubetune_trainer.fetch import s3_endpoint
 
 TERMINATION_LOG_DEFAULT = "/dev/termination-log"
 TERMINATION_LIMIT = 4096
@@ -152,6 +154,10 @@ def locate_adapter(uri: str, config: TrainConfig) -> Path:
     """The local folder holding adapter_config.json + adapter_model.safetensors for an adapter URI
     (pvc://, a local path, or s3:// copied once under cache_dir); `uri` may name the run's output
     folder or its adapter/ subfolder."""
+    try:
+        check_uri(uri, CHAMPION_RULES, "adapter")
+    except UnsafeUriError as err:
+        raise ModelLoadError(str(err)) from None
     if uri.startswith("s3://"):
         local = (
             Path(os.path.expanduser(config.cache_dir))
@@ -201,7 +207,10 @@ def download_from_s3(uri: str, target: Path) -> None:
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     prefix = prefix.rstrip("/") + "/"
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    try:
+        client = boto3.client("s3", endpoint_url=s3_endpoint("adapter"))
+    except UnsafeUriError as err:
+        raise ModelLoadError(str(err)) from None
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
@@ -218,8 +227,8 @@ def upload_to_s3(local: Path, uri: str) -> None:
     """Copy every file of the output folder to s3://bucket/prefix (credentials from env only)."""
     import boto3
 
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    bucket, _, prefix = check_uri(uri, OUTPUT_RULES, "output")[len("s3://") :].partition("/")
+    client = boto3.client("s3", endpoint_url=s3_endpoint("output"))
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         key = "/".join(filter(None, [prefix.rstrip("/"), path.relative_to(local).as_posix()]))
         client.upload_file(str(path), bucket, key)

@@ -20,7 +20,9 @@ from urllib.parse import urlparse
 
 from kubetune.api.finetunejob import DataFormat, DataSource
 from kubetune.api.trainconfig import TrainConfig
+from kubetune.api.uris import DATA_RULES, UnsafeUriError, check_uri
 from kubetune_trainer.errors import DataSourceError, DataValidationError
+from kubetune_trainer.fetch import https_get, s3_endpoint
 
 MAX_REPORTED_ERRORS = 20
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
@@ -65,6 +67,14 @@ class TaskData:
 def read_source(source: DataSource, config: TrainConfig) -> tuple[bytes, str]:
     """Raw bytes of a dataset location and the file name used in error messages."""
     uri = source.uri
+    try:
+        check_uri(uri, DATA_RULES, "dataset")
+        return _read_checked(uri, config)
+    except UnsafeUriError as err:
+        raise DataSourceError(str(err)) from None
+
+
+def _read_checked(uri: str, config: TrainConfig) -> tuple[bytes, str]:
     name = PurePosixPath(urlparse(uri).path).name or uri
     if uri.startswith("https://"):
         return _read_https(uri), name
@@ -83,11 +93,9 @@ def _read_https(uri: str) -> bytes:
     token = os.environ.get("KUBETUNE_HTTP_BEARER_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(uri, headers=headers, follow_redirects=True, timeout=60.0)
-        response.raise_for_status()
+        return https_get(uri, DATA_RULES, "dataset", headers, timeout=60.0)
     except httpx.HTTPError as err:
         raise DataSourceError(f"{uri}: download failed: {err}") from None
-    return response.content
 
 
 def _read_s3(uri: str) -> bytes:
@@ -96,7 +104,7 @@ def _read_s3(uri: str) -> bytes:
     import botocore.exceptions
 
     bucket, _, key = uri[len("s3://") :].partition("/")
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    client = boto3.client("s3", endpoint_url=s3_endpoint("dataset"))
     try:
         return client.get_object(Bucket=bucket, Key=key)["Body"].read()
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:

@@ -24,8 +24,10 @@ import torch
 
 from kubetune.api.finetunejob import BaseModelSpec, LoraSpec, TaskSpec
 from kubetune.api.loading import ConfigError
+from kubetune.api.uris import S3_BUCKET, SYSTEM_PATH, TRAVERSAL, UnsafeUriError, check_uri
 from kubetune_trainer import models
 from kubetune_trainer.artifacts import file_digest
+from kubetune_trainer.fetch import s3_endpoint
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from kubetune_trainer.serve.errors import AdapterLoadError, ModelNotFoundError
 
@@ -204,14 +206,16 @@ class AdapterRegistry:
             )
 
     def adapter_dir(self, uri: str) -> Path:
-        """Local folder holding adapter_config.json + adapter_model.safetensors (s3:// is downloaded)."""
+        """Local folder holding adapter_config.json + adapter_model.safetensors (s3:// is downloaded);
+        the location rules are checked again first (the admin API takes URIs too)."""
         try:
+            check_uri(uri, (TRAVERSAL, S3_BUCKET), "adapter")
             local = (
                 download_s3(uri, self.config.cache_dir)
                 if uri.startswith("s3://")
-                else Path(self.config.locate(uri))
+                else Path(check_uri(self.config.locate(uri), (SYSTEM_PATH,), "adapter"))
             )
-        except ConfigError as err:
+        except (ConfigError, UnsafeUriError) as err:
             raise AdapterLoadError(str(err)) from None
         for folder in (local, local / "adapter"):
             if (folder / "adapter_config.json").is_file() and (folder / WEIGHTS).is_file():
@@ -287,7 +291,7 @@ def download_s3(uri: str, cache_dir: str) -> Path:
 
     target = Path(os.path.expanduser(cache_dir)) / "adapters" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     bucket, _, prefix = uri[len("s3://") :].partition("/")
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    client = boto3.client("s3", endpoint_url=s3_endpoint("adapter"))
     for page in client.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
     ):
