@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-8)
 
-.PHONY: install demo demo-triage test test-fast lint crds bench
+.PHONY: install control-plane demo demo-triage test test-cluster test-fast lint crds bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## The real Kubernetes control plane the integration tests run on, built from Go modules (a no-op when current).
+control-plane:
+	bash scripts/control-plane.sh
+
 ## The main job: fine-tune MiniLM on the shipped support-intents tickets, print before/after.
 demo: $(STAMP)
 	$(VENV)/bin/kubetune train -f examples/finetunejob-support-intents.yaml \
@@ -27,8 +31,13 @@ demo-triage: $(STAMP)
 	$(VENV)/bin/kubetune train -f examples/finetunejob-support-triage.yaml \
 	  --pvc kubetune-data=examples/data --pvc kubetune-output=out
 
-test: $(STAMP)
+test: $(STAMP) control-plane
 	$(PY) -m pytest -q -m "not gpu"
+
+## The integration and e2e tests against a cluster of your own (KUBECONFIG=... make test-cluster).
+test-cluster: $(STAMP) control-plane
+	test -n "$(KUBECONFIG)" || { echo "set KUBECONFIG to the cluster to test against" >&2; exit 2; }
+	KUBETUNE_TEST_KUBECONFIG="$(KUBECONFIG)" $(PY) -m pytest -q -m "not gpu" tests/integration tests/e2e
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -10,6 +10,7 @@ RBAC; ``operator`` runs the real operator with it in the test's namespace.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import pytest
 from controlplane import Cluster, ControlPlane
-from controlplane.plane import kubeconfig
+from controlplane.external import ExternalCluster
 from operator_process import Operator
+
 from tools import helm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,12 +28,15 @@ OPERATOR_NAMESPACE = "kubetune-system"
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with ControlPlane(tmp_path_factory.mktemp("control-plane")) as plane:
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane | ExternalCluster]:
+    """Our own control plane, or the cluster KUBETUNE_TEST_KUBECONFIG names (`make test-cluster`)."""
+    external = os.environ.get("KUBETUNE_TEST_KUBECONFIG")
+    workdir = tmp_path_factory.mktemp("control-plane")
+    with ExternalCluster(Path(external), workdir) if external else ControlPlane(workdir) as plane:
         plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         # Argo CD's Application CRD, so that examples/argocd meets a real schema (no Argo CD runs).
         plane.kubectl("apply", "--server-side", "-f", str(plane.bin / "argocd-crds"))
-        plane.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        plane.wait_established()
         yield plane
         failed = plane.failed_components()
         assert not failed, f"control-plane components died: {failed}\n{plane.diagnostics()}"
@@ -43,7 +48,9 @@ def _namespace_for(nodeid: str) -> str:
 
 
 @pytest.fixture
-def cluster(control_plane: ControlPlane, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+def cluster(
+    control_plane: ControlPlane | ExternalCluster, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Cluster]:
     """The real cluster, seen from a fresh namespace of this test's own (the kubeconfig's default)."""
     namespace = _namespace_for(request.node.nodeid)
     control_plane.kubectl("create", "namespace", namespace)
@@ -66,23 +73,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 @pytest.fixture(scope="session")
-def operator_kubeconfig(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def operator_kubeconfig(
+    control_plane: ControlPlane | ExternalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A kubeconfig holding a token (TokenRequest API) of the chart's operator ServiceAccount, whose
     rights are exactly the chart's ClusterRole (cluster mode: no watchNamespaces)."""
     rendered = subprocess.run(
-        [helm(), "template", "kubetune", str(ROOT / "charts" / "kubetune"), "--namespace", OPERATOR_NAMESPACE,
-         "--set", "crds.install=false", "--show-only", "templates/serviceaccounts.yaml",
-         "--show-only", "templates/rbac.yaml"],
-        check=True, capture_output=True, text=True,
+        [
+            helm(),
+            "template",
+            "kubetune",
+            str(ROOT / "charts" / "kubetune"),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--set",
+            "crds.install=false",
+            "--show-only",
+            "templates/serviceaccounts.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     control_plane.kubectl("create", "namespace", OPERATOR_NAMESPACE)
     control_plane.kubectl("apply", "-n", OPERATOR_NAMESPACE, "-f", "-", input=rendered)
     token = control_plane.kubectl(
         "create", "token", "kubetune", "-n", OPERATOR_NAMESPACE, "--duration=24h"
     ).stdout.strip()
-    return kubeconfig(
-        tmp_path_factory.mktemp("operator") / "kubeconfig", control_plane.url, control_plane.ca.cert,
-        {"token": token}, OPERATOR_NAMESPACE,
+    return control_plane.token_kubeconfig(
+        tmp_path_factory.mktemp("operator") / "kubeconfig", token, OPERATOR_NAMESPACE
     )
 
 

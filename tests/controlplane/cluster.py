@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 from tools import kubectl as kubectl_path
 
-from .plane import ControlPlane, kubeconfig
+from .external import ExternalCluster
+from .plane import ControlPlane
 
 T = TypeVar("T")
 
@@ -56,24 +57,20 @@ def now() -> str:
 class Cluster:
     """The control plane as seen from one test namespace (``ns``)."""
 
-    def __init__(self, plane: ControlPlane, namespace: str, workdir: Path) -> None:
+    def __init__(self, plane: ControlPlane | ExternalCluster, namespace: str, workdir: Path) -> None:
         self.plane = plane
         self.ns = namespace
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        admin = plane.admin_cert
-        self.kubeconfig = kubeconfig(
-            workdir / "kubeconfig", plane.url, plane.ca.cert,
-            {"client-certificate": str(admin.cert), "client-key": str(admin.key)}, namespace,
-        )
+        self.kubeconfig = plane.kubeconfig_for(workdir / "kubeconfig", namespace)
         self.kubectl_path = kubectl_path()
-        self.url = plane.url
+        self.url = plane.api_url
         self._context = plane.ssl_context()
         self._resources: list[Resource] | None = None
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment for a subprocess (kubectl, helm, ``kubetune operator``) that should use this cluster."""
+        """Environment for a subprocess (kubectl, helm, the operator) that should use this cluster."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
     # -- kubectl ------------------------------------------------------------------------------------
@@ -81,8 +78,15 @@ class Cluster:
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl in this test's namespace; ``check`` raises with its stderr on failure."""
-        cmd = [self.kubectl_path, f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.workdir / 'cache'}", *args]
-        result = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout, env=self.env)
+        cmd = [
+            self.kubectl_path,
+            f"--kubeconfig={self.kubeconfig}",
+            f"--cache-dir={self.workdir / 'cache'}",
+            *args,
+        ]
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, input=input, timeout=timeout, env=self.env
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
         return result
@@ -99,8 +103,15 @@ class Cluster:
                 if "/" in r["name"]:
                     continue
                 found.append(
-                    Resource(group, version, r["name"], r.get("singularName") or r["kind"].lower(), r["kind"],
-                             r["namespaced"], tuple(r.get("shortNames", ())))
+                    Resource(
+                        group,
+                        version,
+                        r["name"],
+                        r.get("singularName") or r["kind"].lower(),
+                        r["kind"],
+                        r["namespaced"],
+                        tuple(r.get("shortNames", ())),
+                    )
                 )
         return found
 
@@ -112,7 +123,8 @@ class Cluster:
             if self._resources is None or attempt:
                 self._resources = self._discover()
             candidates = [
-                r for r in self._resources
+                r
+                for r in self._resources
                 if name.lower() in (r.plural, r.singular, r.kind.lower(), *r.short_names)
                 and (not group or r.group == group)
             ]
@@ -122,7 +134,11 @@ class Cluster:
         raise KeyError(f"unknown resource {resource!r}")
 
     def path(
-        self, resource: str, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+        self,
+        resource: str,
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
     ) -> str:
         r = self.resolve(resource)
         prefix = f"/apis/{r.group}/{r.version}" if r.group else f"/api/{r.version}"
@@ -132,8 +148,13 @@ class Cluster:
 
     # -- HTTP ---------------------------------------------------------------------------------------
     def request(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-        params: dict[str, str] | None = None, timeout: float = 30,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+        timeout: float = 30,
     ) -> Any:
         """One HTTP call as the admin; JSON answer (text for logs), ``HTTPError`` for non-2xx."""
         url = self.url + path + (("?" + urllib.parse.urlencode(params)) if params else "")
@@ -147,7 +168,9 @@ class Cluster:
                 return text
         except urllib.error.HTTPError as exc:
             text = exc.read().decode()
-            raise HTTPError(exc.code, json.loads(text) if text.startswith("{") else {"message": text}) from None
+            raise HTTPError(
+                exc.code, json.loads(text) if text.startswith("{") else {"message": text}
+            ) from None
 
     def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -159,10 +182,15 @@ class Cluster:
             raise
 
     def list(
-        self, resource: str, namespace: str | None = None, label_selector: str | None = None,
+        self,
+        resource: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
         field_selector: str | None = None,
     ) -> list[dict[str, Any]]:
-        params = {k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v}
+        params = {
+            k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v
+        }
         return self.request("GET", self.path(resource, namespace), params=params)["items"]
 
     def create(self, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
@@ -170,19 +198,29 @@ class Cluster:
         api_version, kind = obj["apiVersion"], obj["kind"]
         group = api_version.split("/")[0] if "/" in api_version else ""
         r = self.resolve(f"{kind}.{group}" if group else kind)
-        namespace = namespace or obj.get("metadata", {}).get("namespace") or (self.ns if r.namespaced else None)
+        namespace = (
+            namespace or obj.get("metadata", {}).get("namespace") or (self.ns if r.namespaced else None)
+        )
         resource = f"{r.plural}.{r.group}" if r.group else r.plural
         return self.request("POST", self.path(resource, namespace), obj)
 
     def patch(
-        self, resource: str, namespace: str | None, name: str, patch: dict[str, Any],
+        self,
+        resource: str,
+        namespace: str | None,
+        name: str,
+        patch: dict[str, Any],
         content_type: str = "application/merge-patch+json",
     ) -> dict[str, Any]:
         """JSON merge patch of the main resource (``.status`` is ignored there, by the real server)."""
         return self.request("PATCH", self.path(resource, namespace, name), patch, content_type)
 
     def patch_status(
-        self, resource: str, namespace: str | None, name: str, status: dict[str, Any],
+        self,
+        resource: str,
+        namespace: str | None,
+        name: str,
+        status: dict[str, Any],
         content_type: str = "application/merge-patch+json",
     ) -> dict[str, Any]:
         """Patch ``.status`` through the status subresource."""
@@ -190,7 +228,9 @@ class Cluster:
             "PATCH", self.path(resource, namespace, name, "status"), {"status": status}, content_type
         )
 
-    def delete(self, resource: str, namespace: str | None, name: str, propagation: str = "Background") -> None:
+    def delete(
+        self, resource: str, namespace: str | None, name: str, propagation: str = "Background"
+    ) -> None:
         self.request("DELETE", self.path(resource, namespace, name), {"propagationPolicy": propagation})
 
     def events(self, namespace: str, involved_name: str | None = None) -> list[dict[str, Any]]:
@@ -207,13 +247,22 @@ class Cluster:
     def wait_running(self, namespace: str, pod: str, timeout: float = 60) -> dict[str, Any]:
         """Wait until the pod is bound and kwok reports it Running (as a kubelet would)."""
         return self.wait_for(
-            lambda: (p := self.get("pods", namespace, pod)) is not None
-            and p.get("status", {}).get("phase") == "Running" and p,
-            timeout=timeout, message=f"pod {pod} Running",
+            lambda: (
+                (p := self.get("pods", namespace, pod)) is not None
+                and p.get("status", {}).get("phase") == "Running"
+                and p
+            ),
+            timeout=timeout,
+            message=f"pod {pod} Running",
         )
 
     def finish_pod(
-        self, namespace: str, pod: str, exit_code: int = 0, message: str = "", disrupted: bool = False,
+        self,
+        namespace: str,
+        pod: str,
+        exit_code: int = 0,
+        message: str = "",
+        disrupted: bool = False,
     ) -> dict[str, Any]:
         """Report the pod's end as its kubelet would: every container terminated with ``exit_code``
         and the termination ``message``; ``disrupted`` adds the DisruptionTarget condition a
@@ -222,11 +271,17 @@ class Cluster:
         stamp = now()
         statuses = [
             {
-                "name": c["name"], "image": c["image"], "ready": False, "started": False, "restartCount": 0,
+                "name": c["name"],
+                "image": c["image"],
+                "ready": False,
+                "started": False,
+                "restartCount": 0,
                 "state": {
                     "terminated": {
-                        "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                        "message": message, "startedAt": current["status"].get("startTime", stamp),
+                        "exitCode": exit_code,
+                        "reason": "Completed" if exit_code == 0 else "Error",
+                        "message": message,
+                        "startedAt": current["status"].get("startTime", stamp),
                         "finishedAt": stamp,
                     }
                 },
@@ -235,17 +290,32 @@ class Cluster:
         ]
         conditions = [
             {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": stamp},
-            {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": stamp},
+            {
+                "type": "ContainersReady",
+                "status": "False",
+                "reason": "PodCompleted",
+                "lastTransitionTime": stamp,
+            },
         ]
         if disrupted:
             conditions.append(
-                {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
-                 "message": "preempted by a higher-priority pod", "lastTransitionTime": stamp}
+                {
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "PreemptionByScheduler",
+                    "message": "preempted by a higher-priority pod",
+                    "lastTransitionTime": stamp,
+                }
             )
         return self.patch_status(
-            "pods", namespace, pod,
-            {"phase": "Succeeded" if exit_code == 0 else "Failed", "containerStatuses": statuses,
-             "conditions": conditions},
+            "pods",
+            namespace,
+            pod,
+            {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "containerStatuses": statuses,
+                "conditions": conditions,
+            },
             content_type="application/strategic-merge-patch+json",
         )
 
@@ -254,13 +324,17 @@ class Cluster:
         current = self.wait_running(namespace, pod)
         stamp, flag = now(), "True" if ready else "False"
         return self.patch_status(
-            "pods", namespace, pod,
+            "pods",
+            namespace,
+            pod,
             {
                 "conditions": [
                     {"type": "Ready", "status": flag, "lastTransitionTime": stamp},
                     {"type": "ContainersReady", "status": flag, "lastTransitionTime": stamp},
                 ],
-                "containerStatuses": [{"name": c["name"], "ready": ready} for c in current["spec"]["containers"]],
+                "containerStatuses": [
+                    {"name": c["name"], "ready": ready} for c in current["spec"]["containers"]
+                ],
             },
             content_type="application/strategic-merge-patch+json",
         )
@@ -279,8 +353,10 @@ class Cluster:
         if container:
             entry["containers"] = [container]
         logs = {
-            "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs",
-            "metadata": {"name": pod, "namespace": namespace}, "spec": {"logs": [entry]},
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Logs",
+            "metadata": {"name": pod, "namespace": namespace},
+            "spec": {"logs": [entry]},
         }
         self.kubectl("apply", "-f", "-", input=json.dumps(logs))
 
@@ -298,5 +374,7 @@ class Cluster:
             if last:
                 return last
             if time.monotonic() >= deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {message}; last value: {last!r}")
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {message}; last value: {last!r}"
+                )
             time.sleep(interval)

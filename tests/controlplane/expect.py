@@ -29,7 +29,11 @@ def differences(want: Any, got: Any, path: str = "") -> list[str]:
     if isinstance(want, list):
         if not isinstance(got, list) or len(got) != len(want):
             return [f"{path}: want {want!r}, got {got!r}"]
-        return [d for i, (w, g) in enumerate(zip(want, got, strict=True)) for d in differences(w, g, f"{path}[{i}]")]
+        return [
+            d
+            for i, (w, g) in enumerate(zip(want, got, strict=True))
+            for d in differences(w, g, f"{path}[{i}]")
+        ]
     if want != got and not (_quantity(want) is not None and _quantity(want) == _quantity(got)):
         return [f"{path}: want {want!r}, got {got!r}"]
     return []

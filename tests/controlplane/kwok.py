@@ -37,7 +37,8 @@ containerStatuses:
       startedAt: {{ $now | Quote }}
 {{ end }}
 hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
-podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
+podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" )
+  ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
 phase: Running
 startTime: {{ $now | Quote }}
 """
@@ -57,10 +58,7 @@ def _running_stage(name: str, probe: str, ready: bool) -> dict[str, Any]:
                     {"key": ".spec.containers.[0].readinessProbe", "operator": probe},
                 ]
             },
-            "next": {
-                "statusTemplate": _RUNNING
-                % {"ready": str(ready), "ready_bool": str(ready).lower()}
-            },
+            "next": {"statusTemplate": _RUNNING % {"ready": str(ready), "ready_bool": str(ready).lower()}},
         },
     }
 

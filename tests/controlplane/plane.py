@@ -42,7 +42,9 @@ def kubeconfig(path: Path, server: str, ca: Path, user: dict[str, str], namespac
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+                "clusters": [
+                    {"name": "test", "cluster": {"server": server, "certificate-authority": str(ca)}}
+                ],
                 "users": [{"name": "user", "user": user}],
                 "contexts": [
                     {"name": "test", "context": {"cluster": "test", "user": "user", "namespace": namespace}}
@@ -104,24 +106,49 @@ class ControlPlane:
         ca = self.ca = CertificateAuthority(self.pki)
         self.sa = service_account_keys(self.pki)
         self.serving = ca.issue(
-            "apiserver", "kube-apiserver", server=True,
-            hosts=("127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default",
-                   "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
+            "apiserver",
+            "kube-apiserver",
+            server=True,
+            hosts=(
+                "127.0.0.1",
+                "localhost",
+                "10.96.0.1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
         )
-        self.kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
-                                       ("kubeadm:cluster-admins",))
+        self.kubelet_client = ca.issue(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("kubeadm:cluster-admins",)
+        )
         self.kwok_serving = ca.issue("kwok-serving", "kwok", server=True, hosts=("127.0.0.1", "localhost"))
         admin = ca.issue("admin", "kubernetes-admin", ("system:masters",))
         kcm = ca.issue("controller-manager", "system:kube-controller-manager")
         scheduler = ca.issue("scheduler", "system:kube-scheduler")
-        self.admin_kubeconfig = kubeconfig(self.workdir / "admin.kubeconfig", self.url, ca.cert, cert_user(admin))
+        self.admin_kubeconfig = kubeconfig(
+            self.workdir / "admin.kubeconfig", self.url, ca.cert, cert_user(admin)
+        )
         self.admin_cert = admin
         self.kcm_kubeconfig = kubeconfig(self.workdir / "kcm.kubeconfig", self.url, ca.cert, cert_user(kcm))
         self.scheduler_kubeconfig = kubeconfig(
             self.workdir / "scheduler.kubeconfig", self.url, ca.cert, cert_user(scheduler)
         )
 
-    def ssl_context(self) -> ssl.SSLContext:
+    @property
+    def api_url(self) -> str:
+        """Where the tests' HTTP helpers reach the API server (with ``ssl_context()``)."""
+        return self.url
+
+    def kubeconfig_for(self, path: Path, namespace: str) -> Path:
+        """An admin kubeconfig whose context defaults to ``namespace``."""
+        return kubeconfig(path, self.url, self.ca.cert, cert_user(self.admin_cert), namespace)
+
+    def token_kubeconfig(self, path: Path, token: str, namespace: str) -> Path:
+        """A kubeconfig that authenticates with a ServiceAccount token."""
+        return kubeconfig(path, self.url, self.ca.cert, {"token": token}, namespace)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
         """Verifies the API server against the test CA and presents the admin client certificate."""
         context = ssl.create_default_context(cafile=str(self.ca.cert))
         context.load_cert_chain(str(self.admin_cert.cert), str(self.admin_cert.key))
@@ -226,8 +253,13 @@ class ControlPlane:
         )
 
     def _start_kwok(self) -> None:
+        self._start_kwok_only()
+        for node in self.nodes:
+            self.kubectl("create", "-f", "-", input=json.dumps(node))
+
+    def _start_kwok_only(self) -> None:
         self.kubectl("apply", "-f", str(self.bin / "kwok-crds"))
-        self.kubectl("wait", "--for=condition=Established", "crd/logs.kwok.x-k8s.io", "--timeout=60s")
+        self.wait_established()
         kwok_port, health = free_port(), free_port()
         config = self.workdir / "kwok.yaml"
         config.write_text(kwok.config(f"127.0.0.1:{health}"))
@@ -247,8 +279,6 @@ class ControlPlane:
             ],
             http_ok(f"https://127.0.0.1:{kwok_port}/healthz", insecure_context()),
         )
-        for node in self.nodes:
-            self.kubectl("create", "-f", "-", input=json.dumps(node))
 
     def _wait_until_usable(self, timeout: float = 120) -> None:
         """Nodes Ready (kwok), the default ServiceAccount made (controller-manager is working)."""
@@ -258,14 +288,36 @@ class ControlPlane:
                 raise ComponentFailed(f"exited: {self.failed_components()}")
             nodes = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
             ready = [
-                n for n in nodes
-                if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+                n
+                for n in nodes
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", [])
+                )
             ]
             sa = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
-            if len(ready) == len(self.nodes) and sa.returncode == 0:
+            if len(ready) >= len(self.nodes) and sa.returncode == 0:
                 return
             time.sleep(0.5)
         raise ComponentFailed("nodes not Ready or no default ServiceAccount in time")
+
+    def wait_established(self, timeout: float = 60) -> None:
+        """Every CRD Established (`kubectl wait` fails at once on a CRD that has no conditions yet)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            crds = json.loads(self.kubectl("get", "crd", "-o", "json").stdout)["items"]
+            pending = [
+                c["metadata"]["name"]
+                for c in crds
+                if not any(
+                    x["type"] == "Established" and x["status"] == "True"
+                    for x in c.get("status", {}).get("conditions") or []
+                )
+            ]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ComponentFailed(f"CRDs not Established: {pending}")
+            time.sleep(0.2)
 
     # -- kubectl as admin ---------------------------------------------------------------------------
     def kubectl(
@@ -275,7 +327,10 @@ class ControlPlane:
 
         result = subprocess.run(
             [kubectl_path(), f"--kubeconfig={self.admin_kubeconfig}", *args],
-            capture_output=True, text=True, input=input, timeout=timeout,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
             env={**os.environ, "KUBECONFIG": str(self.admin_kubeconfig)},
         )
         if check and result.returncode != 0:

@@ -53,8 +53,11 @@ def bind_claims(cluster: Cluster, *claims: str) -> None:
         )
     for claim in claims or CLAIMS:
         cluster.wait_for(
-            lambda c=claim: (cluster.get("pvc", cluster.ns, c) or {}).get("status", {}).get("phase") == "Bound",
-            timeout=TIMEOUT, message=f"PVC {claim} Bound",
+            lambda c=claim: (
+                (cluster.get("pvc", cluster.ns, c) or {}).get("status", {}).get("phase") == "Bound"
+            ),
+            timeout=TIMEOUT,
+            message=f"PVC {claim} Bound",
         )
 
 
@@ -68,7 +71,8 @@ def wait_phase(cluster: Cluster, name: str, phase: str, operator: Operator) -> d
     try:
         return cluster.wait_for(
             lambda: (o := ftj(cluster, name)).get("status", {}).get("phase") == phase and o,
-            timeout=TIMEOUT, message=f"{name} phase {phase}",
+            timeout=TIMEOUT,
+            message=f"{name} phase {phase}",
         )
     except AssertionError:
         print(operator.logs()[-6000:])
@@ -84,7 +88,9 @@ def wait_job(cluster: Cluster, name: str) -> dict[str, Any]:
 def wait_pod(cluster: Cluster, job: str, count: int = 1) -> dict[str, Any]:
     """The ``count``-th pod the real Job controller made for ``job``, once kwok runs it."""
     pods = cluster.wait_for(
-        lambda: len(p := cluster.pods_of(job)) >= count and p, timeout=TIMEOUT, message=f"{count} pod(s) of {job}"
+        lambda: len(p := cluster.pods_of(job)) >= count and p,
+        timeout=TIMEOUT,
+        message=f"{count} pod(s) of {job}",
     )
     return cluster.wait_running(cluster.ns, pods[count - 1]["metadata"]["name"], timeout=TIMEOUT)
 
@@ -98,11 +104,14 @@ def wait_job_condition(cluster: Cluster, name: str, condition: str) -> dict[str,
     """The real Job controller's verdict (Complete / Failed / Suspended)."""
     return cluster.wait_for(
         lambda: job_condition(j := cluster.get("jobs.batch", cluster.ns, name), condition) and j,
-        timeout=TIMEOUT, message=f"Job {name} {condition}",
+        timeout=TIMEOUT,
+        message=f"Job {name} {condition}",
     )
 
 
-def finish_job(cluster: Cluster, name: str, exit_code: int = 0, result: dict[str, Any] | str | None = None) -> None:
+def finish_job(
+    cluster: Cluster, name: str, exit_code: int = 0, result: dict[str, Any] | str | None = None
+) -> None:
     """Its current pod ends with ``exit_code`` and a termination message; the Job controller decides."""
     pod = wait_pod(cluster, name)
     message = result if isinstance(result, str) else json.dumps(result or {})

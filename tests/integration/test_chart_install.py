@@ -21,14 +21,17 @@ import pytest
 import yaml
 from controlplane import ControlPlane
 from controlplane.expect import differences
+
 from tools import helm
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubetune"
 RELEASE, NAMESPACE, TEAM = "kubetune", "kubetune", "team-a"
 IMAGES = [
-    "--set", "operator.image.repository=registry.example/kubetune-operator",
-    "--set", "trainer.image.repository=registry.example/kubetune-trainer",
+    "--set",
+    "operator.image.repository=registry.example/kubetune-operator",
+    "--set",
+    "trainer.image.repository=registry.example/kubetune-trainer",
 ]
 
 
@@ -37,7 +40,10 @@ def previous_chart(workdir: Path) -> tuple[str, Path]:
     current = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
     commits = subprocess.run(
         ["git", "log", "--format=%H", "--", "charts/kubetune/Chart.yaml"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     for commit in commits:
         shown = subprocess.run(
@@ -62,8 +68,15 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 
 def run_helm(plane: ControlPlane, *args: str) -> str:
     result = subprocess.run(
-        [helm(), *args], capture_output=True, text=True, timeout=300,
-        env={**os.environ, "KUBECONFIG": str(plane.admin_kubeconfig), "HELM_CACHE_HOME": str(plane.workdir / "helm")},
+        [helm(), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "KUBECONFIG": str(plane.admin_kubeconfig),
+            "HELM_CACHE_HOME": str(plane.workdir / "helm"),
+        },
     )
     assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -79,10 +92,25 @@ def stored_schema(plane: ControlPlane, crd: str) -> Any:
 
 def test_install_upgrade_uninstall_keep_the_finetunejobs(plane: ControlPlane, tmp_path: Path) -> None:
     old_version, old_chart = previous_chart(tmp_path)
-    run_helm(plane, "install", RELEASE, str(old_chart), "-n", NAMESPACE, "--create-namespace",
-             "--wait", "--timeout", "180s", *IMAGES)
+    run_helm(
+        plane,
+        "install",
+        RELEASE,
+        str(old_chart),
+        "-n",
+        NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "180s",
+        *IMAGES,
+    )
 
-    for crd in ("finetunejobs.kubetune.dev", "adapterdeployments.kubetune.dev", "clusterkopfpeerings.kopf.dev"):
+    for crd in (
+        "finetunejobs.kubetune.dev",
+        "adapterdeployments.kubetune.dev",
+        "clusterkopfpeerings.kopf.dev",
+    ):
         conditions = {c["type"]: c["status"] for c in get(plane, "crd", crd)["status"]["conditions"]}
         assert conditions["Established"] == "True", (crd, conditions)
     assert get(plane, "clusterrole", RELEASE)["rules"]
@@ -102,7 +130,9 @@ def test_install_upgrade_uninstall_keep_the_finetunejobs(plane: ControlPlane, tm
     for path in sorted((ROOT / "crds").glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
         # The chart's CRDs are templates: the upgrade replaced the schemas with the current ones.
-        assert stored_schema(plane, crd["metadata"]["name"]) == crd["spec"]["versions"][0]["schema"], path.name
+        assert stored_schema(plane, crd["metadata"]["name"]) == crd["spec"]["versions"][0]["schema"], (
+            path.name
+        )
     deployment = get(plane, "deployment", RELEASE, "-n", NAMESPACE)
     assert deployment["metadata"]["labels"]["helm.sh/chart"] == f"kubetune-{new_version}"
     upgraded = get(plane, "ftj", "support-intents", "-n", TEAM)

@@ -36,9 +36,15 @@ def can_i(cluster: Cluster, user: str, verb: str, resource: str, namespace: str)
 
 
 TRAINER_PROBES = [
-    ("get", "pods"), ("list", "secrets"), ("get", "configmaps"), ("create", "jobs.batch"),
-    ("get", "finetunejobs.kubetune.dev"), ("patch", "finetunejobs.kubetune.dev/status"), ("create", "events"),
-    ("list", "namespaces"), ("create", "pods/exec"),
+    ("get", "pods"),
+    ("list", "secrets"),
+    ("get", "configmaps"),
+    ("create", "jobs.batch"),
+    ("get", "finetunejobs.kubetune.dev"),
+    ("patch", "finetunejobs.kubetune.dev/status"),
+    ("create", "events"),
+    ("list", "namespaces"),
+    ("create", "pods/exec"),
 ]
 
 

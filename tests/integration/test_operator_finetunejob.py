@@ -74,7 +74,9 @@ def test_finetunejob_runs_to_succeeded_with_the_trainer_result(cluster: Cluster,
         "\n".join(
             [
                 "loading model",
-                json.dumps({"event": "step", "step": 30, "totalSteps": 120, "loss": 0.8123, "etaSeconds": 55}),
+                json.dumps(
+                    {"event": "step", "step": 30, "totalSteps": 120, "loss": 0.8123, "etaSeconds": 55}
+                ),
                 json.dumps({"event": "checkpoint", "step": 25, "time": "2026-11-22T09:30:00Z"}),
             ]
         ),
@@ -83,7 +85,8 @@ def test_finetunejob_runs_to_succeeded_with_the_trainer_result(cluster: Cluster,
     wait_phase(cluster, name, "Running", operator)
     running = cluster.wait_for(
         lambda: (o := ftj(cluster, name))["status"].get("progress") == "30/120" and o,
-        timeout=TIMEOUT, message="progress 30/120",
+        timeout=TIMEOUT,
+        message="progress 30/120",
     )
     assert running["status"]["loss"] == pytest.approx(0.8123)
     assert running["status"]["lastCheckpoint"] == {"step": 25, "time": "2026-11-22T09:30:00Z"}
@@ -97,7 +100,9 @@ def test_finetunejob_runs_to_succeeded_with_the_trainer_result(cluster: Cluster,
     finish_job(cluster, tjob["metadata"]["name"], 0, result)
     done = wait_phase(cluster, name, "Succeeded", operator)["status"]
     assert done["accuracy"] == pytest.approx(0.9583)
-    assert done["result"]["adapterUri"] == result["adapterUri"] and done["result"]["digest"] == result["digest"]
+    assert (
+        done["result"]["adapterUri"] == result["adapterUri"] and done["result"]["digest"] == result["digest"]
+    )
     job_done = cluster.get("jobs.batch", cluster.ns, tjob["metadata"]["name"])
     assert done["observedGeneration"] == 1 and done["completionTime"] == job_done["status"]["completionTime"]
     conds = {c["type"]: c for c in done["conditions"]}
@@ -108,7 +113,8 @@ def test_finetunejob_runs_to_succeeded_with_the_trainer_result(cluster: Cluster,
     expected_reasons = {"Created", "ValidatingData", "Training", "Completed"}
     cluster.wait_for(
         lambda: expected_reasons <= {e["reason"] for e in cluster.events(cluster.ns, name)},
-        timeout=TIMEOUT, message=f"events {expected_reasons}",
+        timeout=TIMEOUT,
+        message=f"events {expected_reasons}",
     )
     table = cluster.kubectl("get", "ftj", name).stdout
     assert "Succeeded" in table and "0.9583" in table and "120/120" in table, table
@@ -122,8 +128,13 @@ def test_training_failure_reports_job_and_trainer_reason(cluster: Cluster, opera
     # Exit code 4 (quality gate) is in the podFailurePolicy's FailJob rule: the real Job controller
     # fails the Job at once, without retries.
     finish_job(
-        cluster, tjob["metadata"]["name"], 4,
-        {"reason": "gate failed: accuracy 0.61 < evaluation.minAccuracy 0.85", "metrics": {"after_accuracy": 0.61}},
+        cluster,
+        tjob["metadata"]["name"],
+        4,
+        {
+            "reason": "gate failed: accuracy 0.61 < evaluation.minAccuracy 0.85",
+            "metrics": {"after_accuracy": 0.61},
+        },
     )
     assert len(cluster.pods_of(tjob["metadata"]["name"])) == 1
     status = wait_phase(cluster, name, "Failed", operator)["status"]
@@ -132,7 +143,8 @@ def test_training_failure_reports_job_and_trainer_reason(cluster: Cluster, opera
     assert "accuracy 0.61 < evaluation.minAccuracy 0.85" in failed["message"]
     warnings = cluster.wait_for(
         lambda: [e for e in cluster.events(cluster.ns, name) if e["type"] == "Warning"],
-        timeout=TIMEOUT, message="Warning events",
+        timeout=TIMEOUT,
+        message="Warning events",
     )
     assert any("minAccuracy" in e["message"] for e in warnings)
 
@@ -162,8 +174,13 @@ def test_operator_restart_creates_no_duplicates(cluster: Cluster, operator: Oper
     selector = f"kubetune.dev/finetunejob={name}"
     jobs = cluster.list("jobs.batch", cluster.ns, label_selector=selector)
     assert sorted(j["metadata"]["name"] for j in jobs) == [f"{name}-train", f"{name}-validate"]
-    assert cluster.get("jobs.batch", cluster.ns, f"{name}-validate")["metadata"]["uid"] == vjob["metadata"]["uid"]
-    assert cluster.get("jobs.batch", cluster.ns, f"{name}-train")["metadata"]["uid"] == tjob["metadata"]["uid"]
+    assert (
+        cluster.get("jobs.batch", cluster.ns, f"{name}-validate")["metadata"]["uid"]
+        == vjob["metadata"]["uid"]
+    )
+    assert (
+        cluster.get("jobs.batch", cluster.ns, f"{name}-train")["metadata"]["uid"] == tjob["metadata"]["uid"]
+    )
     assert len(cluster.list("configmaps", cluster.ns, label_selector=selector)) == 1
     assert len(cluster.pods_of(tjob["metadata"]["name"])) == 1
 
@@ -178,7 +195,8 @@ def test_suspend_and_resume(cluster: Cluster, operator: Operator) -> None:
     cluster.kubectl("patch", "ftj", name, "--type=merge", "-p", '{"spec": {"suspend": false}}')
     cluster.wait_for(
         lambda: cluster.get("jobs.batch", cluster.ns, f"{name}-validate")["spec"]["suspend"] is False,
-        timeout=TIMEOUT, message="validate Job resumed",
+        timeout=TIMEOUT,
+        message="validate Job resumed",
     )
     finish_job(cluster, vjob["metadata"]["name"])
     tjob = wait_job(cluster, f"{name}-train")
@@ -187,12 +205,14 @@ def test_suspend_and_resume(cluster: Cluster, operator: Operator) -> None:
     cluster.kubectl("patch", "ftj", name, "--type=merge", "-p", '{"spec": {"suspend": true}}')
     cluster.wait_for(
         lambda: cluster.get("jobs.batch", cluster.ns, f"{name}-train")["spec"]["suspend"] is True,
-        timeout=TIMEOUT, message="training Job suspended",
+        timeout=TIMEOUT,
+        message="training Job suspended",
     )
     # Suspending a running Job makes the real Job controller delete its pod (kwok lets it go).
     cluster.wait_for(
         lambda: cluster.get("pods", cluster.ns, pod["metadata"]["name"]) is None,
-        timeout=TIMEOUT, message="training pod deleted on suspend",
+        timeout=TIMEOUT,
+        message="training pod deleted on suspend",
     )
     wait_job_condition(cluster, f"{name}-train", "Suspended")
     wait_phase(cluster, name, "Suspended", operator)
@@ -203,17 +223,25 @@ def test_kueue_queued_job_waits_for_admission(cluster: Cluster, operator: Operat
     name = apply(cluster, TRIAGE)
     finish_job(cluster, f"{name}-validate")
     tjob = wait_job(cluster, f"{name}-train")
-    assert tjob["spec"]["suspend"] is True and tjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-ml"
+    assert (
+        tjob["spec"]["suspend"] is True
+        and tjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-ml"
+    )
     status = wait_phase(cluster, name, "Pending", operator)["status"]
     cluster.wait_for(
         lambda: "Kueue" in (ftj(cluster, name)["status"].get("message") or ""),
-        timeout=TIMEOUT, message="queued message",
+        timeout=TIMEOUT,
+        message="queued message",
     )
     # Kueue admits: it injects a nodeSelector into the suspended Job's template (the real server
     # allows it only while the Job is suspended and has never started), then un-suspends.
     selector = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
-    cluster.patch("jobs.batch", cluster.ns, tjob["metadata"]["name"],
-                  {"spec": {"template": {"spec": {"nodeSelector": selector}}}})
+    cluster.patch(
+        "jobs.batch",
+        cluster.ns,
+        tjob["metadata"]["name"],
+        {"spec": {"template": {"spec": {"nodeSelector": selector}}}},
+    )
     cluster.patch("jobs.batch", cluster.ns, tjob["metadata"]["name"], {"spec": {"suspend": False}})
     pod = wait_pod(cluster, tjob["metadata"]["name"])
     assert pod["spec"]["nodeSelector"] == selector and pod["spec"]["nodeName"].startswith("kwok-gpu-")
@@ -235,18 +263,26 @@ def test_preemption_is_counted_not_a_failure(cluster: Cluster, operator: Operato
     # a failure against backoffLimit.
     wait_pod(cluster, tjob["metadata"]["name"], count=2)
     status = cluster.wait_for(
-        lambda: (s := ftj(cluster, name).get("status", {})).get("preemptions") == 1 and s.get("attempts") == 2 and s,
-        timeout=TIMEOUT, message="preemption counted, second attempt seen",
+        lambda: (
+            (s := ftj(cluster, name).get("status", {})).get("preemptions") == 1
+            and s.get("attempts") == 2
+            and s
+        ),
+        timeout=TIMEOUT,
+        message="preemption counted, second attempt seen",
     )
     assert status["failures"] == 0
     assert cluster.get("jobs.batch", cluster.ns, tjob["metadata"]["name"])["status"].get("failed", 0) == 0
     cluster.wait_for(
         lambda: any(e["reason"] == "Preempted" for e in cluster.events(cluster.ns, name)),
-        timeout=TIMEOUT, message="Preempted event",
+        timeout=TIMEOUT,
+        message="Preempted event",
     )
 
 
-def test_spec_invalid_past_the_schema_fails_with_a_clear_condition(cluster: Cluster, operator: Operator) -> None:
+def test_spec_invalid_past_the_schema_fails_with_a_clear_condition(
+    cluster: Cluster, operator: Operator
+) -> None:
     # Passes the CRD schema and CEL, but the operator's model rejects it: two different s3 Secrets.
     name = apply(
         cluster,
@@ -274,11 +310,14 @@ def test_deleting_the_finetunejob_deletes_its_children(cluster: Cluster, operato
             and not cluster.list("pods", cluster.ns)
             and not cluster.list("configmaps", cluster.ns, label_selector=f"kubetune.dev/finetunejob={name}")
         ),
-        timeout=60, message="garbage collection",
+        timeout=60,
+        message="garbage collection",
     )
 
 
 def test_bad_manifest_is_rejected_by_kubectl_apply(cluster: Cluster) -> None:
-    result = cluster.kubectl("apply", "-f", str(ROOT / "examples/bad/both-epochs-and-max-steps.yaml"), check=False)
+    result = cluster.kubectl(
+        "apply", "-f", str(ROOT / "examples/bad/both-epochs-and-max-steps.yaml"), check=False
+    )
     assert result.returncode != 0
     assert "set exactly one of training.epochs and training.maxSteps" in result.stderr
