@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -39,7 +40,7 @@ class Verdict:
 def admit(obj: dict[str, Any], crd: dict[str, Any]) -> Verdict:
     """The errors the API server would answer for creating ``obj`` (empty: accepted)."""
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    body = copy.deepcopy(obj)
+    body = _as_go_decodes(copy.deepcopy(obj))
     _default(body, schema)
     unknown: list[str] = []
     _prune(body, schema, [], unknown, root=True)
@@ -104,15 +105,40 @@ def _prune(
             _prune(item, schema["items"], [*path, index], out)
 
 
+INT64 = 2**63
+
+
+def _as_go_decodes(value: Any) -> Any:
+    """Integers past int64 become float64, as the API server's JSON decoder reads them."""
+    if isinstance(value, dict):
+        return {k: _as_go_decodes(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_go_decodes(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+        return float(value)
+    return value
+
+
+def _go_float(value: float) -> str:
+    """Go's %v of a float64: shortest digits, exponent form from 1e+06 up and below 1e-04."""
+    exact = Decimal(repr(value))
+    exponent = exact.adjusted()
+    if -4 <= exponent < 6:
+        return f"{exact:f}".removesuffix(".0") if exact != exact.to_integral() else str(int(exact))
+    digits = "".join(map(str, exact.normalize().as_tuple().digits))
+    mantissa = digits[0] + (f".{digits[1:]}" if len(digits) > 1 else "")
+    return f"{'-' if value < 0 else ''}{mantissa}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
+
+
 def _go(value: Any) -> str:
     """A bad value the way field.Error prints it (%q for strings, %v for numbers)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
-        return str(int(value))
-    return str(value) if isinstance(value, (int, float)) else json.dumps(value)
+    if isinstance(value, float):
+        return _go_float(value)
+    return str(value) if isinstance(value, int) else json.dumps(value)
 
 
 def _json_type(value: Any) -> str:
@@ -153,10 +179,11 @@ def _openapi_errors(body: dict[str, Any], schema: dict[str, Any]) -> list[str]:
             errors += [f"{_path([*raw, p], schema)}: Required value" for p in rule if p not in value]
             continue
         low, high = _or_equal(node, "exclusiveMinimum"), _or_equal(node, "exclusiveMaximum")
+        bound = _go(float(rule) if isinstance(value, float) and isinstance(rule, int) else rule)
         detail = {
             "type": f"{path} in body must be of type {rule}: {json.dumps(_json_type(value))}",
-            "minimum": f"{path} in body should be greater than {low}{_go(rule)}",
-            "maximum": f"{path} in body should be less than {high}{_go(rule)}",
+            "minimum": f"{path} in body should be greater than {low}{bound}",
+            "maximum": f"{path} in body should be less than {high}{bound}",
             "pattern": f"{path} in body should match '{rule}'",
             "minLength": f"{path} in body should be at least {rule} chars long",
             "minItems": f"{path} in body should have at least {rule} items",
