@@ -48,7 +48,7 @@ def admit(obj: dict[str, Any], crd: dict[str, Any]) -> Verdict:
         return Verdict([f'strict decoding error: unknown field "{path}"' for path in unknown])
     errors = _openapi_errors(body, schema)
     if any(marker in error for error in errors for marker in BLOCKING):
-        return Verdict([*errors, f'<nil>: Invalid value: "null": {SKIPPED_CEL}'])
+        return Verdict([*errors, f"<nil>: Invalid value: null: {SKIPPED_CEL}"])
     _cel_errors(body, schema, [], errors, schema)
     return Verdict(errors)
 
