@@ -96,7 +96,10 @@ def retrain_name(adapter: str, active_version: str, records: list[RetrainRecord]
 
 
 def _prefix(adapter: str, version: str) -> str:
-    return child_name(adapter, f"retrain-{hashlib.sha256(version.encode()).hexdigest()[:6]}-")
+    """``<adapter>-retrain-<hash>-``, shortened so that the attempt number (<= 3 digits: records are
+    bounded) still fits a 63-character FineTuneJob name (the CRD refuses longer ones)."""
+    suffix = f"retrain-{hashlib.sha256(version.encode()).hexdigest()[:6]}-"
+    return child_name(adapter, suffix + "000").removesuffix("000")
 
 
 def build_retrain_job(

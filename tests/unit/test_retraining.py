@@ -139,3 +139,15 @@ def test_champion_challenger() -> None:
     assert judge(done(0.81, 0.80), "accuracy", 0.02)[0] == "Rejected"
     assert judge(FineTuneJobStatus(phase="Failed"), "accuracy", 0.0)[0] == "Failed"
     assert judge(FineTuneJobStatus(phase="Running"), "accuracy", 0.0)[0] == "Running"
+
+
+def test_retrain_names_of_a_long_adapterdeployment_fit_the_finetunejob_name_rule() -> None:
+    from kubetune_operator.retraining import retrain_name
+
+    from kubetune.api.common import check_resource_name
+
+    for adapter in ("support-intents", "a" * 47, "b" * 63):
+        name = retrain_name(adapter, "v1", [])
+        check_resource_name(name)
+        assert len(name) <= 63
+    assert retrain_name("support-intents", "v1", []).startswith("support-intents-retrain-")
