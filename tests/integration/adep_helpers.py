@@ -104,13 +104,36 @@ def ready_pods(cluster: Cluster, name: str = STABLE, count: int | None = None) -
             return None
         dep, pods = found
         want = dep["spec"]["replicas"] if count is None else count
-        for pod in pods:
-            if pod.get("status", {}).get("phase") == "Running" and not _is_ready(pod):
-                cluster.set_pod_ready(cluster.ns, pod["metadata"]["name"])
-        ready = [p for p in pods if _is_ready(p)]
+        ready = [
+            pod if _is_ready(pod) else cluster.set_pod_ready(cluster.ns, pod["metadata"]["name"])
+            for pod in pods
+            if pod.get("status", {}).get("phase") == "Running"
+        ]
         return ready if len(ready) >= want else None
 
-    return cluster.wait_for(step, timeout=60, interval=0.3, message=f"ready pods of {name}")
+    try:
+        return cluster.wait_for(step, timeout=60, interval=0.3, message=f"ready pods of {name}")
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{_pod_report(cluster, name)}") from None
+
+
+def _pod_report(cluster: Cluster, name: str) -> str:
+    """What the Deployment and its pods look like: for a failed wait's message."""
+    dep = cluster.get("deployments.apps", cluster.ns, name) or {}
+    generation = dep.get("metadata", {}).get("generation")
+    lines = [f"Deployment {name}: generation {generation}, status {dep.get('status')}"]
+    for pod in cluster.list("pods", cluster.ns):
+        status = pod.get("status", {})
+        conditions = {c["type"]: (c["status"], c.get("reason")) for c in status.get("conditions", [])}
+        lines.append(
+            f"pod {pod['metadata']['name']}: node {pod['spec'].get('nodeName')}, "
+            f"phase {status.get('phase')}, conditions {conditions}, "
+            f"deleting {bool(pod['metadata'].get('deletionTimestamp'))}"
+        )
+    for node in cluster.list("nodes"):
+        ready = next((c for c in node["status"].get("conditions", []) if c["type"] == "Ready"), {})
+        lines.append(f"node {node['metadata']['name']}: Ready {ready.get('status')} ({ready.get('reason')})")
+    return "\n".join(lines)
 
 
 def adep_status(cluster: Cluster) -> dict[str, Any]:

@@ -1,27 +1,37 @@
-"""The operator's half of the closed loop against a real Prometheus: drift crosses the threshold in
-PromQL -> one retraining FineTuneJob -> the challenger beats the champion -> promoted and rolled out.
+"""The operator's half of the closed loop against a real Prometheus, on the real control plane: drift
+crosses the threshold in PromQL -> one retraining FineTuneJob -> its Jobs run (the real Job
+controller) and the challenger beats the champion -> promoted and rolled out (the real Deployment
+controller; the test plays the readiness prober).
 
-The serving pods are played by a prometheus_client exporter whose gauge values the test sets.
+The serving pods' metrics are played by a prometheus_client exporter whose gauge values the test sets.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from emulator import EmulatedCluster
+from adep_helpers import (
+    ADEP,
+    active_version,
+    ready_pods,
+    reasons,
+    succeeded_finetunejob,
+    wait_adep,
+    wait_deployment,
+    wait_template_version,
+)
+from controlplane import Cluster
+from ftj_helpers import ROOT, TIMEOUT, bind_claims, finish_job, wait_pod
+from operator_process import Operator
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from promserver import Prometheus, free_port
-from test_operator_adapterdeployment import play_deployment_controller, succeeded_finetunejob, wait_adep
-from test_operator_finetunejob import NS, TIMEOUT, Operator, finish_job, run_pod, wait_job
 
 from kubetune.api import telemetry
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian prometheus not installed")
 
 
@@ -53,7 +63,7 @@ class FakeServerMetrics:
         self.server.shutdown()
 
 
-def apply_adep(cluster: EmulatedCluster, prometheus: Prometheus) -> None:
+def apply_adep(cluster: Cluster, prometheus: Prometheus) -> None:
     doc = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents.yaml").read_text())
     doc["spec"]["monitoring"] = {
         "prometheusUrl": prometheus.url,
@@ -72,43 +82,44 @@ def apply_adep(cluster: EmulatedCluster, prometheus: Prometheus) -> None:
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
 
 
-def test_drift_in_prometheus_triggers_one_retrain_that_is_promoted(
-    cluster: EmulatedCluster, operator: Operator, prometheus: Prometheus, metrics: FakeServerMetrics
-) -> None:
+def serving_champion(cluster: Cluster, operator: Operator, prometheus: Prometheus) -> str:
+    """The support-intents adapter serving on ready pods, with monitoring and retraining on."""
+    bind_claims(cluster)
     succeeded_finetunejob(cluster, "sha256:" + "aa" * 32)
     apply_adep(cluster, prometheus)
-    cluster.wait_for(
-        lambda: cluster.get("deployments.apps", NS, "support-intents-server"),
-        timeout=TIMEOUT,
-        message="Deployment",
-    )
-    play_deployment_controller(cluster, ready=2)
+    wait_deployment(cluster)
+    ready_pods(cluster)
     champion = "support-intents-aaaaaaaa"
     wait_adep(
-        cluster, operator, lambda s: (s.get("activeAdapter") or {}).get("version") == champion, "Available"
+        cluster,
+        operator,
+        lambda s: active_version(s) == champion and s.get("phase") == "Available",
+        "Available",
     )
+    return champion
+
+
+def test_drift_in_prometheus_triggers_one_retrain_that_is_promoted(
+    cluster: Cluster, operator: Operator, prometheus: Prometheus, metrics: FakeServerMetrics
+) -> None:
+    champion = serving_champion(cluster, operator, prometheus)
 
     # In-distribution traffic: evaluated, no breach, no retrain.
     metrics.set(champion, drift=0.05, window=300, accuracy=0.95, feedback=120)
-    calm = wait_adep(
-        cluster,
-        operator,
-        lambda s: s.get("drift") is not None,
-        "first evaluation",
-    )
+    calm = wait_adep(cluster, operator, lambda s: s.get("drift") is not None, "first evaluation")
     assert calm["drift"] == pytest.approx(0.05)
     assert next(c for c in calm["conditions"] if c["type"] == "Drifted")["status"] == "False"
+    assert not calm.get("retrains")
 
     # Drift: held above 0.2 for longer than forSeconds, with enough inputs in the window.
     metrics.set(champion, drift=0.45, window=300, accuracy=0.62, feedback=0)
-    drifted = cluster.wait_for(
-        lambda: (s := cluster.get("adep", NS, "support-intents")["status"]).get("retrains") and s,
-        timeout=40,
-        message="a retrain record",
-    )
+    drifted = wait_adep(cluster, operator, lambda s: s.get("retrains"), "a retrain record", timeout=40)
     (record,) = drifted["retrains"]
-    child = cluster.get("ftj", NS, record["fineTuneJob"])
-    assert child is not None and child["metadata"]["ownerReferences"][0]["kind"] == "AdapterDeployment"
+    name = record["fineTuneJob"]
+    child = cluster.get("ftj", cluster.ns, name)
+    assert child is not None
+    (owner,) = child["metadata"]["ownerReferences"]
+    assert owner["kind"] == "AdapterDeployment" and owner["name"] == ADEP
     trigger = json.loads(child["metadata"]["annotations"]["kubetune.dev/triggered-by"])
     assert trigger["breach"] == "drift" and trigger["champion"] == champion and trigger["drift"] >= 0.2
     assert (
@@ -120,86 +131,53 @@ def test_drift_in_prometheus_triggers_one_retrain_that_is_promoted(
 
     # Still drifted on later evaluations: never a second retrain for the same breach.
     before = drifted["lastEvaluated"]
-    cluster.wait_for(
-        lambda: cluster.get("adep", NS, "support-intents")["status"]["lastEvaluated"] != before,
-        timeout=20,
-        message="another evaluation",
-    )
-    retrains = cluster.list("ftj", NS, label_selector="kubetune.dev/adapterdeployment=support-intents")
-    assert [r["metadata"]["name"] for r in retrains] == [record["fineTuneJob"]]
+    wait_adep(cluster, operator, lambda s: s["lastEvaluated"] != before, "another evaluation", timeout=20)
+    retrains = cluster.list("ftj", cluster.ns, label_selector=f"kubetune.dev/adapterdeployment={ADEP}")
+    assert [r["metadata"]["name"] for r in retrains] == [name]
 
-    # The retrain runs (the test plays the Job controller) and beats the champion on the fresh hold-out.
-    name = record["fineTuneJob"]
-    finish_job(cluster, wait_job(cluster, f"{name}-validate")["metadata"]["name"], ok=True)
-    tjob = wait_job(cluster, f"{name}-train")
+    # The retrain runs (the real Job controller, its pods ended as a kubelet reports it) and beats
+    # the champion on the fresh hold-out.
+    finish_job(cluster, f"{name}-validate")
     result: dict[str, Any] = {
         "adapterUri": f"pvc://kubetune-output/support-intents/{name}",
         "digest": "sha256:" + "bb" * 32,
         "metrics": {"after_accuracy": 0.91, "champion_accuracy": 0.64},
     }
-    run_pod(cluster, tjob, "t1", phase="Succeeded", termination=result)
-    finish_job(cluster, tjob["metadata"]["name"], ok=True)
+    finish_job(cluster, f"{name}-train", 0, result)
     promoted = wait_adep(cluster, operator, lambda s: s.get("promoted") == name, "promoted")
     assert promoted["retrains"][0]["outcome"] == "Promoted"
     assert promoted["retrains"][0]["challenger"] == 0.91 and promoted["retrains"][0]["champion"] == 0.64
     new_version = f"{name}-bbbbbbbb"
-    cluster.wait_for(
-        lambda: (
-            cluster.get("deployments.apps", NS, "support-intents-server")["spec"]["template"]["metadata"][
-                "annotations"
-            ]["kubetune.dev/adapter-version"]
-            == new_version
-        ),
-        timeout=TIMEOUT,
-        message="promoted adapter rolled out",
-    )
-    play_deployment_controller(cluster, ready=2)
+    wait_template_version(cluster, new_version)  # the promoted adapter rolls out
+    ready_pods(cluster)
     live = wait_adep(
         cluster,
         operator,
-        lambda s: (s.get("activeAdapter") or {}).get("version") == new_version,
+        lambda s: active_version(s) == new_version and s.get("phase") == "Available",
         "challenger serving",
     )
     assert live["activeAdapter"]["uri"] == result["adapterUri"]
     wanted = {"Retraining", "Promoted", "RolledOut"}
-    cluster.wait_for(
-        lambda: wanted <= {e["reason"] for e in cluster.events(NS, "support-intents")},
-        timeout=TIMEOUT,
-        message=f"events {wanted}",
-    )
+    cluster.wait_for(lambda: wanted <= reasons(cluster), timeout=TIMEOUT, message=f"events {wanted}")
 
 
 def test_retrain_now_annotation_starts_one_retrain_per_request(
-    cluster: EmulatedCluster, operator: Operator, prometheus: Prometheus
+    cluster: Cluster, operator: Operator, prometheus: Prometheus
 ) -> None:
-    succeeded_finetunejob(cluster, "sha256:" + "aa" * 32)
-    apply_adep(cluster, prometheus)
-    cluster.wait_for(
-        lambda: cluster.get("deployments.apps", NS, "support-intents-server"),
-        timeout=TIMEOUT,
-        message="Deployment",
-    )
-    play_deployment_controller(cluster, ready=2)
-    wait_adep(cluster, operator, lambda s: s.get("activeAdapter"), "Available")
-    cluster.kubectl(
-        "annotate", "adep", "support-intents", "kubetune.dev/retrain-requested=2026-11-22T10:00:00Z"
-    )
+    serving_champion(cluster, operator, prometheus)
+    cluster.kubectl("annotate", "adep", ADEP, "kubetune.dev/retrain-requested=2026-11-22T10:00:00Z")
     status = wait_adep(
         cluster, operator, lambda s: s.get("lastRetrainRequest") == "2026-11-22T10:00:00Z", "request handled"
     )
     (record,) = status["retrains"]
     assert record["trigger"] == "manual request 2026-11-22T10:00:00Z"
-    trigger = json.loads(
-        cluster.get("ftj", NS, record["fineTuneJob"])["metadata"]["annotations"]["kubetune.dev/triggered-by"]
-    )
+    child = cluster.get("ftj", cluster.ns, record["fineTuneJob"])
+    assert child is not None
+    trigger = json.loads(child["metadata"]["annotations"]["kubetune.dev/triggered-by"])
     assert trigger["breach"] == "manual"
     # The same value is never handled twice; a second request while one runs is refused, visibly.
     cluster.kubectl(
-        "annotate",
-        "--overwrite",
-        "adep",
-        "support-intents",
-        "kubetune.dev/retrain-requested=2026-11-22T11:00:00Z",
+        "annotate", "--overwrite", "adep", ADEP, "kubetune.dev/retrain-requested=2026-11-22T11:00:00Z"
     )
     refused = wait_adep(
         cluster,
@@ -211,8 +189,12 @@ def test_retrain_now_annotation_starts_one_retrain_per_request(
     cond = next(c for c in refused["conditions"] if c["type"] == "Retraining")
     assert cond["status"] == "True"  # the running retrain is still what the condition shows
     rejected = cluster.wait_for(
-        lambda: [e for e in cluster.events(NS, "support-intents") if e["reason"] == "RetrainRequestRejected"],
+        lambda: [e for e in cluster.events(cluster.ns, ADEP) if e["reason"] == "RetrainRequestRejected"],
         timeout=TIMEOUT,
         message="rejection event",
     )
     assert "already running" in rejected[0]["message"]
+    retrains = cluster.list("ftj", cluster.ns, label_selector=f"kubetune.dev/adapterdeployment={ADEP}")
+    assert [r["metadata"]["name"] for r in retrains] == [record["fineTuneJob"]]
+    # The one retrain really runs: the real Job controller made its validation pod.
+    assert wait_pod(cluster, f"{record['fineTuneJob']}-validate")["status"]["phase"] == "Running"
