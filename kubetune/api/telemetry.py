@@ -20,6 +20,7 @@ ERRORS_TOTAL = "kubetune_errors_total"  # counter {adapter, version}
 REQUEST_LATENCY = "kubetune_request_duration_seconds"  # histogram {adapter, version}
 IN_FLIGHT = "kubetune_requests_in_flight"  # gauge {adapter, version}
 TOKENS_TOTAL = "kubetune_tokens_total"  # counter {adapter, version}
+REVIEW_QUEUE = "kubetune_review_queue_length"  # gauge {adapter}: inputs waiting for a person's label
 
 DriftKind = Literal["label_psi", "length_psi", "confidence_drop", "embedding_cosine", "embedding_mmd"]
 DRIFT_KINDS: tuple[DriftKind, ...] = (

@@ -6,6 +6,7 @@ pod loads at start-up, so nothing loaded here is lost on a restart that the spec
 
 from __future__ import annotations
 
+import base64
 import hmac
 from typing import Any
 
@@ -22,18 +23,33 @@ from kubetune_trainer.serve.state import ServerState, server_state
 router = APIRouter(prefix="/admin")
 
 
-def _authorized(request: Request) -> ServerState:
+def authorized(request: Request) -> ServerState:
     s = server_state(request)
     token = s.config.admin_token
     if token is None:
         raise AdminDisabledError("the admin API is disabled: KUBETUNE_ADMIN_TOKEN is not set")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.encode(), token.get_secret_value().encode()
-    ):
+    given = presented_token(request.headers.get("authorization", ""))
+    if given is None or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
         raise AuthenticationError("missing or wrong bearer token for /admin")
     s.require_ready()
     return s
+
+
+def presented_token(authorization: str) -> str | None:
+    """The token of `Bearer <token>`, or the password of `Basic base64(user:token)` (a browser).
+
+    >>> presented_token("Basic " + base64.b64encode(b"admin:s3cret").decode())
+    's3cret'
+    """
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer":
+        return value
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return None
 
 
 def describe(adapter: LoadedAdapter) -> dict[str, Any]:
@@ -49,7 +65,7 @@ def describe(adapter: LoadedAdapter) -> dict[str, Any]:
 @router.post("/adapters")
 async def load_adapter(body: AdapterLoadRequest, request: Request) -> dict[str, Any]:
     """Load name@version (warmed up before `name` routes to it); by default unload older versions."""
-    s = _authorized(request)
+    s = authorized(request)
     try:
         spec = AdapterSpec(name=body.name, version=body.version, uri=body.uri)
     except ValidationError as err:
@@ -73,7 +89,7 @@ async def load_adapter(body: AdapterLoadRequest, request: Request) -> dict[str, 
 @router.delete("/adapters")
 async def unload_adapter(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
     """Unload name@version, or every version of `name`; the weights are freed, not just hidden."""
-    s = _authorized(request)
+    s = authorized(request)
     before = s.registry.parameter_count()
     unloaded = await s.worker.call(s.registry.unload, name, version)
     s.unwatch(unloaded)

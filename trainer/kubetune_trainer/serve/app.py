@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kubetune_trainer.serve import admin, routes
+from kubetune_trainer.serve import admin, review_routes, routes
 from kubetune_trainer.serve.adapters import AdapterRegistry, Target
 from kubetune_trainer.serve.batching import Batcher, ModelWorker
 from kubetune_trainer.serve.config import ServeConfig
@@ -26,6 +26,7 @@ from kubetune_trainer.serve.errors import error_body, install_error_handlers
 from kubetune_trainer.serve.feedback import FeedbackStore
 from kubetune_trainer.serve.fresh import FreshDataWriter, InputMemory
 from kubetune_trainer.serve.metrics import ServeMetrics
+from kubetune_trainer.serve.review import ReviewQueue
 from kubetune_trainer.serve.state import ServerState, server_state
 
 log = logging.getLogger("kubetune.serve")
@@ -115,6 +116,7 @@ def create_app(config: ServeConfig, registry: AdapterRegistry | None = None) -> 
     app.add_middleware(RequestIdMiddleware)
     app.include_router(routes.router)
     app.include_router(admin.router)
+    app.include_router(review_routes.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route("/readyz", readyz, methods=["GET"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])
@@ -140,6 +142,16 @@ def monitoring_parts(config: ServeConfig, metrics: ServeMetrics) -> dict[str, An
             Path(config.locate(monitoring.fresh_data_uri)), monitoring.fresh_max_rows
         )
         parts["inputs"] = InputMemory()
+        review = monitoring.review
+        if review.enabled:
+            parts["review"] = ReviewQueue(
+                parts["fresh"].directory,
+                metrics.review_queue,
+                review.margin_threshold,
+                review.novelty_threshold,
+                review.max_items,
+                review.clusters,
+            )
     return parts
 
 

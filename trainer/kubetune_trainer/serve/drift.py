@@ -246,6 +246,11 @@ class DriftMonitor:
     def watching(self, adapter: str, version: str) -> bool:
         return (adapter, version) in self._windows
 
+    def reference_sample(self, adapter: str, version: str) -> np.ndarray | None:
+        """The reference embedding sample of a watched version (the review queue's novelty)."""
+        window = self._windows.get((adapter, version))
+        return window.reference.sample if window is not None and window.reference.sample.size else None
+
     def observe(
         self,
         adapter: str,

@@ -22,6 +22,7 @@ class ServeError(Exception):
     status = 400
     type = "invalid_request_error"
     code: str | None = None
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -55,6 +56,8 @@ class AuthenticationError(ServeError):
     status = 401
     type = "authentication_error"
     code = "invalid_admin_token"
+    # A browser asks for the token (as the password) and sends it on every /admin request after.
+    headers = {"WWW-Authenticate": 'Basic realm="kubetune admin", charset="UTF-8"'}
 
 
 class AdminDisabledError(ServeError):
@@ -94,7 +97,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServeError)
     async def _serve_error(_: Request, err: ServeError) -> JSONResponse:
-        return JSONResponse(error_body(err.message, err.type, err.code, err.param), status_code=err.status)
+        body = error_body(err.message, err.type, err.code, err.param)
+        return JSONResponse(body, status_code=err.status, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:

@@ -52,6 +52,9 @@ class ServeMetrics:
             registry=r,
         )
         self.drift_window = Gauge(names.DRIFT_WINDOW, "Inputs in the drift window.", LABELS, registry=r)
+        self.review_queue = Gauge(
+            names.REVIEW_QUEUE, "Inputs waiting in the review queue.", ("adapter",), registry=r
+        )
 
     @contextmanager
     def track(self, labels: tuple[str, str]) -> Iterator[None]:

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from kubetune_trainer.serve import review_routes
 from kubetune_trainer.serve.adapters import Target
 from kubetune_trainer.serve.errors import (
     ContextLengthError,
@@ -77,6 +78,8 @@ async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         s.metrics.tokens.labels(*served.label_values).inc(sum(lengths))
         s.feedback.remember(request.state.request_id, Prediction(*served.label_values, tuple(predicted)))
         _monitor(s, request.state.request_id, body, served, predicted, rows, lengths)
+        found = review_routes.signals(s, served, rows)
+        await review_routes.capture(s, body, served, list(labels), rows, found)
     return {
         "id": f"clf-{request.state.request_id}",
         "object": "classification",
@@ -84,8 +87,13 @@ async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         "model": body.model,
         "system_fingerprint": served.served_id,
         "data": [
-            {"index": i, "label": label, "probabilities": dict(zip(labels, r.probabilities, strict=True))}
-            for i, (label, r) in enumerate(zip(predicted, rows, strict=True))
+            {
+                "index": i,
+                "label": label,
+                "probabilities": dict(zip(labels, r.probabilities, strict=True)),
+                **sig.wire(),
+            }
+            for i, (label, r, sig) in enumerate(zip(predicted, rows, found, strict=True))
         ],
         "usage": {"prompt_tokens": sum(lengths), "total_tokens": sum(lengths)},
     }

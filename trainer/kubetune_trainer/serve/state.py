@@ -16,6 +16,7 @@ from kubetune_trainer.serve.errors import NotReadyError
 from kubetune_trainer.serve.feedback import FeedbackStore
 from kubetune_trainer.serve.fresh import FreshDataWriter, InputMemory
 from kubetune_trainer.serve.metrics import ServeMetrics
+from kubetune_trainer.serve.review import ReviewQueue
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ServerState:
     drift: DriftMonitor | None = None  # sequence-classification with monitoring.enabled
     fresh: FreshDataWriter | None = None  # monitoring.freshDataUri set
     inputs: InputMemory | None = None  # request id -> inputs, only while fresh data is kept
+    review: ReviewQueue | None = None  # uncertain/novel inputs for a person, beside the fresh data
     ready: bool = False  # base + every declared adapter loaded and warmed up
     draining: bool = False  # SIGTERM received
     startup_error: str | None = None

@@ -1,0 +1,199 @@
+"""The review queue: served inputs a person should label, kept beside the fresh data.
+
+An input joins when its margin (top-1 minus top-2 probability) is below `marginThreshold` or its
+novelty (cosine distance to the nearest reference embedding) is above `noveltyThreshold`.
+Layout, next to fresh.py's train/holdout files: <dir>/<adapter>/review.jsonl (queued items, one JSON
+object a line: text, metadata scrubbed like fresh data, top-2 guesses, margin, novelty, embedding)
+and <dir>/<adapter>/review-done.jsonl (ids labelled or skipped). An item id is the sha256 of the
+text, so the same text is queued once per adapter (across versions and, through the files, pods).
+Bounded: past `maxItems` waiting items the oldest are dropped when the file is compacted. A label
+goes to the fresh dataset (FreshDataWriter), where the retraining loop reads it with
+retraining.freshDataWeight.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import Gauge
+
+from kubetune_trainer.serve.selection import Rule, order_for_labelling
+
+QUEUE_FILE = "review.jsonl"
+DONE_FILE = "review-done.jsonl"
+COMPACT_SLACK = 0.1
+DONE_MEMORY = 10  # review-done.jsonl keeps the newest DONE_MEMORY x maxItems decisions (dedup memory)
+
+
+def item_id(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    id: str
+    text: str
+    adapter: str
+    version: str
+    guesses: list[tuple[str, float]]  # top-2 (label, probability), most likely first
+    margin: float
+    novelty: float | None
+    reasons: list[str]  # "uncertain" and/or "novel"
+    queued_at: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    embedding: list[float] | None = None
+
+    def public(self) -> dict[str, Any]:
+        """What the review page and `kubectl kubetune review` show (no embedding)."""
+        return {
+            "id": self.id,
+            "text": self.text,
+            "model": f"{self.adapter}@{self.version}",
+            "guesses": [{"label": label, "probability": round(p, 4)} for label, p in self.guesses],
+            "margin": round(self.margin, 4),
+            "novelty": None if self.novelty is None else round(self.novelty, 4),
+            "reasons": self.reasons,
+            "queuedAt": self.queued_at,
+        }
+
+
+class ReviewQueue:
+    """Per-adapter queue files under `directory`; safe for threads here and pods on the same volume."""
+
+    def __init__(
+        self,
+        directory: Path,
+        gauge: Gauge,
+        margin_threshold: float,
+        novelty_threshold: float,
+        max_items: int,
+        clusters: int,
+    ) -> None:
+        self.directory = directory
+        self.gauge = gauge
+        self.margin_threshold = margin_threshold
+        self.novelty_threshold = novelty_threshold
+        self.max_items = max_items
+        self.clusters = clusters
+        self._lock = threading.Lock()
+        self._seen: dict[str, set[str]] = {}  # adapter -> ids queued or done, as of our last read
+
+    def reasons(self, margin: float, novelty: float | None) -> list[str]:
+        """Why an input should be reviewed (empty: it should not)."""
+        out = ["uncertain"] if margin < self.margin_threshold else []
+        if novelty is not None and novelty > self.novelty_threshold:
+            out.append("novel")
+        return out
+
+    @contextmanager
+    def _locked(self, adapter: str) -> Iterator[Path]:
+        folder = self.directory / adapter
+        with self._lock:
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder / ".lock").open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    yield folder
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def add(self, items: list[ReviewItem]) -> int:
+        """Queue new items (all of one adapter); known texts are skipped. Returns how many joined."""
+        if not items:
+            return 0
+        adapter = items[0].adapter
+        with self._locked(adapter) as folder:
+            seen = self._seen.get(adapter)
+            if seen is None:
+                queued, done = _read_queue(folder), _read_done(folder)
+                seen = self._seen[adapter] = {i.id for i in queued} | set(done)
+            fresh = []
+            with (folder / QUEUE_FILE).open("a", encoding="utf-8") as f:
+                for item in items:
+                    if item.id not in seen:  # also a text sent twice in one request
+                        f.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+                        seen.add(item.id)
+                        fresh.append(item)
+            waiting = self._compact(folder)
+        self.gauge.labels(adapter).set(waiting)
+        return len(fresh)
+
+    def _compact(self, folder: Path) -> int:
+        """Drop done items and, past max_items waiting, the oldest; returns the number waiting."""
+        done_path = folder / DONE_FILE
+        if done_path.is_file() and done_path.read_bytes().count(b"\n") > 2 * DONE_MEMORY * self.max_items:
+            newest = done_path.read_bytes().splitlines(keepends=True)[-DONE_MEMORY * self.max_items :]
+            tmp = folder / f".{DONE_FILE}.{os.getpid()}.tmp"
+            tmp.write_bytes(b"".join(newest))
+            os.replace(tmp, done_path)
+        done = _read_done(folder)
+        queued = [i for i in _read_queue(folder) if i.id not in done]
+        lines = (folder / QUEUE_FILE).read_bytes().count(b"\n")
+        if lines > self.max_items * (1 + COMPACT_SLACK) or lines > 2 * max(1, len(queued)):
+            kept = queued[-self.max_items :]
+            tmp = folder / f".{QUEUE_FILE}.{os.getpid()}.tmp"
+            tmp.write_text("".join(json.dumps(asdict(i), ensure_ascii=False) + "\n" for i in kept))
+            os.replace(tmp, folder / QUEUE_FILE)
+            return len(kept)
+        return min(len(queued), self.max_items)
+
+    def pending(self, adapter: str, rule: Rule = "diverse", limit: int | None = None) -> list[ReviewItem]:
+        """Waiting items in the order to label them (see selection.order_for_labelling)."""
+        with self._locked(adapter) as folder:
+            done = _read_done(folder)
+            queued = _read_queue(folder)
+            self._seen[adapter] = {i.id for i in queued} | set(done)
+        latest = {i.id: i for i in queued if i.id not in done}
+        items = list(latest.values())[-self.max_items :]
+        self.gauge.labels(adapter).set(len(items))
+        embedded = all(i.embedding for i in items) and len({len(i.embedding or []) for i in items}) == 1
+        embeddings = np.asarray([i.embedding for i in items]) if items and embedded else None
+        order = order_for_labelling([i.margin for i in items], embeddings, rule, self.clusters)
+        return [items[i] for i in order][:limit]
+
+    def resolve(self, adapter: str, id_: str, label: str | None) -> ReviewItem | None:
+        """Mark an item labelled (or skipped, label None); returns it, or None when not waiting."""
+        with self._locked(adapter) as folder:
+            done = _read_done(folder)
+            item = next((i for i in _read_queue(folder) if i.id == id_ and i.id not in done), None)
+            if item is None:
+                return None
+            record = {"id": id_, "label": label, "at": time.time()}
+            with (folder / DONE_FILE).open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            self._seen.setdefault(adapter, set()).add(id_)
+            waiting = self._compact(folder)
+        self.gauge.labels(adapter).set(waiting)
+        return item
+
+
+def _read_queue(folder: Path) -> list[ReviewItem]:
+    path = folder / QUEUE_FILE
+    if not path.is_file():
+        return []
+    items = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            row["guesses"] = [tuple(g) for g in row["guesses"]]
+            items.append(ReviewItem(**row))
+    return items
+
+
+def _read_done(folder: Path) -> dict[str, str | None]:
+    path = folder / DONE_FILE
+    if not path.is_file():
+        return {}
+    rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {row["id"]: row["label"] for row in rows}
