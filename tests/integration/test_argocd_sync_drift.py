@@ -1,9 +1,15 @@
-"""Argo CD would not show the example app OutOfSync forever: apply the example manifests, let the real
-operator act on them, then compare the live objects with Argo CD's prediction (the manifest as the API
-server defaults it: a server-side dry-run create) after the app's ignoreDifferences rules.
+"""Argo CD would not show the example app OutOfSync forever: sync the example manifests the way Argo CD
+does (server-side apply, field manager argocd-controller), let the real operator act on them, then
+diff them the way Argo CD's ServerSideDiff=true does, against the real API server.
 
-Everything the operator or the API server adds must be either a schema default (in the prediction)
-or covered by an ignore rule (status, kubetune.dev/* annotations); anything else is a sync loop.
+Two views, both after the app's ignoreDifferences rules:
+- the server-side diff: a server-side apply dry run of the Git manifest over the live object
+  (``kubectl diff --server-side`` and ``kubectl apply --server-side --dry-run=server``) predicts no
+  change, so the operator never rewrote a field that Git owns;
+- the fresh prediction: the manifest as the server would store it when first created (its schema
+  defaults applied) equals the live object, so everything the operator or the API server added is
+  either a schema default or covered by an ignore rule (status, finalizers, kubetune.dev/*
+  annotations); anything else would be a sync loop for a client-side diff or a re-created app.
 """
 
 from __future__ import annotations
@@ -15,13 +21,19 @@ from typing import Any
 
 import jq
 import yaml
-from emulator import EmulatedCluster
-from test_operator_finetunejob import NS, TIMEOUT, Operator
+from controlplane import Cluster
+from ftj_helpers import TIMEOUT, bind_claims, wait_job
+from operator_process import Operator
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/argocd/support-intents"
 APP = yaml.safe_load((ROOT / "examples/argocd/apps/support-intents.yaml").read_text())
+MANAGER = "--field-manager=argocd-controller"
 SERVER_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "namespace")
+MANIFESTS = {
+    "finetunejobs.kubetune.dev": EXAMPLE / "finetunejob.yaml",
+    "adapterdeployments.kubetune.dev": EXAMPLE / "adapterdeployment.yaml",
+}
 
 
 def normalize(obj: dict[str, Any]) -> dict[str, Any]:
@@ -46,56 +58,82 @@ def normalize(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def predicted(cluster: EmulatedCluster, manifest: Path) -> dict[str, Any]:
-    """The manifest as the API server would store it (defaults applied), via a server-side dry run."""
+def dry_run_apply(cluster: Cluster, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a server-side apply of ``manifest`` by Argo CD would leave stored (nothing is written)."""
     result = cluster.kubectl(
-        "create", "--dry-run=server", "-n", NS, "-f", str(manifest), "-o", "json", check=False
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        MANAGER,
+        "-f",
+        "-",
+        "-o",
+        "json",
+        input=yaml.safe_dump(manifest),
     )
-    if result.returncode != 0 and "AlreadyExists" in result.stderr:
-        doc = yaml.safe_load(manifest.read_text())
-        doc["metadata"]["name"] += "-prediction"
-        result = cluster.kubectl(
-            "create", "--dry-run=server", "-n", NS, "-f", "-", "-o", "json", input=yaml.safe_dump(doc)
-        )
-        obj = json.loads(result.stdout)
-        obj["metadata"]["name"] = obj["metadata"]["name"].removesuffix("-prediction")
-        return obj
     return json.loads(result.stdout)
 
 
-def test_operator_and_defaults_leave_the_example_app_in_sync(
-    cluster: EmulatedCluster, operator: Operator
-) -> None:
-    manifests = {kind: EXAMPLE / f"{kind.lower()}.yaml" for kind in ("FineTuneJob", "AdapterDeployment")}
-    for path in manifests.values():
-        cluster.kubectl(
-            "apply", "--server-side", "--field-manager=argocd-controller", "-n", NS, "-f", str(path)
+def fresh_prediction(cluster: Cluster, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as the server would store it on a first sync: the same dry run under a name that
+    does not exist yet, so that nothing live is merged in."""
+    doc = copy.deepcopy(manifest)
+    name = doc["metadata"]["name"]
+    doc["metadata"]["name"] = f"{name}-prediction"
+    predicted = dry_run_apply(cluster, doc)
+    assert predicted["metadata"]["uid"] and "status" not in predicted, "not a create: the prediction is void"
+    predicted["metadata"]["name"] = name
+    return predicted
+
+
+def operator_acted(live: dict[str, Any]) -> bool:
+    annotations = live["metadata"].get("annotations", {})
+    return bool(
+        live.get("status", {}).get("phase")
+        and any(k.startswith("kubetune.dev/") for k in annotations)
+        and live["metadata"].get("finalizers")
+    )
+
+
+def test_operator_and_defaults_leave_the_example_app_in_sync(cluster: Cluster, operator: Operator) -> None:
+    bind_claims(cluster)
+    for path in MANIFESTS.values():
+        cluster.kubectl("apply", "--server-side", MANAGER, "-f", str(path))
+    manifests = {resource: yaml.safe_load(path.read_text()) for resource, path in MANIFESTS.items()}
+
+    # Let the operator act: Kopf's annotations and finalizer, the status, the children.
+    for resource, manifest in manifests.items():
+        name = manifest["metadata"]["name"]
+        try:
+            cluster.wait_for(
+                lambda r=resource, n=name: (o := cluster.get(r, cluster.ns, n)) and operator_acted(o) and o,
+                timeout=TIMEOUT,
+                message=f"operator acted on {resource}/{name}",
+            )
+        except AssertionError:
+            print(operator.logs()[-6000:])
+            raise
+    wait_job(cluster, "support-intents-validate")  # the operator did its work, not just its bookkeeping
+
+    for resource, manifest in manifests.items():
+        # The state may still move (status, annotations): read once, then compare everything with it.
+        current = cluster.get(resource, cluster.ns, manifest["metadata"]["name"])
+        assert current is not None
+        fresh = fresh_prediction(cluster, manifest)
+        # What the operator wrote is there live and absent from Git's prediction: the ignore rules matter.
+        assert operator_acted(current) and not operator_acted(fresh), "the test would prove nothing"
+
+        over_live = dry_run_apply(cluster, manifest)
+        assert normalize(over_live) == normalize(current), (
+            f"{resource}: a sync would change the live object:\n"
+            f"live:      {normalize(current)}\nafter sync: {normalize(over_live)}"
         )
-    ftj_name = yaml.safe_load(manifests["FineTuneJob"].read_text())["metadata"]["name"]
-    adep_name = yaml.safe_load(manifests["AdapterDeployment"].read_text())["metadata"]["name"]
-    # Let the operator act: Kopf's annotations, the status, the children.
-    cluster.wait_for(
-        lambda: (
-            (o := cluster.get("ftj", NS, ftj_name))
-            and o.get("status", {}).get("phase")
-            and any(k.startswith("kubetune.dev/") for k in o["metadata"].get("annotations", {}))
-        ),
-        timeout=TIMEOUT,
-        message="operator acted on the FineTuneJob",
-    )
-    cluster.wait_for(
-        lambda: (o := cluster.get("adep", NS, adep_name)) and o.get("status", {}).get("phase"),
-        timeout=TIMEOUT,
-        message="operator acted on the AdapterDeployment",
-    )
-    for kind, path in manifests.items():
-        resource = "ftj" if kind == "FineTuneJob" else "adep"
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        live = cluster.get(resource, NS, name)
-        assert live is not None
-        assert (
-            live.get("status")
-            and any(k.startswith("kubetune.dev/") for k in live["metadata"].get("annotations", {}))
-        ) or kind == "AdapterDeployment", "the operator wrote nothing: the test proves nothing"
-        want, have = normalize(predicted(cluster, path)), normalize(live)
-        assert have == want, f"{kind} would show OutOfSync:\nlive:      {have}\npredicted: {want}"
+        assert normalize(current) == normalize(fresh), (
+            f"{resource} would show OutOfSync:\n"
+            f"live:      {normalize(current)}\npredicted: {normalize(fresh)}"
+        )
+
+        diff = cluster.kubectl("diff", "--server-side", MANAGER, "-f", str(MANIFESTS[resource]), check=False)
+        assert diff.returncode == 0 and diff.stdout == "", (
+            f"kubectl diff --server-side {resource} ({diff.returncode}):\n{diff.stdout}{diff.stderr}"
+        )

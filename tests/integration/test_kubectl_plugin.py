@@ -1,93 +1,120 @@
-"""`kubectl kubetune` through the real kubectl plugin mechanism against the emulated cluster.
+"""`kubectl kubetune` through the real kubectl plugin mechanism against the real control plane.
 
-kubectl finds `kubectl-kubetune` on PATH (the venv's bin dir); the test writes FineTuneJobs,
-AdapterDeployments, pods, logs and events directly (no operator) and asserts what the plugin prints
-and patches.
+kubectl finds `kubectl-kubetune` on PATH (the venv's bin dir). No operator runs here: the tests play
+its output as a fixture, creating FineTuneJobs and AdapterDeployments and writing their status
+through the status subresource (our own CRs only; acceptable because nothing else writes them).
+Pods are ordinary hand-made pods that the real scheduler places on kwok's CPU nodes; the test plays
+their kubelet (what they logged via set_pod_log, served by kwok through the kubelet API to the real
+`kubectl logs`; how they ended via finish_pod). Then it asserts what the plugin prints and patches.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from emulator import EmulatedCluster
+from controlplane import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-NS = "default"
 VENV_BIN = Path(sys.executable).parent
 T0 = "2026-01-01T00:00:00Z"
+TIMEOUT = 30
 
 
-def plugin(cluster: EmulatedCluster, *args: str, env: dict[str, str] | None = None, timeout: float = 30):
+def plugin(cluster: Cluster, *args: str, env: dict[str, str] | None = None, timeout: float = 30):
     """`kubectl kubetune ARGS --kubeconfig=...` with kubectl resolving the plugin from PATH."""
+    return subprocess.run(
+        plugin_command(cluster, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=plugin_env(cluster, env),
+    )
+
+
+def plugin_command(cluster: Cluster, *args: str) -> list[str]:
     assert (VENV_BIN / "kubectl-kubetune").exists(), "the package is not installed in this environment"
+    return [cluster.kubectl_path, "kubetune", *args, f"--kubeconfig={cluster.kubeconfig}"]
+
+
+def plugin_env(cluster: Cluster, extra: dict[str, str] | None = None) -> dict[str, str]:
     base = {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "KUBECTL": cluster.kubectl_path,
     }
     base.pop("KUBECONFIG", None)
-    return subprocess.run(
-        [cluster.kubectl_path, "kubetune", *args, f"--kubeconfig={cluster.kubeconfig}"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**base, **(env or {})},
-    )
+    return {**base, **(extra or {})}
 
 
 def cond(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
     return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": T0}
 
 
-def create_ftj(cluster: EmulatedCluster, name: str, status: dict[str, Any], namespace: str = NS) -> None:
-    doc = yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())
+def create_with_status(
+    cluster: Cluster, example: str, name: str, status: dict[str, Any], namespace: str
+) -> None:
+    """Create the example under ``name``, then write its status as the operator would (the server
+    ignores ``status`` on create: it is a subresource)."""
+    doc = yaml.safe_load((ROOT / "examples" / example).read_text())
     doc["metadata"] = {"name": name, "namespace": namespace}
-    cluster.create({**doc, "status": status})
+    created = cluster.create(doc, namespace)
+    cluster.patch_status(created["kind"], namespace, name, status)
 
 
-def create_adep(cluster: EmulatedCluster, name: str, status: dict[str, Any]) -> None:
-    doc = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents.yaml").read_text())
-    doc["metadata"] = {"name": name, "namespace": NS}
-    cluster.create({**doc, "status": status})
+def create_ftj(cluster: Cluster, name: str, status: dict[str, Any], namespace: str | None = None) -> None:
+    create_with_status(cluster, "finetunejob-support-intents.yaml", name, status, namespace or cluster.ns)
+
+
+def create_adep(cluster: Cluster, name: str, status: dict[str, Any]) -> None:
+    create_with_status(cluster, "adapterdeployment-support-intents.yaml", name, status, cluster.ns)
 
 
 def create_pod(
-    cluster: EmulatedCluster,
-    job: str,
-    name: str,
-    component: str = "train",
-    terminated: dict[str, Any] | None = None,
-    log: str | None = None,
+    cluster: Cluster, job: str, name: str, component: str = "train", log: str | None = None
 ) -> None:
+    """A pod labelled like the operator's, scheduled for real onto a kwok CPU node and run by kwok;
+    ``log`` is what its trainer container printed."""
     labels = {"kubetune.dev/finetunejob": job, "app.kubernetes.io/component": component}
-    containers = [{"name": "trainer", "image": "registry.example/trainer:1"}]
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": labels},
-        "spec": {"containers": containers, "restartPolicy": "Never"},
-    }
-    if terminated is not None:
-        state = {"name": "trainer", "ready": False, "restartCount": 0, "state": {"terminated": terminated}}
-        pod["status"] = {"phase": "Failed", "containerStatuses": [state]}
-    cluster.create(pod)
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "containers": [{"name": "trainer", "image": "registry.example/trainer:1"}],
+                "restartPolicy": "Never",
+            },
+        }
+    )
+    running = cluster.wait_running(cluster.ns, name, timeout=TIMEOUT)
+    assert running["spec"]["nodeName"].startswith("kwok-cpu-"), running["spec"]["nodeName"]
     if log is not None:
-        cluster.set_pod_log(NS, name, log, container="trainer")
+        cluster.set_pod_log(cluster.ns, name, log, container="trainer")
 
 
-def spec_of(cluster: EmulatedCluster, resource: str, name: str) -> dict[str, Any]:
-    obj = cluster.get(resource, NS, name)
+def spec_of(cluster: Cluster, resource: str, name: str) -> dict[str, Any]:
+    obj = cluster.get(resource, cluster.ns, name)
     assert obj is not None
     return obj["spec"]
+
+
+@pytest.fixture
+def other_namespace(cluster: Cluster) -> Iterator[str]:
+    """A second namespace, beside the test's own (the kubeconfig's context does not point there)."""
+    name = f"{cluster.ns}-other"
+    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 RUNNING = {"phase": "Running", "message": "step 40/120, loss 0.5123", "progress": "40/120", "loss": 0.5123}
@@ -102,12 +129,11 @@ ADEP_STATUS = {
 }
 
 
-def test_get_shows_progress_bars_accuracy_and_adapters(cluster: EmulatedCluster) -> None:
+def test_get_shows_progress_bars_accuracy_and_adapters(cluster: Cluster, other_namespace: str) -> None:
     create_ftj(cluster, "intents-a", RUNNING)
     create_ftj(cluster, "intents-b", SUCCEEDED)
     create_adep(cluster, "support-intents", ADEP_STATUS)
-    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}})
-    create_ftj(cluster, "elsewhere", {"phase": "Pending"}, namespace="team-a")
+    create_ftj(cluster, "elsewhere", {"phase": "Pending"}, namespace=other_namespace)
 
     both = plugin(cluster, "get")
     assert both.returncode == 0, both.stderr
@@ -126,15 +152,16 @@ def test_get_shows_progress_bars_accuracy_and_adapters(cluster: EmulatedCluster)
     by_name_only = plugin(cluster, "get", "support-intents")
     assert by_name_only.returncode == 0 and "ACTIVE VERSION" in by_name_only.stdout
 
-    team = plugin(cluster, "-n", "team-a", "get", "ftj")
-    assert team.returncode == 0 and "elsewhere" in team.stdout and "intents-a" not in team.stdout
+    other = plugin(cluster, "-n", other_namespace, "get", "ftj")
+    assert other.returncode == 0 and "elsewhere" in other.stdout and "intents-a" not in other.stdout
 
     every = plugin(cluster, "get", "ftj", "-A")
     assert every.stdout.splitlines()[0].startswith("NAMESPACE")
-    assert "team-a" in every.stdout and "intents-a" in every.stdout
+    rows = {tuple(line.split()[:2]) for line in every.stdout.splitlines()[1:]}
+    assert {(other_namespace, "elsewhere"), (cluster.ns, "intents-a"), (cluster.ns, "intents-b")} <= rows
 
 
-def test_errors_are_one_line_with_exit_codes(cluster: EmulatedCluster) -> None:
+def test_errors_are_one_line_with_exit_codes(cluster: Cluster) -> None:
     missing = plugin(cluster, "get", "ftj", "nope")
     assert missing.returncode == 1
     assert missing.stderr.strip() == "kubectl kubetune get: error: no FineTuneJob named nope"
@@ -154,30 +181,37 @@ def test_errors_are_one_line_with_exit_codes(cluster: EmulatedCluster) -> None:
     assert named_everywhere.returncode == 2 and "cannot be combined" in named_everywhere.stderr
 
 
-def test_watch_exits_0_when_the_job_succeeds(cluster: EmulatedCluster) -> None:
+def test_watch_prints_a_line_per_change_and_exits_0_when_the_job_succeeds(cluster: Cluster) -> None:
     create_ftj(cluster, "intents", RUNNING)
+    # The watch runs while the test, playing the operator, moves the status on each time the watch
+    # has printed what it saw: one line per change, none for the unchanged polls in between.
+    watch = subprocess.Popen(
+        plugin_command(cluster, "watch", "intents", "--interval", "200ms", "--timeout", "60s"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=plugin_env(cluster),
+    )
+    assert watch.stdout is not None
+    try:
+        first = watch.stdout.readline()
+        cluster.patch_status("ftj", cluster.ns, "intents", {"progress": "80/120", "loss": 0.3})
+        second = watch.stdout.readline()
+        cluster.patch_status("ftj", cluster.ns, "intents", SUCCEEDED)
+        rest, stderr = watch.communicate(timeout=TIMEOUT)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, stderr
+    assert "Running  [###-------] 40/120  loss 0.5123" in first
+    assert "[######----] 80/120  loss 0.3000" in second
+    last = rest.splitlines()
+    assert len(last) == 1, rest
+    assert "Succeeded  [##########] 120/120" in last[0] and "accuracy 0.9125" in last[0]
 
-    def finish() -> None:
-        time.sleep(1.0)
-        cluster.patch_status("ftj", NS, "intents", {"progress": "80/120", "loss": 0.3})
-        time.sleep(1.0)
-        cluster.patch_status("ftj", NS, "intents", SUCCEEDED)
 
-    flipper = threading.Thread(target=finish)
-    flipper.start()
-    started = time.monotonic()
-    result = plugin(cluster, "watch", "intents", "--interval", "200ms", "--timeout", "20s")
-    flipper.join()
-    assert result.returncode == 0, result.stderr
-    assert time.monotonic() - started < 15
-    lines = result.stdout.splitlines()
-    assert "Running  [###-------] 40/120  loss 0.5123" in lines[0]
-    assert any("[######----] 80/120  loss 0.3000" in line for line in lines)
-    assert "Succeeded  [##########] 120/120" in lines[-1] and "accuracy 0.9125" in lines[-1]
-    assert len(lines) == 3  # one line per change, none for unchanged polls
-
-
-def test_watch_exits_1_on_failure_and_on_timeout(cluster: EmulatedCluster) -> None:
+def test_watch_exits_1_on_failure_and_on_timeout(cluster: Cluster) -> None:
     create_ftj(cluster, "broken", {"phase": "Failed", "message": "dataset validation failed: row 17"})
     failed = plugin(cluster, "watch", "broken")
     assert failed.returncode == 1 and "Failed" in failed.stdout and "row 17" in failed.stdout
@@ -197,7 +231,7 @@ STEP_LOG = "\n".join(
 )
 
 
-def test_logs_pretty_prints_the_newest_training_pod(cluster: EmulatedCluster) -> None:
+def test_logs_pretty_prints_the_newest_training_pod(cluster: Cluster) -> None:
     create_ftj(cluster, "intents", RUNNING)
     create_pod(cluster, "intents", "intents-validate-aaaaa", component="validate-data", log="validated\n")
     create_pod(cluster, "intents", "intents-train-aaaaa", log="old attempt\n")
@@ -212,22 +246,63 @@ def test_logs_pretty_prints_the_newest_training_pod(cluster: EmulatedCluster) ->
         "step 2/120  loss 1.8391  lr 2.00e-04",
     ]
     raw = plugin(cluster, "logs", "intents", "--raw", "--tail", "1")
-    assert raw.returncode == 0 and json.loads(raw.stdout)["step"] == 2
-
-    followed = plugin(cluster, "logs", "intents", "-f")
-    assert followed.returncode == 0 and "step 2/120" in followed.stdout
+    assert raw.returncode == 0, raw.stderr
+    assert json.loads(raw.stdout)["step"] == 2
 
 
-def test_logs_fall_back_to_the_validation_pod(cluster: EmulatedCluster) -> None:
+def test_logs_follow_streams_new_lines_until_interrupted(cluster: Cluster) -> None:
+    create_ftj(cluster, "intents", RUNNING)
+    create_pod(cluster, "intents", "intents-train-aaaaa", log=STEP_LOG + "\n")
+    follow = subprocess.Popen(
+        plugin_command(cluster, "logs", "intents", "-f"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=plugin_env(cluster),
+        start_new_session=True,  # its own process group, so that the test can press Ctrl-C on it
+    )
+    assert follow.stdout is not None
+    watchdog = threading.Timer(TIMEOUT, follow.kill)  # a hung stream ends the reads below with EOF
+    watchdog.start()
+    try:
+        seen = [follow.stdout.readline().rstrip("\n") for _ in range(4)]
+        # The trainer prints another step while the user follows: it arrives through the stream. (kwok
+        # may re-read the rewritten log file from its start, so earlier lines may come again first.)
+        step3 = json.dumps({"event": "step", "step": 3, "totalSteps": 120, "loss": 1.5, "lr": 0.0002})
+        cluster.set_pod_log(cluster.ns, "intents-train-aaaaa", f"{STEP_LOG}\n{step3}\n", container="trainer")
+        later = iter(follow.stdout.readline, "")
+        arrived = next((line.rstrip("\n") for line in later if line.startswith("step 3/")), None)
+        assert arrived == "step 3/120  loss 1.5000  lr 2.00e-04", (
+            f"the new line never came; before it: {seen}"
+        )
+        assert follow.poll() is None, "kubectl logs -f ended while the pod still runs"
+        os.killpg(follow.pid, signal.SIGINT)
+        _, stderr = follow.communicate(timeout=TIMEOUT)
+    finally:
+        watchdog.cancel()
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    assert seen == [
+        "Loading checkpoint shards: 100%",
+        "== Training",
+        "step 1/120  loss 2.0512  lr 2.00e-04",
+        "step 2/120  loss 1.8391  lr 2.00e-04",
+    ]
+    assert follow.returncode == 130 and stderr == "", stderr  # Ctrl-C: the shell's 128 + SIGINT, no traceback
+
+
+def test_logs_fall_back_to_the_validation_pod(cluster: Cluster) -> None:
     create_ftj(cluster, "fresh", {"phase": "ValidatingData"})
     none_yet = plugin(cluster, "logs", "fresh")
     assert none_yet.returncode == 1 and "no validation or training pod yet" in none_yet.stderr
     create_pod(cluster, "fresh", "fresh-validate-aaaaa", component="validate-data", log="checking rows\n")
     validating = plugin(cluster, "logs", "fresh")
-    assert validating.returncode == 0 and validating.stdout == "checking rows\n"
+    assert validating.returncode == 0, validating.stderr
+    assert validating.stdout == "checking rows\n"
 
 
-def test_suspend_and_resume_patch_spec_suspend(cluster: EmulatedCluster) -> None:
+def test_suspend_and_resume_patch_spec_suspend(cluster: Cluster) -> None:
     create_ftj(cluster, "intents", RUNNING)
     suspended = plugin(cluster, "suspend", "intents")
     assert suspended.returncode == 0, suspended.stderr
@@ -246,7 +321,7 @@ def test_suspend_and_resume_patch_spec_suspend(cluster: EmulatedCluster) -> None
     assert spec_of(cluster, "ftj", "done").get("suspend") in (None, False)
 
 
-def test_rollback_and_promote_pin_spec_adapter_version(cluster: EmulatedCluster) -> None:
+def test_rollback_and_promote_pin_spec_adapter_version(cluster: Cluster) -> None:
     create_adep(cluster, "support-intents", ADEP_STATUS)
     rolled = plugin(cluster, "rollback", "support-intents")
     assert rolled.returncode == 0, rolled.stderr
@@ -254,16 +329,15 @@ def test_rollback_and_promote_pin_spec_adapter_version(cluster: EmulatedCluster)
     assert spec_of(cluster, "adep", "support-intents")["adapter"]["version"] == "v2"
 
     promoted = plugin(cluster, "promote", "support-intents", "--version", "v3")
-    assert (
-        promoted.returncode == 0 and spec_of(cluster, "adep", "support-intents")["adapter"]["version"] == "v3"
-    )
+    assert promoted.returncode == 0, promoted.stderr
+    assert spec_of(cluster, "adep", "support-intents")["adapter"]["version"] == "v3"
 
     unknown = plugin(cluster, "promote", "support-intents", "--version", "v9")
     assert unknown.returncode == 1 and "known: v1, v2, v3" in unknown.stderr
     assert spec_of(cluster, "adep", "support-intents")["adapter"]["version"] == "v3"
 
     cleared = plugin(cluster, "promote", "support-intents", "--clear")
-    assert cleared.returncode == 0
+    assert cleared.returncode == 0, cleared.stderr
     adapter = spec_of(cluster, "adep", "support-intents")["adapter"]
     assert "version" not in adapter and adapter["fineTuneJobRef"] == {"name": "support-intents"}
 
@@ -272,7 +346,7 @@ def test_rollback_and_promote_pin_spec_adapter_version(cluster: EmulatedCluster)
     assert nothing.returncode == 1 and "no version before v1" in nothing.stderr
 
 
-def test_explain_failure_shows_condition_event_and_termination_reason(cluster: EmulatedCluster) -> None:
+def test_explain_failure_shows_condition_event_and_termination_reason(cluster: Cluster) -> None:
     message = "training failed (BackoffLimitExceeded): evaluation gate: accuracy 0.6100 < minAccuracy 0.85"
     create_ftj(
         cluster,
@@ -290,7 +364,7 @@ def test_explain_failure_shows_condition_event_and_termination_reason(cluster: E
         "apiVersion": "kubetune.dev/v1alpha1",
         "kind": "FineTuneJob",
         "name": "intents",
-        "namespace": NS,
+        "namespace": cluster.ns,
     }
     for name, obj, reason in (
         ("intents.1", involved, "BackoffLimitExceeded"),
@@ -300,26 +374,28 @@ def test_explain_failure_shows_condition_event_and_termination_reason(cluster: E
             {
                 "apiVersion": "v1",
                 "kind": "Event",
-                "metadata": {"name": name, "namespace": NS},
+                "metadata": {"name": name},
                 "involvedObject": obj,
                 "reason": reason,
                 "message": f"Running -> Failed: {reason}",
                 "type": "Warning",
                 "count": 1,
+                "firstTimestamp": T0,
                 "lastTimestamp": T0,
+                "source": {"component": "kubetune-operator"},
             }
         )
     report = {
         "reason": "evaluation gate: accuracy 0.6100 < minAccuracy 0.85",
         "metrics": {"after_accuracy": 0.61},
     }
-    terminated = {"exitCode": 4, "reason": "Error", "finishedAt": T0, "message": json.dumps(report)}
-    create_pod(cluster, "intents", "intents-train-aaaaa", terminated=terminated)
+    create_pod(cluster, "intents", "intents-train-aaaaa")
+    cluster.finish_pod(cluster.ns, "intents-train-aaaaa", exit_code=4, message=json.dumps(report))
 
     result = plugin(cluster, "explain-failure", "intents")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert out.startswith("FineTuneJob default/intents: Failed")
+    assert out.startswith(f"FineTuneJob {cluster.ns}/intents: Failed")
     assert f"BackoffLimitExceeded   {message}" in out  # the Failed condition's row
     assert "Running -> Failed: BackoffLimitExceeded" in out and "SomethingElse" not in out
     assert "pod intents-train-aaaaa, exit code 4, Error" in out
@@ -332,10 +408,11 @@ def test_explain_failure_shows_condition_event_and_termination_reason(cluster: E
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_context_flag_is_passed_to_kubectl(cluster: EmulatedCluster, where: str) -> None:
+def test_context_flag_is_passed_to_kubectl(cluster: Cluster, where: str) -> None:
     create_ftj(cluster, "intents", RUNNING)
     args = ["--context", "no-such-context", "get", "ftj"]
     if where == "after":
         args = ["get", "ftj", "--context", "no-such-context"]
     result = plugin(cluster, *args)
     assert result.returncode == 1 and "no-such-context" in result.stderr
+    assert plugin(cluster, "get", "ftj").returncode == 0  # the same call without the flag works
