@@ -36,6 +36,28 @@ class KubeError(RuntimeError):
         self.status = status
 
 
+# Answers that say "not now" rather than "no": throttling (429), an overloaded or restarting API
+# server (5xx), a write that lost a race (409 on a patch). Retried soon, never counted as a failure.
+_TRANSIENT = {429, 500, 502, 503, 504}
+_MAX_RETRY_AFTER = 60.0
+
+
+class KubeBusy(kopf.TemporaryError):
+    """The API server asked us to come back later; Kopf retries the handler after ``delay``."""
+
+    def __init__(self, status: int, message: str, delay: float) -> None:
+        super().__init__(f"HTTP {status} (retrying in {delay:g} s): {message}", delay=delay)
+        self.status = status
+
+
+def retry_delay(retry_after: str | None, default: float = 1.0) -> float:
+    """Seconds to wait from a Retry-After header (seconds form), bounded; ``default`` without one."""
+    try:
+        return min(max(float(retry_after), 0.1), _MAX_RETRY_AFTER) if retry_after else default
+    except ValueError:
+        return default
+
+
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
     plural = _PLURALS[(api_version, kind)]
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
@@ -75,8 +97,14 @@ def _to_file(data: str | bytes | None) -> str:
     return handle.name
 
 
+_ZERO = (False, 0, "", None)
+
+
 def _differs(want: Any, have: Any) -> bool:
-    """True when ``want`` is not a subset of ``have`` (the server may add defaults we did not set)."""
+    """True when ``want`` is not a subset of ``have`` (the server may add defaults we did not set,
+    and drops zero values of omitempty fields: a ``readOnly: false`` we sent comes back absent)."""
+    if have is None and (want in _ZERO or want == {} or want == []):
+        return False
     if isinstance(want, dict):
         return not isinstance(have, dict) or any(_differs(v, have.get(k)) for k, v in want.items())
     if isinstance(want, list):
@@ -128,13 +156,20 @@ class Kube:
             ) as resp:
                 if resp.status == 404:
                     return None
+                if resp.status in _TRANSIENT or (resp.status == 409 and method == "PATCH"):
+                    raise KubeBusy(
+                        resp.status, (await resp.text())[:300], retry_delay(resp.headers.get("Retry-After"))
+                    )
                 if resp.status >= 400:
                     raise KubeError(resp.status, (await resp.text())[:500])
                 return await resp.text() if text else await resp.json(content_type=None)
-        except (aiohttp.ClientError, RuntimeError):
+        except (aiohttp.ClientError, RuntimeError) as err:
             if self._closed:
                 # Kopf's cleanup can run while a timer is still mid-reconcile: retry later, not a crash.
                 raise kopf.TemporaryError("the operator is shutting down", delay=1) from None
+            if isinstance(err, aiohttp.ClientError):
+                # A dropped connection (API server restart, load balancer): retry soon.
+                raise kopf.TemporaryError(f"API server connection failed: {err}", delay=2) from None
             raise
 
     async def exists(self, path: str) -> bool:

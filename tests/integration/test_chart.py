@@ -293,8 +293,10 @@ MANAGE = {"get", "list", "watch", "create", "patch", "update", "delete"}
 EXPECTED_NAMESPACED = {
     **{
         ("kubetune.dev", r): {"get", "list", "watch", "patch", "update"}
-        for r in ("finetunejobs", "finetunejobs/status", "adapterdeployments", "adapterdeployments/status")
+        for r in ("finetunejobs/status", "adapterdeployments", "adapterdeployments/status")
     },
+    # create: the retraining loop starts the FineTuneJobs it owns (found by the real API server's RBAC).
+    ("kubetune.dev", "finetunejobs"): {"get", "list", "watch", "patch", "update", "create"},
     ("", "configmaps"): MANAGE,
     ("", "services"): MANAGE,
     ("batch", "jobs"): MANAGE,
