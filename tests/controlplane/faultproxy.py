@@ -113,7 +113,10 @@ class FaultProxy:
             auto_decompress=False,
         ) as session:
             app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", lambda request: self._handle(session, request))
+            async def handle(request: web.Request) -> web.StreamResponse:
+                return await self._handle(session, request)
+
+            app.router.add_route("*", "/{tail:.*}", handle)
             runner = web.AppRunner(app, handle_signals=False)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
