@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = add("explain-failure", "Why a FineTuneJob failed: conditions, events, termination message.")
     explain.add_argument("name", metavar="NAME")
+
+    from kubetune.kubectl_plugin.review import add_parser as add_review
+
+    add_review(add)
     return parser
 
 

@@ -87,6 +87,15 @@ class Kubectl:
     def merge_patch(self, resource: str, name: str, patch: dict[str, Any]) -> None:
         self.run("patch", resource, name, "--type=merge", "-p", json.dumps(patch, separators=(",", ":")))
 
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """A long-running kubectl (``port-forward``) with piped text output; the caller ends it."""
+        try:
+            return subprocess.Popen(
+                self._command(list(args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        except OSError as exc:
+            raise KubectlMissing(f"cannot run {self.binary}: {exc.strerror}") from exc
+
     def stream(self, *args: str) -> Iterator[str]:
         """Lines of a long-running kubectl call (``logs -f``) as they arrive."""
         try:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from kubetune.kubectl_plugin import commands
+from kubetune.kubectl_plugin import commands, review
 from kubetune.kubectl_plugin.args import PROG, build_parser, global_flags
 from kubetune.kubectl_plugin.errors import PluginError, UsageError
 from kubetune.kubectl_plugin.kubectl import Kubectl, find_kubectl
@@ -21,6 +21,7 @@ COMMANDS: dict[str, Command] = {
     "promote": commands.cmd_promote,
     "rollback": commands.cmd_rollback,
     "explain-failure": commands.cmd_explain_failure,
+    "review": review.cmd_review,
 }
 EXIT_INTERRUPTED = 130
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"-A/--all-namespaces applies only to get, not {args.command}")
         if args.command == "watch" and args.interval <= 0:
             raise UsageError("--interval must be more than 0")
+        if args.command == "review" and args.limit < 1:
+            raise UsageError("--limit must be at least 1")
         return COMMANDS[args.command](args, Kubectl(find_kubectl(), flags))
     except PluginError as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)

@@ -6,6 +6,7 @@ in Debian's headless Chromium (playwright-core). The browser test skips only wit
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -210,3 +211,47 @@ def test_labelling_page_by_keyboard_in_headless_chromium(
     after = {i["text"] for i in queue(url, limit="1000")["data"]}
     assert first["text"] not in after and second["text"] not in after
     assert seen["third"] in after or seen["third"] == "Nothing to review."
+
+
+def test_kubectl_kubetune_review_prints_the_queue(server: tuple[str, DrainingServer, Path], cluster) -> None:  # type: ignore[no-untyped-def]
+    """`kubectl kubetune review ADEP` through real kubectl (plugin on PATH) against the real control
+    plane: the token comes from the Secret named by spec.adminTokenSecretRef; --url reaches the server
+    (no kubelet runs the pods here, so there is nothing to port-forward to)."""
+    url, _, _ = server
+    classify(url, [r["text"] for r in BOUNDARY])
+    token = base64.b64encode(ADMIN_TOKEN.encode()).decode()
+    adep = yaml.safe_load((ROOT / "examples" / "adapterdeployment-support-intents.yaml").read_text())
+    adep["spec"]["adminTokenSecretRef"] = {"name": "kubetune-admin", "key": "token"}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "kubetune-admin"},
+        "data": {"token": token},
+    }
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, adep]))
+    venv_bin = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}",
+        "KUBECTL": cluster.kubectl_path,
+    }
+    env.pop("KUBETUNE_ADMIN_TOKEN", None)
+    command = [cluster.kubectl_path, "kubetune", "review", "support-intents", "--url", url, "--limit", "5"]
+    done = subprocess.run(
+        [*command, f"--kubeconfig={cluster.kubeconfig}"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    expected = queue(url, limit="5")
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"support-intents: {expected['waiting']} waiting (order: diverse)"
+    first = expected["data"][0]
+    assert f"{first['margin']:.3f}" in lines[2] and first["guesses"][0]["label"] in lines[2]
+    assert " ".join(first["text"].split())[:40] in done.stdout.replace("\n" + " " * 70, " ")
+    rows = [line for line in lines[2:] if line[:3].strip().isdigit()]
+    assert len(rows) == len(expected["data"]) == 5
+
+    cluster.kubectl("delete", "secret", "kubetune-admin")
+    gone = subprocess.run(
+        [*command, f"--kubeconfig={cluster.kubeconfig}"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert gone.returncode != 0 and "kubetune-admin" in gone.stderr
