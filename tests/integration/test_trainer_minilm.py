@@ -349,3 +349,47 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(wor
     result = TrainResult.model_validate_json((workspace / "two.termination").read_text())
     assert result.reason is None and result.metrics["train_steps"] == 6
     assert (workspace / "two" / "tiny" / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_recipe_auto_trains_three_candidates_and_keeps_the_best(workspace: Path) -> None:
+    """recipe auto: probe, lora and full are each trained and scored; the kept adapter is the winner's
+    (re-scored here through the saved folder), every candidate's adapter stays under candidates/, and
+    a rerun (a resumed pod) finds the finished candidates' checkpoints instead of training again."""
+    import torch
+    from kubetune_trainer.batches import tokenize_examples
+    from kubetune_trainer.data import load_task_data
+    from kubetune_trainer.evaluate import evaluate_classifier
+    from kubetune_trainer.models import load_tokenizer_and_model
+    from peft import PeftModel
+
+    manifest = write_manifest(workspace / "job.yaml", recipe="auto", evaluation={"maxSamples": 9})
+    proc = kubetune_train(workspace, manifest)
+    stdout, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout[-3000:]
+    out = workspace / "out" / "tiny"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["recipes"]) == {"probe", "lora", "full"}
+    best = max(m["accuracy"] for m in metrics["recipes"].values())
+    assert metrics["recipes"][metrics["recipe"]]["accuracy"] == best == metrics["after"]["accuracy"]
+    assert metrics["recipes"]["probe"]["accuracy"] == pytest.approx(metrics["baseline"]["accuracy"], abs=0.12)
+    result = TrainResult.model_validate_json((workspace / "out.termination").read_text())
+    assert {"probe_accuracy", "lora_accuracy", "full_accuracy"} <= set(result.metrics)
+    trained = [e for e in events(stdout) if e["event"] == "step"]
+    assert len(trained) == 8  # 4 steps each for lora and full, none for the probe
+
+    config = load_train_config(manifest, {"data": str(workspace / "data"), "out": str(workspace / "out")}, {})
+    data = load_task_data(config)
+    tokenizer, base = load_tokenizer_and_model(config, data.labels)
+    seqs = tokenize_examples(data.validation[:9], tokenizer, 32)
+    kept = PeftModel.from_pretrained(base, str(out / "adapter"))
+    again = evaluate_classifier(kept, seqs, data.labels, tokenizer.pad_token_id, torch.device("cpu"))
+    assert again.metrics["accuracy"] == pytest.approx(metrics["after"]["accuracy"])
+    for recipe in ("probe", "lora", "full"):
+        assert (out / "candidates" / recipe / "adapter" / "adapter_model.safetensors").is_file()
+
+    rerun = kubetune_train(workspace, manifest)
+    stdout, _ = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, stdout[-3000:]
+    resumed = [e for e in events(stdout) if e["event"] == "resume"]
+    assert {e["recipe"] for e in resumed} == {"lora", "full"}
+    assert not [e for e in events(stdout) if e["event"] == "step"]

@@ -189,6 +189,9 @@ def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int
                 recipe if several else "after",
             )
             seconds[recipe] = candidate.seconds
+            if several and main:  # every candidate stays inspectable: candidates/<recipe>/adapter
+                folder = ctx.checkpoint_dir(recipe, several)
+                artifacts.write_adapter(candidate.model, folder, config, data.labels, pooling)
             if candidate.after is not None:
                 scores[recipe] = candidate.after.metrics
             if (
