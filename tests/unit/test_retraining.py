@@ -151,3 +151,18 @@ def test_retrain_names_of_a_long_adapterdeployment_fit_the_finetunejob_name_rule
         check_resource_name(name)
         assert len(name) <= 63
     assert retrain_name("support-intents", "v1", []).startswith("support-intents-retrain-")
+
+
+def test_retrain_job_keeps_the_recipe_of_the_template() -> None:
+    """training.recipe travels into the retraining FineTuneJob: with auto, the retrain again trains
+    probe, LoRA and full on original + fresh data and keeps the best before the champion gate."""
+    ad, owner = loop()
+    doc = yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())
+    doc["spec"]["training"]["recipe"] = "auto"
+    template = FineTuneJob.model_validate(doc).spec
+    active = ActiveAdapter(version="v1", uri="pvc://kubetune-output/support-intents")
+    job = build_retrain_job(
+        ad, owner, template, active, Breach("manual", "m"), Readings(), "x-retrain-1", NOW
+    )
+    assert job["spec"]["training"]["recipe"] == "auto"
+    assert FineTuneJobSpec.model_validate(job["spec"]).training.recipe == "auto"
