@@ -31,7 +31,12 @@ demo-triage: $(STAMP)
 	$(VENV)/bin/kubetune train -f examples/finetunejob-support-triage.yaml \
 	  --pvc kubetune-data=examples/data --pvc kubetune-output=out
 
-test: $(STAMP) control-plane
+## playwright-core (npm, pinned by package-lock.json) drives Debian's /usr/bin/chromium in the browser test.
+BROWSER_DEPS := tests/integration/browser/node_modules/.package-lock.json
+$(BROWSER_DEPS): tests/integration/browser/package-lock.json
+	npm ci --prefix tests/integration/browser --no-audit --no-fund --loglevel=error
+
+test: $(STAMP) control-plane $(BROWSER_DEPS)
 	$(PY) -m pytest -q -m "not gpu"
 
 ## The integration and e2e tests against a cluster of your own (KUBECONFIG=... make test-cluster).
