@@ -113,6 +113,7 @@ class FaultProxy:
             auto_decompress=False,
         ) as session:
             app = web.Application()
+
             async def handle(request: web.Request) -> web.StreamResponse:
                 return await self._handle(session, request)
 
