@@ -1,7 +1,9 @@
 """Checkpoints under <output>/checkpoints/step-N, written atomically, read back on restart.
 
-A checkpoint is a directory written as `.tmp-step-N-<pid>` and renamed to `step-N` only when every
-file is on disk, so a kill mid-write leaves the previous checkpoint the newest complete one. It holds
+A checkpoint is a directory written as `.tmp-step-N-<pid>-<random>` and renamed to `step-N` only when
+every file is on disk, so a kill mid-write leaves the previous checkpoint the newest complete one (the
+temp directory it leaves is removed by the next checkpoint written). The temp name must not come from
+the seeded `random` module: a resumed run restores its state and would pick the very same name. It holds
 what makes a resumed run continue exactly: trainable weights (LoRA + trained head), optimizer,
 LR scheduler, RNG states and the data position (epoch, micro-batch index within that epoch's
 deterministic order), plus the loss history and before-training metrics for the final report.
@@ -9,6 +11,7 @@ deterministic order), plus the loss history and before-training metrics for the 
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -62,7 +65,7 @@ def save_checkpoint(
     root = output_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{progress.step}"
-    tmp = root / f".tmp-step-{progress.step}-{random.getrandbits(32):08x}"
+    tmp = root / f".tmp-step-{progress.step}-{os.getpid()}-{os.urandom(4).hex()}"
     tmp.mkdir()
     save_file(trainable_state(model), str(tmp / WEIGHTS))
     torch.save(
@@ -79,6 +82,8 @@ def save_checkpoint(
     tmp.rename(final)
     for old in list_checkpoints(output_dir)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
+    for interrupted in root.glob(".tmp-step-*"):  # left by a run killed mid-write
+        shutil.rmtree(interrupted, ignore_errors=True)
     return final
 
 
