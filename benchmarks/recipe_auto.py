@@ -67,7 +67,8 @@ def main() -> None:
         ),
         "",
         f"before (untrained head) {pct(shipped['before']['accuracy'])}; training time: {seconds(shipped)}.",
-        f"Machine: {shipped_load} (when the run ended).",
+        f"Machine: {shipped_load} (when this table was written; a reused run may be older).",
+        "Seconds per candidate swing with the other sessions' load.",
         "",
     ]
     if "--with-boundary-run" in sys.argv:
@@ -92,7 +93,8 @@ def main() -> None:
             ),
             "",
             f"before {pct(boundary['before']['accuracy'])}; training time: {seconds(boundary)}.",
-            f"Machine: {machine()} (when the run ended).",
+            f"Machine: {machine()} (when this table was written; a reused run may be older).",
+            "Seconds per candidate swing with the other sessions' load.",
             "",
         ]
     lines.append(
