@@ -386,6 +386,25 @@ def test_recipe_auto_trains_three_candidates_and_keeps_the_best(workspace: Path)
     assert again.metrics["accuracy"] == pytest.approx(metrics["after"]["accuracy"])
     for recipe in ("probe", "lora", "full"):
         assert (out / "candidates" / recipe / "adapter" / "adapter_model.safetensors").is_file()
+    # All three load beside each other on one base, as the server loads versions, and a mixed batch
+    # (peft adapter_names, the server's batching) answers each row as that adapter alone does.
+    _, base = load_tokenizer_and_model(config, data.labels)
+    served = PeftModel.from_pretrained(
+        base, str(out / "candidates" / "lora" / "adapter"), adapter_name="lora"
+    )
+    for recipe in ("probe", "full"):
+        served.load_adapter(str(out / "candidates" / recipe / "adapter"), adapter_name=recipe)
+    served.eval()
+    texts = ["refund my last payment please", "my parcel is late", "wallet stolen with card 7 inside"]
+    with torch.no_grad():
+        mixed = served(
+            **tokenizer(texts * 3, return_tensors="pt", padding=True),
+            adapter_names=["lora"] * 3 + ["probe"] * 3 + ["full"] * 3,
+        ).logits
+        for i, recipe in enumerate(("lora", "probe", "full")):
+            served.set_adapter(recipe)
+            alone = served(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+            assert torch.allclose(mixed[3 * i : 3 * i + 3], alone, atol=1e-4), recipe
 
     rerun = kubetune_train(workspace, manifest)
     stdout, _ = rerun.communicate(timeout=900)
