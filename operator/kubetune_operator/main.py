@@ -37,6 +37,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         )
         # Post our own, meaningful events (kopf.event); not every handler log line as an event.
         settings.posting.level = logging.CRITICAL
+        # Runs before the peering keep-alives start: how soon a standby replaces a replica that died.
+        settings.peering.lifetime = memo.settings.peering_lifetime_seconds
         info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
             settings=settings
         )

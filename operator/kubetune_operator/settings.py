@@ -27,5 +27,11 @@ class OperatorSettings(BaseSettings):
         ge=0,
         description="Kopf peering priority; unset: random, so replicas never tie (a tie pauses all).",
     )
+    peering_lifetime_seconds: int = Field(
+        60,
+        ge=2,
+        description="Kopf peering keep-alive lifetime: a replica that dies without a goodbye (SIGKILL, "
+        "node loss) is presumed dead, and a standby takes over, at most this long after its last keep-alive.",
+    )
     metrics_port: int = Field(8080, ge=0, description="Prometheus /metrics port (0: off).")
     liveness_port: int = Field(8081, ge=0, description="Kopf liveness /healthz port (0: off).")
