@@ -3,7 +3,9 @@
 Every rendered object is validated against the Kubernetes schemas (`kubernetes-validate`); the
 objects of Kopf's peering kinds, which those schemas do not know, against the peering CRD the chart
 ships. On top: least-privilege RBAC, a trainer ServiceAccount without rights, PSS "restricted" on
-every pod, the CRD copy in sync with crds/, values the schema must reject, and `helm package`.
+every pod (the `helm test` pod included, with its limits), the CRD copy in sync with crds/, values
+the schema must reject, and `helm package`. Probes, NetworkPolicies, digests and tokens in detail:
+test_chart_hardening.py.
 """
 
 from __future__ import annotations
@@ -73,6 +75,21 @@ def namespaced_objs(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
 
 
 @pytest.fixture(scope="module")
+def hardened_objs(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
+    """Every hardening switch on: NetworkPolicies, images pinned by digest, watched namespaces."""
+    digest = "sha256:" + "ab" * 32
+    values = {
+        "watchNamespaces": WATCHED,
+        "networkPolicy": {"enabled": True, "ingressNamespaces": ["monitoring"]},
+        **{
+            part: {"image": {"repository": f"registry.local/{part}", "digest": digest}}
+            for part in ("operator", "trainer", "server")
+        },
+    }
+    return render(tmp_path_factory.mktemp("hardened"), values)
+
+
+@pytest.fixture(scope="module")
 def peering_schemas() -> dict[str, Obj]:
     """kind -> openAPIV3Schema of the Kopf peering CRDs shipped in the chart's crds/."""
     docs = yaml.safe_load_all((CHART / "crds" / "kopf-peerings.yaml").read_text())
@@ -114,7 +131,7 @@ def test_helm_package_builds_a_complete_archive(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
-@pytest.mark.parametrize("objs_fixture", ["default_objs", "namespaced_objs"])
+@pytest.mark.parametrize("objs_fixture", ["default_objs", "namespaced_objs", "hardened_objs"])
 def test_every_rendered_object_is_valid(
     objs_fixture: str, version: str, request: pytest.FixtureRequest, peering_schemas: dict[str, Obj]
 ) -> None:
@@ -161,7 +178,8 @@ def test_operator_defaults(default_objs: list[Obj]) -> None:
     assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "healthz": 8081}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}, probe
     assert container["resources"]["requests"] and container["resources"]["limits"]
 
     # Peering: the object Kopf patches exists, cluster-wide, under the name the operator is given.
@@ -260,7 +278,7 @@ def pod_specs(objs: list[Obj]) -> list[tuple[str, Obj]]:
     return specs
 
 
-@pytest.mark.parametrize("objs_fixture", ["default_objs", "namespaced_objs"])
+@pytest.mark.parametrize("objs_fixture", ["default_objs", "namespaced_objs", "hardened_objs"])
 def test_every_pod_meets_pss_restricted(objs_fixture: str, request: pytest.FixtureRequest) -> None:
     specs = pod_specs(request.getfixturevalue(objs_fixture))
     assert specs, "no pod spec rendered"
@@ -284,6 +302,10 @@ def test_every_pod_meets_pss_restricted(objs_fixture: str, request: pytest.Fixtu
             assert not [p for p in c.get("ports", []) if "hostPort" in p], where
             assert c.get("resources", {}).get("requests"), f"{where}: no resource requests"
             assert c.get("resources", {}).get("limits", {}).get("memory"), f"{where}: no memory limit"
+            if name.endswith("-test-operator-answers"):
+                # A LimitRange or quota that demands CPU limits must not block `helm test`.
+                assert c["resources"]["limits"].get("cpu"), f"{where}: no CPU limit"
+    assert any(name.endswith("-test-operator-answers") for name, _ in specs), "the helm test pod was checked"
 
 
 # --- RBAC ------------------------------------------------------------------------------------------

@@ -80,4 +80,7 @@ app.kubernetes.io/component: operator
 {{- if and (not .Values.peering.enabled) (gt (int .Values.operator.replicas) 1) }}
 {{- fail "peering.enabled=false needs operator.replicas=1: without Kopf peering every replica would act on every resource" }}
 {{- end }}
+{{- if and (not .Values.server.image.repository) (or .Values.server.image.tag .Values.server.image.digest) }}
+{{- fail "server.image.tag/digest need server.image.repository: with it empty the serving pods run the trainer image (pin that with trainer.image.digest)" }}
+{{- end }}
 {{- end }}
