@@ -13,13 +13,14 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from controlplane import ControlPlane
+from controlplane import Cluster, ControlPlane
 from controlplane.expect import differences
 
 from tools import helm
@@ -82,6 +83,38 @@ def run_helm(plane: ControlPlane, *args: str) -> str:
     return result.stdout
 
 
+def helm_while_probing(plane: ControlPlane, workdir: Path, *args: str) -> str:
+    """Run helm (with --wait) while playing the kubelet's readiness prober for the operator pods:
+    kwok runs no container, so a pod with a readinessProbe turns Ready only when the test says so,
+    and a rolling update replaces one pod after the other as each new one becomes Ready."""
+    view = Cluster(plane, NAMESPACE, workdir)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(plane.admin_kubeconfig),
+        "HELM_CACHE_HOME": str(plane.workdir / "helm"),
+    }
+    proc = subprocess.Popen(
+        [helm(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        for pod in view.list("pods", NAMESPACE, label_selector="app.kubernetes.io/component=operator"):
+            status = pod.get("status", {})
+            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+            if (
+                status.get("phase") == "Running"
+                and not ready
+                and not pod["metadata"].get("deletionTimestamp")
+            ):
+                view.set_pod_ready(NAMESPACE, pod["metadata"]["name"])
+        time.sleep(0.5)
+    if proc.poll() is None:
+        proc.kill()
+    output = proc.communicate()[0]
+    assert proc.returncode == 0, f"helm {' '.join(args)}:\n{output}"
+    return output
+
+
 def get(plane: ControlPlane, *args: str) -> Any:
     return json.loads(plane.kubectl("get", *args, "-o", "json").stdout)
 
@@ -126,7 +159,19 @@ def test_install_upgrade_uninstall_keep_the_finetunejobs(plane: ControlPlane, tm
     stored = get(plane, "ftj", "support-intents", "-n", TEAM)
 
     new_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
-    run_helm(plane, "upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--wait", "--timeout", "180s", *IMAGES)
+    helm_while_probing(
+        plane,
+        tmp_path / "view",
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout",
+        "180s",
+        *IMAGES,
+    )
     for path in sorted((ROOT / "crds").glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
         # The chart's CRDs are templates: the upgrade replaced the schemas with the current ones.
