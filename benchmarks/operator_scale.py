@@ -47,11 +47,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
 from controlplane import Cluster, ControlPlane, HTTPError  # noqa: E402
+from controlplane.chart_rbac import operator_token  # noqa: E402
 from controlplane.faultproxy import FaultProxy  # noqa: E402
 from ftj_helpers import INTENTS, bind_claims  # noqa: E402
 from operator_process import Operator  # noqa: E402
-
-from tools import helm  # noqa: E402
 
 OPERATOR_NAMESPACE = "kubetune-system"
 FTJ_API = "/apis/kubetune.dev/v1alpha1"
@@ -394,30 +393,7 @@ def chart_token(plane: ControlPlane, workdir: Path) -> str:
         ["git", "archive", "HEAD", "charts/kubetune"], cwd=ROOT, check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive, check=True)
-    rendered = subprocess.run(
-        [
-            helm(),
-            "template",
-            "kubetune",
-            str(workdir / "charts" / "kubetune"),
-            "--namespace",
-            OPERATOR_NAMESPACE,
-            "--set",
-            "crds.install=false",
-            "--show-only",
-            "templates/serviceaccounts.yaml",
-            "--show-only",
-            "templates/rbac.yaml",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    plane.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    plane.kubectl("apply", "-n", OPERATOR_NAMESPACE, "-f", "-", input=rendered)
-    return plane.kubectl(
-        "create", "token", "kubetune", "-n", OPERATOR_NAMESPACE, "--duration=24h"
-    ).stdout.strip()
+    return operator_token(plane, workdir / "charts" / "kubetune", OPERATOR_NAMESPACE)
 
 
 class Operators:

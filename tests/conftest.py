@@ -12,16 +12,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from controlplane import Cluster, ControlPlane
+from controlplane.chart_rbac import operator_token
 from controlplane.external import ExternalCluster
 from operator_process import Operator
-
-from tools import helm
 
 ROOT = Path(__file__).resolve().parents[1]
 OPERATOR_NAMESPACE = "kubetune-system"
@@ -78,30 +76,7 @@ def operator_kubeconfig(
 ) -> Path:
     """A kubeconfig holding a token (TokenRequest API) of the chart's operator ServiceAccount, whose
     rights are exactly the chart's ClusterRole (cluster mode: no watchNamespaces)."""
-    rendered = subprocess.run(
-        [
-            helm(),
-            "template",
-            "kubetune",
-            str(ROOT / "charts" / "kubetune"),
-            "--namespace",
-            OPERATOR_NAMESPACE,
-            "--set",
-            "crds.install=false",
-            "--show-only",
-            "templates/serviceaccounts.yaml",
-            "--show-only",
-            "templates/rbac.yaml",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    control_plane.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    control_plane.kubectl("apply", "-n", OPERATOR_NAMESPACE, "-f", "-", input=rendered)
-    token = control_plane.kubectl(
-        "create", "token", "kubetune", "-n", OPERATOR_NAMESPACE, "--duration=24h"
-    ).stdout.strip()
+    token = operator_token(control_plane, ROOT / "charts" / "kubetune", OPERATOR_NAMESPACE)
     return control_plane.token_kubeconfig(
         tmp_path_factory.mktemp("operator") / "kubeconfig", token, OPERATOR_NAMESPACE
     )
