@@ -28,6 +28,7 @@ import json
 import math
 import multiprocessing
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -498,6 +499,7 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=60, help="seconds of the idle-cost sample")
     parser.add_argument("--workers", type=int, default=16, help="POSTs in flight during the burst")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "operator-scale-logs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "SCALE_RESULTS.md")
     args = parser.parse_args()
     cpu_nodes = args.cpu_nodes or max(4, math.ceil(2 * args.n / PODS_PER_NODE))
@@ -532,6 +534,10 @@ def main() -> int:
             operators.stop()
             proxy.close()
             plane.__exit__()
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in ("ours.log", "floor.log"):
+                if (workdir / log).exists():
+                    shutil.copy(workdir / log, args.logs / f"n{args.n}-{log}")
     context = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nodes": f"{cpu_nodes} kwok CPU + {args.gpu_nodes} kwok GPU, control plane up in {plane_s:.0f} s",
