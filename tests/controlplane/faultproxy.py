@@ -155,15 +155,18 @@ class FaultProxy:
             response = web.StreamResponse(status=up.status, headers=passed)
             await response.prepare(request)
             events = 0
-            async for line in up.content:
-                await response.write(line)
-                events += 1
-                if fault is not None and fault.kind == "cut-watch" and events >= fault.cut_after:
-                    # A dropped connection mid-stream, as a restarting API server or load balancer does it.
-                    assert request.transport is not None
-                    request.transport.close()
-                    return response
-            await response.write_eof()
+            try:
+                async for line in up.content:
+                    await response.write(line)
+                    events += 1
+                    if fault is not None and fault.kind == "cut-watch" and events >= fault.cut_after:
+                        # A dropped connection mid-stream, as a restarting API server or load balancer does.
+                        assert request.transport is not None
+                        request.transport.close()
+                        return response
+                await response.write_eof()
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                pass  # the client closed its watch (operator stopping): nothing left to forward to
             return response
 
 
