@@ -232,6 +232,8 @@ class Kube:
             result = await self._request(
                 "GET", path, params={"container": container, "tailLines": str(tail_lines)}, text=True
             )
-        except KubeError:
-            return ""  # a pod that has not started yet has no log: not an error
+        except (KubeError, KubeBusy):
+            # A pod that has not started yet has no log, and a kubelet that cannot serve it now must
+            # not hold up the reconcile: progress is read again on the next pass.
+            return ""
         return result or ""
