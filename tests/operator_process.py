@@ -22,12 +22,20 @@ class Operator:
     """Start/stop like a pod restart; ``logs()`` is everything it printed."""
 
     def __init__(
-        self, kubeconfig: Path, namespace: str, log_path: Path, extra_env: dict[str, str] | None = None
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        standalone: bool = True,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_path = log_path
         self.extra_env = extra_env or {}
+        # Standalone: no peering (one replica). Without it, one of several replicas, Kopf's peering
+        # electing the active one (the chart's Deployment with replicas > 1).
+        self.standalone = standalone
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -42,8 +50,9 @@ class Operator:
             **self.extra_env,
         }
         log = self.log_path.open("ab")
+        standalone = ["--standalone"] if self.standalone else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.cli", "operator", "--standalone", "-n", self.namespace],
+            [sys.executable, "-m", "kubetune.cli", "operator", *standalone, "-n", self.namespace],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,7 +25,7 @@ import pytest
 import yaml
 from controlplane import Cluster
 from ftj_helpers import INTENTS, ROOT, bind_claims
-from operator_process import SERVER_IMAGE, TRAINER_IMAGE, Operator
+from operator_process import Operator
 
 SEED = int(os.environ.get("KUBETUNE_CHAOS_SEED", "11"))
 TIMEOUT = 60  # a loaded 2-core machine, an operator restarting after each kill
@@ -230,27 +228,9 @@ class PeeredOperator(Operator):
                 "KUBETUNE_PEERING_LIFETIME_SECONDS": "8",
                 "KUBETUNE_RESYNC_SECONDS": "1",
             },
+            standalone=False,
         )
         self.pod = pod
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "KUBETUNE_METRICS_PORT": "0",
-            "KUBETUNE_LIVENESS_PORT": "0",
-            "KUBETUNE_TRAINER_IMAGE": TRAINER_IMAGE,
-            "KUBETUNE_SERVER_IMAGE": SERVER_IMAGE,
-            **self.extra_env,
-        }
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.cli", "operator", "-n", self.namespace],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
 
 
 @pytest.fixture
