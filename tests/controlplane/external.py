@@ -11,28 +11,20 @@ from __future__ import annotations
 
 import re
 import ssl
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from .components import Component, ComponentFailed
 from .pki import CertificateAuthority
-from .plane import ControlPlane, build_binaries
+from .plane import ControlPlane
 
 
 class ExternalCluster(ControlPlane):
     """A context manager like ``ControlPlane``; ``admin_kubeconfig`` is the user's kubeconfig."""
 
     def __init__(self, user_kubeconfig: Path, workdir: Path) -> None:
-        self.workdir = workdir
-        self.bin = build_binaries()
-        self.logs = workdir / "logs"
-        self.pki = workdir / "pki"
-        from . import kwok
-
-        self.nodes = kwok.fleet(3, 3)
-        self.components: list[Component] = []
+        super().__init__(workdir)
         self.admin_kubeconfig = user_kubeconfig
         config = yaml.safe_load(user_kubeconfig.read_text())
         context = next(c for c in config["contexts"] if c["name"] == config["current-context"])["context"]
@@ -42,21 +34,12 @@ class ExternalCluster(ControlPlane):
         self.url = self._cluster_entry["server"]
         self._proxy_url = ""
 
-    def __enter__(self) -> ExternalCluster:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            ca = CertificateAuthority(self.pki)
-            self.kwok_serving = ca.issue(
-                "kwok-serving", "kwok", server=True, hosts=("127.0.0.1", "localhost")
-            )
-            self._start_proxy()
-            self._start_kwok()
-            self._wait_until_usable()
-        except BaseException:
-            print(self.diagnostics())
-            self.__exit__()
-            raise
-        return self
+    def _steps(self) -> list[Callable[[], None]]:
+        return [self._kwok_certificate, self._start_proxy, self._start_kwok, self._wait_until_usable]
+
+    def _kwok_certificate(self) -> None:
+        ca = CertificateAuthority(self.pki)
+        self.kwok_serving = ca.issue("kwok-serving", "kwok", server=True, hosts=("127.0.0.1", "localhost"))
 
     def _start_proxy(self) -> None:
         from tools import kubectl
@@ -76,24 +59,6 @@ class ExternalCluster(ControlPlane):
             [kubectl(), f"--kubeconfig={self.admin_kubeconfig}", "proxy", "--port=0", "--address=127.0.0.1"],
             serving,
         )
-
-    def _start_kwok(self) -> None:
-        existing = {
-            n["metadata"]["name"]
-            for n in yaml.safe_load(self.kubectl("get", "nodes", "-o", "yaml").stdout)["items"]
-        }
-        self.nodes = [n for n in self.nodes if n["metadata"]["name"] not in existing] + [
-            n for n in self.nodes if n["metadata"]["name"] in existing
-        ]
-        super()._start_kwok_only()
-        for node in self.nodes:
-            if node["metadata"]["name"] not in existing:
-                self.kubectl("create", "-f", "-", input=yaml.safe_dump(node))
-        deadline = time.monotonic() + 30
-        while not self._proxy_url and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not self._proxy_url:
-            raise ComponentFailed("kubectl proxy did not say where it serves")
 
     @property
     def api_url(self) -> str:

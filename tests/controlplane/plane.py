@@ -15,6 +15,7 @@ import shutil
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,17 +79,24 @@ class ControlPlane:
     def __enter__(self) -> ControlPlane:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            self._certificates()
-            self._start_etcd()
-            self._start_apiserver()
-            self._start_controllers()
-            self._start_kwok()
-            self._wait_until_usable()
+            for step in self._steps():
+                step()
         except BaseException:
             print(self.diagnostics())
             self.__exit__()
             raise
         return self
+
+    def _steps(self) -> list[Callable[[], None]]:
+        """The set-up, in order (``ExternalCluster`` brings its own API server and controllers)."""
+        return [
+            self._certificates,
+            self._start_etcd,
+            self._start_apiserver,
+            self._start_controllers,
+            self._start_kwok,
+            self._wait_until_usable,
+        ]
 
     def __exit__(self, *exc: object) -> None:
         for component in reversed(self.components):
@@ -255,11 +263,6 @@ class ControlPlane:
         )
 
     def _start_kwok(self) -> None:
-        self._start_kwok_only()
-        for node in self.nodes:
-            self.kubectl("create", "-f", "-", input=json.dumps(node))
-
-    def _start_kwok_only(self) -> None:
         self.kubectl("apply", "-f", str(self.bin / "kwok-crds"))
         self.wait_established()
         kwok_port, health = free_port(), free_port()
@@ -281,6 +284,14 @@ class ControlPlane:
             ],
             http_ok(f"https://127.0.0.1:{kwok_port}/healthz", insecure_context()),
         )
+        # Nodes a cluster of one's own (ExternalCluster) kept from an earlier run stay as they are.
+        existing = {
+            n["metadata"]["name"]
+            for n in json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+        }
+        for node in self.nodes:
+            if node["metadata"]["name"] not in existing:
+                self.kubectl("create", "-f", "-", input=json.dumps(node))
 
     def _wait_until_usable(self, timeout: float = 120) -> None:
         """Nodes Ready (kwok), the default ServiceAccount made (controller-manager is working)."""
