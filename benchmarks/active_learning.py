@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from intent_runs import DATA, RUNS, load_rows, machine, manifest, score_adapter, train, uri
+from intent_runs import DATA, RUNS, adapter_on, load_rows, machine, manifest, score_adapter, train, uri
 
 RESULTS = Path(__file__).with_name("ACTIVE_LEARNING_RESULTS.md")
 POOL = DATA / "support-intents-boundary" / "pool.jsonl"
@@ -46,22 +46,9 @@ def score_pool(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Probabilities and mean-pooled embeddings of the served adapter on `path` (rows), in row order."""
     import torch
-    from kubetune_trainer.batches import tokenize_examples
-    from kubetune_trainer.data import load_task_data
     from kubetune_trainer.evaluate import classify
-    from kubetune_trainer.models import load_tokenizer_and_model
-    from peft import PeftModel
 
-    from kubetune.api.loading import train_config_from_document
-
-    scored = json.loads(json.dumps(doc))
-    scored["spec"]["dataset"] = {"train": {"uri": uri(path)}, "validation": {"uri": uri(path)}}
-    mounts = {"kubetune-data": str(DATA), "kubetune-output": str(RUNS), "kubetune-bench": str(RUNS)}
-    config = train_config_from_document(scored, mounts, {})
-    data = load_task_data(config)
-    tokenizer, base = load_tokenizer_and_model(config, data.labels)
-    model = PeftModel.from_pretrained(base, str(adapter))
-    seqs = tokenize_examples(data.validation, tokenizer, config.training.max_seq_length)
+    model, seqs, data, tokenizer = adapter_on(doc, adapter, path)
     probs, embeddings = classify(model, seqs, tokenizer.pad_token_id, torch.device("cpu"))
     assert len(probs) == len(rows)
     return probs, embeddings, data.labels

@@ -61,11 +61,11 @@ def train(doc: dict[str, Any], data: Path = DATA) -> dict[str, Any]:
     return dict(json.loads(metrics.read_text()))
 
 
-def score_adapter(doc: dict[str, Any], adapter: Path, rows: Path) -> dict[str, float]:
-    """Accuracy/macro-F1 of a trained adapter folder on a JSONL file, with the trainer's own code."""
+def adapter_on(doc: dict[str, Any], adapter: Path, rows: Path) -> tuple[Any, Any, Any, Any]:
+    """A trained adapter folder on its base, and a JSONL file tokenized as its validation split, with
+    the trainer's own code: (model, tokenized rows, task data, tokenizer)."""
     from kubetune_trainer.batches import tokenize_examples
     from kubetune_trainer.data import load_task_data
-    from kubetune_trainer.evaluate import evaluate_classifier
     from kubetune_trainer.models import load_tokenizer_and_model
     from peft import PeftModel
 
@@ -78,9 +78,20 @@ def score_adapter(doc: dict[str, Any], adapter: Path, rows: Path) -> dict[str, f
     data = load_task_data(config)
     tokenizer, base = load_tokenizer_and_model(config, data.labels)
     model = PeftModel.from_pretrained(base, str(adapter))
-    seqs = tokenize_examples(data.validation, tokenizer, config.training.max_seq_length)
-    import torch
+    return (
+        model,
+        tokenize_examples(data.validation, tokenizer, config.training.max_seq_length),
+        data,
+        tokenizer,
+    )
 
+
+def score_adapter(doc: dict[str, Any], adapter: Path, rows: Path) -> dict[str, float]:
+    """Accuracy/macro-F1 of a trained adapter folder on a JSONL file, with the trainer's own code."""
+    import torch
+    from kubetune_trainer.evaluate import evaluate_classifier
+
+    model, seqs, data, tokenizer = adapter_on(doc, adapter, rows)
     return evaluate_classifier(model, seqs, data.labels, tokenizer.pad_token_id, torch.device("cpu")).metrics
 
 
