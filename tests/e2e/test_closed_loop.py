@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 from controlplane import Cluster
-from integration.ftj_helpers import bind_claims
+from integration.ftj_helpers import bind_claims, job_condition
 from kubelet import Kubelet, copy_tree, scrape_kubelet_targets
 from operator_process import Operator
 from promserver import Prometheus
@@ -132,13 +132,6 @@ def accuracy(url: str, tickets: list[dict[str, str]]) -> float:
     return sum(p == t["label"] for (_, p), t in zip(predicted, tickets, strict=True)) / len(tickets)
 
 
-def job_complete(cluster: Cluster, name: str) -> bool:
-    conditions = ((cluster.get("jobs.batch", cluster.ns, name) or {}).get("status") or {}).get(
-        "conditions"
-    ) or []
-    return any(c["type"] == "Complete" and c["status"] == "True" for c in conditions)
-
-
 def prom_value(prom: Prometheus, promql: str) -> float | None:
     result = prom.query(promql)
     return float(result[0]["value"][1]) if result else None
@@ -170,7 +163,7 @@ def test_drift_retrains_promotes_and_recovers_accuracy(
     # The real Job controller ran it: the training pod sat on a GPU node and the Job completed.
     (train_pod,) = cluster.pods_of(f"{ADAPTER}-train")
     assert train_pod["spec"]["nodeName"].startswith("kwok-gpu-"), train_pod["spec"]["nodeName"]
-    assert job_complete(cluster, f"{ADAPTER}-train")
+    assert job_condition(cluster.get("jobs.batch", cluster.ns, f"{ADAPTER}-train"), "Complete")
 
     # 2. The AdapterDeployment serves it, watched by Prometheus, retraining on.
     ad = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents.yaml").read_text())
