@@ -24,10 +24,11 @@ SETS = {
 
 
 def main() -> None:
-    from kubetune_trainer.serve.config import ReviewSettings
     from kubetune_trainer.serve.selection import margin, novelty
 
-    defaults = ReviewSettings()
+    from kubetune.api.adapterdeployment import ReviewSpec
+
+    defaults = ReviewSpec()
     doc = manifest("bench-auto-shipped", {"recipe": "auto"}, {})
     adapter = RUNS / "bench-auto-shipped" / "candidates" / "lora" / "adapter"
     stats = json.loads((RUNS / "bench-auto-shipped" / "reference_stats.json").read_text())

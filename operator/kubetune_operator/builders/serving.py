@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from kubetune_trainer.serve.config import ADMIN_TOKEN_ENV, AdapterSpec, ServeConfig, ServeMonitoring
 
-from kubetune.api.adapterdeployment import AdapterDeployment
+from kubetune.api.adapterdeployment import AdapterDeployment, ReviewSpec
 from kubetune.api.finetunejob import TaskType
 from kubetune_operator.builders.meta import LABEL_ADAPTERDEPLOYMENT, child_metadata, child_name, common_labels
 from kubetune_operator.builders.security import restricted_container_security, restricted_pod_security
@@ -70,6 +70,7 @@ def _claims(ad: AdapterDeployment, adapter: ResolvedAdapter) -> list[str]:
 def serve_config(ad: AdapterDeployment, adapter: ResolvedAdapter) -> ServeConfig:
     """The ServeConfig every pod reads: the declared adapter set, loaded eagerly at start-up."""
     opts = ad.spec.serving
+    fresh = ad.spec.monitoring.fresh_data
     return ServeConfig(
         base_model=ad.spec.base_model,
         task=adapter.task,
@@ -81,10 +82,11 @@ def serve_config(ad: AdapterDeployment, adapter: ResolvedAdapter) -> ServeConfig
         port=opts.port,
         monitoring=ServeMonitoring(
             window_size=ad.spec.monitoring.window_size,
-            fresh_data_uri=ad.spec.monitoring.fresh_data.uri if ad.spec.monitoring.fresh_data else None,
-            fresh_max_rows=ad.spec.monitoring.fresh_data.max_rows if ad.spec.monitoring.fresh_data else 20000,
-            drop_fields=ad.spec.monitoring.fresh_data.drop_fields if ad.spec.monitoring.fresh_data else [],
-            hash_fields=ad.spec.monitoring.fresh_data.hash_fields if ad.spec.monitoring.fresh_data else [],
+            fresh_data_uri=fresh.uri if fresh else None,
+            fresh_max_rows=fresh.max_rows if fresh else 20000,
+            drop_fields=fresh.drop_fields if fresh else [],
+            hash_fields=fresh.hash_fields if fresh else [],
+            review=fresh.review if fresh else ReviewSpec(),  # no fresh data: the server keeps no queue
         ),
         pvc_mounts={claim: f"{MOUNT_ROOT}/pvc/{claim}" for claim in _claims(ad, adapter)},
         cache_dir=CACHE_DIR,

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
+from kubetune.api.adapterdeployment import ReviewSpec
 from kubetune.api.common import DNS1123_LABEL, ApiModel
 from kubetune.api.finetunejob import BaseModelSpec
 from kubetune.api.loading import ConfigError, format_validation_error
@@ -41,33 +42,6 @@ def _admin_token_from_env() -> SecretStr | None:
     return SecretStr(token) if token else None
 
 
-class ReviewSettings(ApiModel):
-    """Which served inputs go to the review queue (serve/review.py); kept only with freshDataUri."""
-
-    enabled: Annotated[bool, Field(description="Queue uncertain and novel inputs for a person to label.")] = (
-        True
-    )
-    margin_threshold: Annotated[
-        float,
-        Field(description="Queue an input whose top-1 minus top-2 probability is below this.", ge=0, le=1),
-    ] = 0.3
-    novelty_threshold: Annotated[
-        float,
-        Field(
-            description="Queue an input whose cosine distance to the nearest reference embedding is above "
-            "this.",
-            ge=0,
-            le=2,
-        ),
-    ] = 0.5
-    max_items: Annotated[int, Field(description="Waiting items kept per adapter (oldest dropped).", ge=1)] = (
-        1000
-    )
-    clusters: Annotated[
-        int, Field(description="Embedding clusters the labelling order spreads over.", ge=1, le=100)
-    ] = 8
-
-
 class ServeMonitoring(ApiModel):
     """In-process drift and accuracy monitoring, and the fresh-data sample kept for retraining."""
 
@@ -87,9 +61,10 @@ class ServeMonitoring(ApiModel):
     hash_fields: Annotated[
         list[str], Field(description="Request metadata fields stored only hashed (PII).")
     ] = []
-    review: Annotated[ReviewSettings, Field(description="The review queue of uncertain/novel inputs.")] = (
-        ReviewSettings()
-    )
+    review: Annotated[
+        ReviewSpec,
+        Field(description="The review queue of uncertain/novel inputs (kept only with freshDataUri)."),
+    ] = ReviewSpec()
 
 
 class ServeConfig(ApiModel):
