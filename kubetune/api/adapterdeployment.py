@@ -82,6 +82,9 @@ class ServingResources(ApiModel):
     priority_class_name: Annotated[str | None, object_name("PriorityClass of the pods.")] = None
 
 
+Precision = Literal["auto", "fp32", "bf16"]
+
+
 class ServingOptions(ApiModel):
     """How each server batches and bounds requests."""
 
@@ -92,6 +95,13 @@ class ServingOptions(ApiModel):
     max_input_tokens: Annotated[int, Field(description="Longer prompts get HTTP 400.", ge=1, le=32768)] = 512
     max_new_tokens: Annotated[int, Field(description="Upper bound for max_tokens.", ge=1, le=8192)] = 256
     port: Annotated[int, Field(description="Container port of the HTTP server.", ge=1024, le=65535)] = 8000
+    precision: Annotated[
+        Precision,
+        Field(
+            description="Weights dtype: auto = bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 / "
+            "AMX), else fp32; fp32 and bf16 force one."
+        ),
+    ] = "auto"
 
 
 class RolloutStep(ApiModel):

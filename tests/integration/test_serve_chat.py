@@ -26,6 +26,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Drai
     config = ServeConfig(
         base_model=SMOLLM,
         task="causal-lm",
+        precision="fp32",  # batched == alone is exact-token in fp32 (bf16 rounds per batch shape)
         max_batch_size=8,
         batch_wait_ms=50,
         max_input_tokens=256,

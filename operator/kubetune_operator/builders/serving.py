@@ -80,6 +80,7 @@ def serve_config(ad: AdapterDeployment, adapter: ResolvedAdapter) -> ServeConfig
         max_input_tokens=opts.max_input_tokens,
         max_new_tokens=opts.max_new_tokens,
         port=opts.port,
+        precision=opts.precision,
         monitoring=ServeMonitoring(
             window_size=ad.spec.monitoring.window_size,
             fresh_data_uri=fresh.uri if fresh else None,

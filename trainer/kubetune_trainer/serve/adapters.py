@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from kubetune_trainer.artifacts import file_digest
 from kubetune_trainer.fetch import s3_endpoint
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from kubetune_trainer.serve.errors import AdapterLoadError, ModelNotFoundError
+from kubetune_trainer.serve.precision import serving_dtype
 
 log = logging.getLogger("kubetune.serve")
 WEIGHTS = "adapter_model.safetensors"
@@ -101,6 +103,11 @@ class AdapterRegistry:
         self._lock = threading.Lock()  # guards the maps below; readers are on the event loop
         self._loaded: dict[tuple[str, str], LoadedAdapter] = {}
         self._default: dict[str, str] = {}  # name -> version served for a bare `name`
+        self.dtype = serving_dtype(config.precision)
+        # Rows decoding with an adapter pin its key; unloading a pinned key frees it when the last row
+        # leaves (model thread only), so a hot swap never changes weights under a running answer.
+        self._pinned: Counter[str] = Counter()
+        self._doomed: set[str] = set()
 
     # ---- loading (model thread) -------------------------------------------------------------------
     def load_base(self) -> None:
@@ -114,7 +121,7 @@ class AdapterRegistry:
         self.tokenizer, self.model = models.load_tokenizer_and_model(source, labels)  # type: ignore[arg-type]
         # Padding stays as the base expects (BERT: right, or position ids shift); generate_rows left-pads
         # by hand.
-        self.model.eval()
+        self.model.to(self.dtype).eval()
         self.labels = tuple(labels)
 
     def _labels_from_first_adapter(self) -> list[str]:
@@ -143,7 +150,7 @@ class AdapterRegistry:
             raise AdapterLoadError(
                 f"{spec.name}@{spec.version}: peft cannot load {spec.uri}: {err}"
             ) from None
-        self.model.eval()
+        self.model.to(self.dtype).eval()  # the adapter's weights too: one dtype per matmul
         loaded = LoadedAdapter(
             name=spec.name,
             version=spec.version,
@@ -181,7 +188,26 @@ class AdapterRegistry:
             self._delete_key(adapter.key)
         return gone
 
+    def pin(self, target: Target) -> None:
+        if target.adapter is not None:
+            self._pinned[target.adapter.key] += 1
+
+    def release(self, target: Target) -> None:
+        """The row pinning `target` left the batch; free its adapter now if it was unloaded meanwhile."""
+        if target.adapter is None:
+            return
+        key = target.adapter.key
+        self._pinned[key] -= 1
+        if self._pinned[key] <= 0:
+            del self._pinned[key]
+            if key in self._doomed:
+                self._doomed.discard(key)
+                self._delete_key(key)
+
     def _delete_key(self, key: str) -> None:
+        if self._pinned[key] > 0:
+            self._doomed.add(key)
+            return
         if set(self.model.peft_config) == {key}:
             # peft cannot run a PeftModel with no adapter left; unload() restores the plain base.
             self.model = self.model.unload()

@@ -1,16 +1,15 @@
-"""Dynamic batching: requests that arrive within a small window share one forward pass.
+"""Batching: generation is continuously batched, classification is dynamically batched.
 
-One model thread runs every model call (batches, adapter loads, unloads) in arrival order, so the
-model is never touched by two threads. The batcher collects rows for at most `batch_wait_ms` after the
-first one (or until `max_batch_size` rows), groups them by kind and sampling settings, and runs each
-group as one call; rows of different adapters share a group (peft mixed batches).
+One model thread runs every model call (decode steps, classification batches, adapter loads and
+unloads) in arrival order, so the model is never touched by two threads. Generation runs one
+decode step per model-thread call (decode.RunningBatch): requests that arrive while a batch is
+decoding join it at the next step, finished ones leave it, and an adapter load queued on the model
+thread runs between two steps. An idle server still waits `batch_wait_ms` after the first request for
+company. Classification rows arriving in the same window share one forward pass; they run between
+decode steps. Rows of different adapters and different sampling settings share a batch.
 
-Why not transformers' continuous batching (`generate_batch` / ContinuousBatchingManager, installed
-5.x)? It runs on CPU with a PeftModel, but it applies only the *active* adapter to every request:
-`add_request` has no adapter argument and its forward never passes peft's `adapter_names`. Per-request
-adapters would need `set_adapter` between requests, racing its background thread. Measured once on
-this machine (SmolLM2, 2 prompts x 8 tokens): it worked with one adapter. Revisit when it can route
-requests to adapters.
+transformers' ContinuousBatchingManager is not used: it cannot route a request to an adapter (see
+decode.py for what was checked in transformers 5.24).
 """
 
 from __future__ import annotations
@@ -24,14 +23,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kubetune_trainer.serve.adapters import AdapterRegistry
+from kubetune_trainer.serve.decode import RunningBatch
 from kubetune_trainer.serve.errors import ServeError
-from kubetune_trainer.serve.inference import (
-    ClassifyRow,
-    GenerationRow,
-    Sampling,
-    classify_rows,
-    generate_rows,
-)
+from kubetune_trainer.serve.inference import ClassifyRow, GenerationRow, Sampling, classify_rows
 
 log = logging.getLogger("kubetune.serve")
 T = TypeVar("T")
@@ -40,12 +34,12 @@ T = TypeVar("T")
 @dataclass
 class _Pending:
     rows: list[GenerationRow] | list[ClassifyRow]
-    sampling: Sampling | None  # None: classification
+    generate: bool
     future: asyncio.Future[None]
 
     @property
-    def group(self) -> tuple[str, Sampling | None]:
-        return ("classify" if self.sampling is None else "generate", self.sampling)
+    def done(self) -> bool:
+        return all(getattr(r, "done", True) for r in self.rows)
 
 
 class ModelWorker:
@@ -62,7 +56,7 @@ class ModelWorker:
 
 
 class Batcher:
-    """Queue of pending requests and the loop that turns them into batches."""
+    """Queue of pending requests and the loop that turns them into decode steps and batches."""
 
     def __init__(
         self,
@@ -77,8 +71,12 @@ class Batcher:
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000
         self.max_input_tokens = max_input_tokens
+        self.running = RunningBatch(registry)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._waiting: list[_Pending] = []  # generation requests not yet in the running batch
+        self._decoding: list[_Pending] = []  # generation requests in the running batch
+        self._classify: list[_Pending] = []
         self.batch_sizes: list[int] = []  # recent batch sizes, for tests and the benchmark
         self.closing = False
 
@@ -94,66 +92,91 @@ class Batcher:
                 await self._task
 
     async def generate(self, rows: list[GenerationRow], sampling: Sampling) -> None:
-        await self._submit(_Pending(rows, sampling, asyncio.get_running_loop().create_future()))
+        for row in rows:
+            row.sampling = sampling
+        await self._submit(_Pending(rows, True, asyncio.get_running_loop().create_future()))
 
     async def classify(self, rows: list[ClassifyRow]) -> None:
-        await self._submit(_Pending(rows, None, asyncio.get_running_loop().create_future()))
+        await self._submit(_Pending(rows, False, asyncio.get_running_loop().create_future()))
 
     async def _submit(self, pending: _Pending) -> None:
         await self._queue.put(pending)
         await pending.future
 
     async def _run(self) -> None:
-        carry: list[_Pending] = []
         while True:
-            first = carry.pop(0) if carry else await self._queue.get()
-            batch, carry = await self._collect(first, carry)
-            try:
-                await self._execute(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            if self._waiting or self._decoding:
+                self._drain()
+            else:
+                self._sort(await self._queue.get())
+                await self._wait_for_company()
+            if self._classify:
+                await self._run_classify()
+            if self._waiting or self._decoding:
+                await self._step()
 
-    async def _collect(self, first: _Pending, carry: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
-        """`first` plus compatible requests arriving within the wait window; the rest carry over."""
-        batch, rest = [first], []
-        for p in carry:
-            (batch if p.group == first.group and self._fits(batch, p) else rest).append(p)
+    def _sort(self, p: _Pending) -> None:
+        (self._waiting if p.generate else self._classify).append(p)
+
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            self._sort(self._queue.get_nowait())
+
+    async def _wait_for_company(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
-        while sum(len(p.rows) for p in batch) < self.max_batch:
+        while sum(len(p.rows) for p in (*self._waiting, *self._classify)) < self.max_batch:
             try:
                 p = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 break
-            (batch if p.group == first.group and self._fits(batch, p) else rest).append(p)
-        return batch, rest
+            self._sort(p)
 
-    def _fits(self, batch: list[_Pending], p: _Pending) -> bool:
-        return sum(len(b.rows) for b in batch) + len(p.rows) <= self.max_batch
+    async def _step(self) -> None:
+        """Admit waiting requests that fit, run one decode step, answer the requests that finished."""
+        free = self.max_batch - self.running.size
+        admitted: list[_Pending] = []
+        while self._waiting and (not admitted or len(self._waiting[0].rows) <= free):
+            if len(self._waiting[0].rows) > free and self.running.size:
+                break  # a request wider than the free places waits for rows to leave
+            p = self._waiting.pop(0)
+            admitted.append(p)
+            free -= len(p.rows)
+        self._decoding += admitted
+        new_rows = [row for p in admitted for row in p.rows]
+        try:
+            await self.worker.call(self.running.step, new_rows)
+        except Exception as err:  # one bad step must not stop the loop; the endpoints answer 500
+            log.exception("decode step over %d rows failed", self.running.size + len(new_rows))
+            await self.worker.call(self.running.abandon, err)
+            for p in self._decoding:
+                for row in p.rows:
+                    row.fail(err)  # type: ignore[union-attr]
+        self.batch_sizes = [*self.batch_sizes[-999:], self.running.size + len(new_rows)]
+        finished = [p for p in self._decoding if p.done]
+        self._decoding = [p for p in self._decoding if not p.done]
+        self._answer(finished, None)
 
-    async def _execute(self, batch: list[_Pending]) -> None:
+    async def _run_classify(self) -> None:
+        batch, self._classify = self._classify, []
         rows = [row for p in batch for row in p.rows]
         self.batch_sizes = [*self.batch_sizes[-999:], len(rows)]
         try:
-            if batch[0].sampling is None:
-                for i in range(0, len(rows), self.max_batch):  # one request may carry many inputs
-                    chunk = rows[i : i + self.max_batch]
-                    await self.worker.call(classify_rows, self.registry, chunk, self.max_input_tokens)
-            else:
-                await self.worker.call(generate_rows, self.registry, rows, batch[0].sampling)
-        except ServeError as err:
-            self._fail(batch, err)
+            for i in range(0, len(rows), self.max_batch):  # one request may carry many inputs
+                chunk = rows[i : i + self.max_batch]
+                await self.worker.call(classify_rows, self.registry, chunk, self.max_input_tokens)
         except Exception as err:  # one bad batch must not stop the loop; the endpoints answer 500
-            log.exception("batch of %d rows failed", len(rows))
-            self._fail(batch, err)
+            if not isinstance(err, ServeError):
+                log.exception("batch of %d rows failed", len(rows))
+            self._answer(batch, err)
         else:
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_result(None)
+            self._answer(batch, None)
 
-    @staticmethod
-    def _fail(batch: list[_Pending], err: Exception) -> None:
+    def _answer(self, batch: list[_Pending], err: Exception | None) -> None:
         for p in batch:
             if not p.future.done():
-                p.future.set_exception(err)
+                if err is None:
+                    p.future.set_result(None)
+                else:
+                    p.future.set_exception(err)
+            self._queue.task_done()

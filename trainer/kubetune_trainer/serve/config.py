@@ -10,6 +10,7 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from kubetune.api.adapterdeployment import ReviewSpec
+from kubetune.api.adapterdeployment import Precision
 from kubetune.api.common import DNS1123_LABEL, ApiModel
 from kubetune.api.finetunejob import BaseModelSpec
 from kubetune.api.loading import ConfigError, format_validation_error
@@ -99,6 +100,10 @@ class ServeConfig(ApiModel):
     max_new_tokens: Annotated[
         int, Field(description="Upper bound (and default) for max_tokens.", ge=1, le=8192)
     ] = 256
+    precision: Annotated[
+        Precision,
+        Field(description="Weights dtype: auto = bf16 on CUDA / CPUs with native bf16, else fp32."),
+    ] = "auto"
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     drain_timeout_s: Annotated[
