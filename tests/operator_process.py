@@ -42,7 +42,12 @@ class Operator:
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
-            "KUBETUNE_RESYNC_SECONDS": "0.3",
+            # FineTuneJobs: no fast resync, so the tests show that watches drive the operator. The
+            # AdapterDeployment timed checks (canary pauses, triggers) tick fast; a log stream that
+            # kwok refuses before the test wrote a log (a kubelet would hold it open) reopens soon.
+            "KUBETUNE_ADAPTER_RESYNC_SECONDS": "0.3",
+            "KUBETUNE_PROGRESS_SECONDS": "0.5",
+            "KUBETUNE_LOG_REOPEN_MAX_SECONDS": "2",
             "KUBETUNE_METRICS_PORT": "0",
             "KUBETUNE_LIVENESS_PORT": "0",
             "KUBETUNE_TRAINER_IMAGE": TRAINER_IMAGE,

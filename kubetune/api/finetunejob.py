@@ -469,6 +469,14 @@ class FineTuneJobStatus(ApiModel):
     preemptions: Annotated[
         int, Field(description="Pods lost to preemption/eviction (not failures).", ge=0)
     ] = 0
+    preemptions_before_job: Annotated[
+        int,
+        Field(
+            description="Preemptions of this run before its current training Job: a deleted training "
+            "Job counts as one and is created again, up to spec.maxPreemptions.",
+            ge=0,
+        ),
+    ] = 0
     progress: Annotated[str | None, Field(description="step/total, for printer columns.")] = None
     loss: Annotated[float | None, Field(description="Latest training loss.")] = None
     accuracy: Annotated[float | None, Field(description="Gate metric after training.")] = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import ssl
 import tempfile
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -126,16 +127,26 @@ class Kube:
         if info.token:
             headers["Authorization"] = f"Bearer {info.token}"
         auth = aiohttp.BasicAuth(info.username, info.password or "") if info.username else None
+        context = _ssl_context(info)
         self._session = aiohttp.ClientSession(
             headers=headers,
             auth=auth,
-            connector=aiohttp.TCPConnector(ssl=_ssl_context(info)),
+            connector=aiohttp.TCPConnector(ssl=context),
             timeout=aiohttp.ClientTimeout(total=30),
+        )
+        # Followed pod logs are long-lived: a session of their own, so that they never take the
+        # connections that reconciles need (aiohttp's default pool holds 100).
+        self._streams = aiohttp.ClientSession(
+            headers=headers,
+            auth=auth,
+            connector=aiohttp.TCPConnector(ssl=context, limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
         )
 
     async def close(self) -> None:
         self._closed = True
         await self._session.close()
+        await self._streams.close()
 
     async def _request(
         self,
@@ -192,6 +203,11 @@ class Kube:
         existing = await self.get(object_path(obj))
         if existing is not None:
             return existing, False
+        return await self.create(obj)
+
+    async def create(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """POST ``obj``; when it exists already (409), return the stored one: (object, created).
+        For children the watch cache says are missing: one request where ``ensure`` needs two."""
         try:
             created = await self._request(
                 "POST",
@@ -237,3 +253,17 @@ class Kube:
             # not hold up the reconcile: progress is read again on the next pass.
             return ""
         return result or ""
+
+    async def follow_log(
+        self, namespace: str, pod: str, container: str, tail_lines: int
+    ) -> AsyncIterator[str]:
+        """The pod's log lines as the kubelet writes them (``follow=true``), from the last
+        ``tail_lines`` on; ends when the container stops or the connection drops. Raises KubeError
+        when the log cannot be read (the container has not started, no such pod)."""
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log"
+        params = {"container": container, "tailLines": str(tail_lines), "follow": "true"}
+        async with self._streams.get(self._server + path, params=params) as resp:
+            if resp.status >= 400:
+                raise KubeError(resp.status, (await resp.text())[:300])
+            async for raw in resp.content:
+                yield raw.decode("utf-8", "replace")

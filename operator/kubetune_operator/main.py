@@ -9,6 +9,8 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from kubetune_operator import watches
+from kubetune_operator.controller import Controller
 from kubetune_operator.handlers import adapterdeployment, finetunejob
 from kubetune_operator.kube import Kube
 from kubetune_operator.settings import OperatorSettings
@@ -17,6 +19,11 @@ from kubetune_operator.settings import OperatorSettings
 def _credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
     """In-cluster service account first, then the current kubeconfig context."""
     return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+
+
+def _controller(memo: kopf.Memo) -> Controller:
+    ctl: Controller = memo.controller
+    return ctl
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
@@ -37,6 +44,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         )
         # Post our own, meaningful events (kopf.event); not every handler log line as an event.
         settings.posting.level = logging.CRITICAL
+        watches.server_side_filters(settings)
         # Runs before the peering keep-alives start: how soon a standby replaces a replica that died.
         settings.peering.lifetime = memo.settings.peering_lifetime_seconds
         info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
@@ -44,22 +52,28 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         )
         if info is None:
             raise kopf.PermanentError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")
-        memo.kube = Kube(info)
+        memo.controller = Controller(Kube(info), memo.settings)
 
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
-        kube = getattr(memo, "kube", None)
-        if kube is not None:
-            await kube.close()
+        # Queues and log streams first (running reconciles finish), then the HTTP session.
+        ctl: Controller | None = getattr(memo, "controller", None)
+        if ctl is not None:
+            await ctl.close()
+            await ctl.kube.close()
 
-    finetunejob.register(registry, settings)
-    adapterdeployment.register(registry, settings)
+    watches.register(registry, _controller)
+    finetunejob.register(registry, _controller)
+    adapterdeployment.register(registry, _controller)
     return registry
 
 
 def run(namespaces: list[str], all_namespaces: bool, standalone: bool) -> int:
     settings = OperatorSettings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Kopf logs "Handler ... succeeded" for every watch event of every child: warnings and errors only
+    # (what the operator did is logged by kubetune.controller and posted as events).
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None

@@ -7,7 +7,7 @@ read here from the pod log) and the termination message (the final result, see `
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -27,37 +27,49 @@ class Progress:
         return f"{self.step}/{self.total_steps}"
 
 
-def parse_progress(log_text: str) -> Progress:
-    """The latest step/checkpoint/phase events in a log tail; other lines are ignored.
+def parse_progress(log_text: str, start: Progress | None = None) -> Progress:
+    """The latest step/checkpoint/phase events in a log tail (on top of ``start``); other lines are ignored.
 
     >>> parse_progress('{"event":"step","step":3,"totalSteps":10,"loss":0.5}').fraction
     '3/10'
     """
-    step = total = ckpt_step = None
-    loss = eta = None
-    ckpt_time = stage = None
+    progress = start or Progress()
     for line in log_text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(event, dict):
-            continue
-        kind = event.get("event")
-        if kind == "step":
-            step = _int(event.get("step"), step)
-            total = _int(event.get("totalSteps"), total)
-            loss = _float(event.get("loss"), loss)
-            eta = _float(event.get("etaSeconds"), eta)
-        elif kind == "checkpoint":
-            ckpt_step = _int(event.get("step"), ckpt_step)
-            ckpt_time = event.get("time") if isinstance(event.get("time"), str) else ckpt_time
-        elif kind == "phase" and isinstance(event.get("phase"), str):
-            stage = event["phase"]
-    return Progress(step, total, loss, eta, ckpt_step, ckpt_time, stage)
+        progress = advance(progress, line)
+    return progress
+
+
+def advance(progress: Progress, line: str) -> Progress:
+    """``progress`` after one more log line (unchanged for a line that is not a trainer event)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return progress
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return progress
+    if not isinstance(event, dict):
+        return progress
+    kind = event.get("event")
+    p = progress
+    if kind == "step":
+        return replace(
+            p,
+            step=_int(event.get("step"), p.step),
+            total_steps=_int(event.get("totalSteps"), p.total_steps),
+            loss=_float(event.get("loss"), p.loss),
+            eta_seconds=_float(event.get("etaSeconds"), p.eta_seconds),
+        )
+    if kind == "checkpoint":
+        when = event.get("time")
+        return replace(
+            p,
+            checkpoint_step=_int(event.get("step"), p.checkpoint_step),
+            checkpoint_time=when if isinstance(when, str) else p.checkpoint_time,
+        )
+    if kind == "phase" and isinstance(event.get("phase"), str):
+        return replace(p, stage=event["phase"])
+    return progress
 
 
 def _int(value: object, default: int | None) -> int | None:

@@ -19,8 +19,29 @@ class OperatorSettings(BaseSettings):
     )
     validate_cpu: str = Field("500m", description="CPU request of the data-validation pod (no GPU).")
     validate_memory: str = Field("2Gi", description="Memory of the data-validation pod.")
-    resync_seconds: float = Field(10.0, gt=0, description="How often child state is re-read per job.")
-    log_tail_lines: int = Field(50, ge=1, description="Pod log lines read for progress.")
+    resync_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Safety resync: every live FineTuneJob is reconciled once per this many seconds, "
+        "spread evenly (changes of it and its children are acted on at once, from watches).",
+    )
+    adapter_resync_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often each AdapterDeployment is looked at without an event "
+        "(canary pauses, Prometheus trigger checks).",
+    )
+    reconcile_concurrency: int = Field(16, ge=1, description="Reconciles in flight at once, per kind.")
+    progress_seconds: float = Field(
+        3.0, ge=0, description="At most one status write per job per this many seconds for trainer progress."
+    )
+    max_log_streams: int = Field(
+        1000, ge=1, description="Followed trainer logs open at once (one per running training pod)."
+    )
+    log_reopen_max_seconds: float = Field(
+        60.0, gt=0, description="Longest wait before reopening a trainer log stream that ended or failed."
+    )
+    log_tail_lines: int = Field(50, ge=1, description="Trainer log lines re-read when a log stream opens.")
     peering_name: str = Field("kubetune", description="Kopf peering name (leader election).")
     peering_priority: int | None = Field(
         None,

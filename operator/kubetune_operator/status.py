@@ -1,7 +1,9 @@
 """FineTuneJob status from the observed state of its children (pure, level-based).
 
-Nothing here asks "did the create handler run?": phase, conditions and progress are recomputed from
-what the Jobs and Pods look like now. Terminal phases are sticky: a finished job never trains again.
+Nothing here asks "did the create handler run?" and nothing trusts the stored phase: phase,
+conditions and progress are recomputed from what the Jobs and Pods look like now. A stored terminal
+phase is final only while the children agree (no unfinished Job left: a finished job never trains
+again); one that a running Job contradicts was written by someone else and is corrected, with an event.
 """
 
 from __future__ import annotations
@@ -36,6 +38,25 @@ class Observed:
     train_job: dict[str, Any] | None = None
     train_pods: list[dict[str, Any]] = field(default_factory=list)
     progress: Progress = field(default_factory=Progress)
+    # The training Job this run had is gone (deleted, not by us) ...
+    train_job_deleted: bool = False
+    # ... and this reconcile created it again.
+    train_job_recreated: bool = False
+
+
+def unfinished(job: dict[str, Any] | None) -> bool:
+    """A Job that still runs or may run: not Complete, not Failed, not being deleted."""
+    return (
+        job is not None
+        and not job.get("metadata", {}).get("deletionTimestamp")
+        and job_condition(job, "Complete") is None
+        and job_condition(job, "Failed") is None
+    )
+
+
+def children_agree_terminal(obs: Observed) -> bool:
+    """A stored terminal phase stands only when no unfinished Job contradicts it."""
+    return not unfinished(obs.validate_job) and not unfinished(obs.train_job)
 
 
 @dataclass(frozen=True)
@@ -83,8 +104,6 @@ def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
     vjob = obs.validate_job
     if obs.train_job is None:
         if vjob is None:
-            if prev.phase in ("ValidatingData", "Running"):
-                return _Verdict("Cancelled", "JobDeleted", "the data-validation Job was deleted")
             return _Verdict(
                 "Suspended" if suspended else "Pending", "Creating", "creating the data-validation Job"
             )
@@ -98,11 +117,25 @@ def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
             if (vjob.get("status", {}).get("active") or 0) > 0:
                 return _Verdict("ValidatingData", "ValidatingData", "validating every dataset row (no GPU)")
             return _Verdict("Pending", "ValidationPending", "waiting for the data-validation pod")
-        if prev.phase == "Running":
-            return _Verdict("Cancelled", "JobDeleted", "the training Job was deleted")
+        if obs.train_job_deleted and prev.preemptions + 1 > spec.max_preemptions:
+            return _Verdict(
+                "Failed",
+                "TooManyPreemptions",
+                f"the training Job was deleted: {prev.preemptions + 1} preemptions exceed "
+                f"spec.maxPreemptions={spec.max_preemptions}",
+            )
         return _Verdict("Suspended" if suspended else "Pending", "DataValidated", "creating the training Job")
 
     job = obs.train_job
+    if obs.train_job_recreated:
+        return _Verdict(
+            "Pending",
+            "JobRecreated",
+            f"the training Job was deleted; created it again (preemption {prev.preemptions + 1} of at "
+            f"most {spec.max_preemptions}), resuming from the newest checkpoint",
+        )
+    if job.get("metadata", {}).get("deletionTimestamp"):
+        return _Verdict("Pending", "JobDeleting", "waiting for the deleted training Job to go")
     if job_condition(job, "Complete"):
         result = newest_result(obs.train_pods)
         return _Verdict("Succeeded", "Completed", _success_message(result, spec))
@@ -111,7 +144,7 @@ def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
         detail = result.reason if result and result.reason else failed.get("message", "")
         reason = failed.get("reason") or "Failed"
         return _Verdict("Failed", reason, f"training failed ({reason}): {detail}".strip())
-    preemptions = preemption_count(obs.train_pods)
+    preemptions = max(prev.preemptions, prev.preemptions_before_job + preemption_count(obs.train_pods))
     if preemptions > spec.max_preemptions:
         return _Verdict(
             "Failed",
@@ -162,9 +195,10 @@ def _bool(value: bool) -> ConditionStatus:
 
 def derive_status(obs: Observed, prev: FineTuneJobStatus, now: str) -> tuple[FineTuneJobStatus, list[Event]]:
     """The next status and the events for what changed since ``prev``."""
-    if prev.phase in TERMINAL_PHASES:
+    if prev.phase in TERMINAL_PHASES and children_agree_terminal(obs):
         return prev.model_copy(update={"observed_generation": obs.generation}), []
     verdict = _verdict(obs, prev)
+    corrected = prev.phase in TERMINAL_PHASES and verdict.phase != prev.phase
     gen = obs.generation
     status = prev.model_copy(deep=True)
     status.phase = verdict.phase
@@ -232,13 +266,18 @@ def derive_status(obs: Observed, prev: FineTuneJobStatus, now: str) -> tuple[Fin
     )
     status.conditions = conds
 
+    if obs.train_job_deleted and (obs.train_job_recreated or verdict.phase == "Failed"):
+        status.preemptions_before_job = prev.preemptions + 1
+        status.preemptions = max(status.preemptions, status.preemptions_before_job)
     if obs.train_job is not None:
         status.job_name = obs.train_job.get("metadata", {}).get("name")
         job_status = obs.train_job.get("status", {})
         status.start_time = status.start_time or job_status.get("startTime")
         status.attempts = max(status.attempts, len(obs.train_pods))
         status.failures = max(status.failures, failure_count(obs.train_pods))
-        status.preemptions = max(status.preemptions, preemption_count(obs.train_pods))
+        status.preemptions = max(
+            status.preemptions, status.preemptions_before_job + preemption_count(obs.train_pods)
+        )
     _apply_progress(status, obs.progress)
     if verdict.phase in TERMINAL_PHASES:
         status.completion_time = (obs.train_job or {}).get("status", {}).get("completionTime") or now
@@ -252,7 +291,18 @@ def derive_status(obs: Observed, prev: FineTuneJobStatus, now: str) -> tuple[Fin
         if verdict.phase == "Succeeded" and status.progress and "/" in status.progress:
             total = status.progress.split("/", 1)[1]
             status.progress = f"{total}/{total}"
-    return status, _events(prev, status, verdict)
+    events = _events(prev, status, verdict)
+    if corrected:
+        events.insert(
+            0,
+            Event(
+                "Warning",
+                "StatusCorrected",
+                f"status.phase {prev.phase} was not written by kubetune (its children say "
+                f"{verdict.phase}: {verdict.message}); corrected",
+            ),
+        )
+    return status, events
 
 
 def _apply_progress(status: FineTuneJobStatus, progress: Progress) -> None:

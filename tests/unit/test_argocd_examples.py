@@ -141,7 +141,7 @@ def operator_annotation_keys() -> set[str]:
     handler_ids = set()
     for handlers in (OPERATOR / "handlers").glob("*.py"):
         handler_ids |= set(re.findall(r'\bid="([^"]+)"', handlers.read_text()))
-    assert {"reconcile-create", "reconcile-update", "resync"} <= handler_ids
+    assert {"finetunejob-changed", "adapterdeployment-changed"} <= handler_ids
     progress = kopf.AnnotationsProgressStorage(prefix=prefix)
     diffbase = kopf.AnnotationsDiffBaseStorage(prefix=prefix, key=diffbase_key.group(1))
     keys = {key for hid in handler_ids for key in progress.make_keys(hid)}

@@ -153,10 +153,52 @@ def test_suspend_and_kueue_queue() -> None:
     assert status.phase == "Pending" and "Kueue" in status.message
 
 
-def test_deleted_training_job_while_running_is_cancelled() -> None:
-    running = FineTuneJobStatus(phase="Running")
-    status, events = step(Observed(1, SPEC, validate_job=COMPLETE), running)
-    assert status.phase == "Cancelled" and events[0].type == "Warning"
+def test_deleted_training_job_is_recreated_as_a_preemption() -> None:
+    running = FineTuneJobStatus(phase="Running", job_name="j-train", preemptions=1)
+    recreated = Observed(
+        1, SPEC, validate_job=COMPLETE, train_job=job(), train_job_deleted=True, train_job_recreated=True
+    )
+    status, events = step(recreated, running)
+    assert status.phase == "Pending" and "created it again" in (status.message or "")
+    assert events[0].reason == "JobRecreated" and events[0].type == "Normal"
+    assert status.preemptions == status.preemptions_before_job == 2
+    # the new Job's disrupted pods add to the earlier ones; the count never goes down
+    status2, _ = step(
+        Observed(
+            1,
+            SPEC,
+            validate_job=COMPLETE,
+            train_job=job(active=1),
+            train_pods=[pod("Failed", disrupted=True)],
+        ),
+        status,
+    )
+    assert status2.preemptions == 3
+
+
+def test_deleted_training_job_past_max_preemptions_fails() -> None:
+    bounded = SPEC.model_copy(update={"max_preemptions": 1})
+    running = FineTuneJobStatus(phase="Running", job_name="j-train", preemptions=1)
+    status, _events = step(Observed(1, bounded, validate_job=COMPLETE, train_job_deleted=True), running)
+    assert status.phase == "Failed" and "maxPreemptions=1" in (status.message or "")
+    assert status.preemptions == 2
+
+
+def test_terminal_phase_written_by_someone_else_is_corrected() -> None:
+    forged = FineTuneJobStatus(phase="Succeeded", job_name="j-train")
+    running = [pod("Running")]
+    status, events = step(
+        Observed(1, SPEC, validate_job=COMPLETE, train_job=job(active=1), train_pods=running), forged
+    )
+    assert status.phase == "Running"
+    assert events[0].reason == "StatusCorrected" and events[0].type == "Warning"
+
+
+def test_terminal_phase_stands_when_no_unfinished_job_contradicts_it() -> None:
+    done = FineTuneJobStatus(phase="Succeeded", job_name="j-train")
+    for obs in (Observed(2, SPEC), Observed(2, SPEC, validate_job=COMPLETE, train_job=COMPLETE)):
+        status, events = step(obs, done)
+        assert status.phase == "Succeeded" and status.observed_generation == 2 and events == []
 
 
 def test_invalid_spec_fails_with_message() -> None:

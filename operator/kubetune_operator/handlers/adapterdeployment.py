@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import kopf
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from kubetune_operator.builders.serving import ResolvedAdapter, build_pdb, build
 from kubetune_operator.builders.training import build_trainer_service_account
 from kubetune_operator.conditions import set_condition, status_patch
 from kubetune_operator.handlers.loop import ftj_path, judge_retrains, manual_retrain, monitor, monitoring_due
+from kubetune_operator.handlers.outcome import Outcome
 from kubetune_operator.handlers.rollout import (
     apply_stable,
     canary_message,
@@ -24,7 +26,6 @@ from kubetune_operator.handlers.rollout import (
     drop_canary,
     run_canary,
 )
-from kubetune_operator.handlers.serial import Outcome, serialized
 from kubetune_operator.kube import Kube
 from kubetune_operator.metrics import RETRAINS
 from kubetune_operator.settings import OperatorSettings
@@ -38,6 +39,9 @@ RETRAIN_OUTCOMES = {
     "NotBetter": "Rejected",
     "RetrainFailed": "Failed",
 }
+if TYPE_CHECKING:
+    from kubetune_operator.controller import Controller
+
 PROMETHEUS_OPERATOR_API = "/apis/monitoring.coreos.com/v1"
 
 
@@ -106,10 +110,11 @@ def _invalid(body: dict[str, Any], prev: AdapterDeploymentStatus, err: Validatio
     return Outcome(status_patch(prev.wire(), status.wire()), [Event("Warning", "InvalidSpec", message)])
 
 
-async def reconcile_adapter(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logger) -> Outcome:
-    """Level-based: run on create/update/resume and on every resync tick."""
-    kube: Kube = memo.kube
-    settings: OperatorSettings = memo.settings
+async def reconcile_adapter(body: dict[str, Any], ctl: Controller, logger: logging.Logger) -> Outcome:
+    """Level-based: run when it, its Deployments or its FineTuneJobs change, and every
+    adapterResyncSeconds (canary pauses and trigger checks are timed)."""
+    kube: Kube = ctl.kube
+    settings: OperatorSettings = ctl.settings
     prev = _previous(body)
     now = _now()
     try:
@@ -145,9 +150,13 @@ async def reconcile_adapter(body: dict[str, Any], memo: kopf.Memo, logger: loggi
     return Outcome(status_patch(prev.wire(), new.wire()) if new != prev else None, events)
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
-    handler = serialized(reconcile_adapter)
-    kopf.on.create(*RESOURCE, registry=registry, id="reconcile-create")(handler)
-    kopf.on.resume(*RESOURCE, registry=registry, id="reconcile-resume")(handler)
-    kopf.on.update(*RESOURCE, field="spec", registry=registry, id="reconcile-update")(handler)
-    kopf.timer(*RESOURCE, interval=settings.resync_seconds, registry=registry, id="resync")(handler)
+def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Controller]) -> None:
+    @kopf.on.event(*RESOURCE, registry=registry, id="adapterdeployment-changed")
+    async def changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+        ctl = ctl_of(memo)
+        ctl.bind(kw)
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event.get("type") == "DELETED":
+            ctl.forget_adapter(key)
+        else:
+            ctl.adapter_seen(key, dict(body))

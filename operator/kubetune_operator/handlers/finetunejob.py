@@ -1,10 +1,13 @@
-"""FineTuneJob handlers: read spec -> ensure children -> observe them -> patch status once."""
+"""FineTuneJob reconcile: read spec -> children from the watch cache -> ensure what is missing ->
+status derived from the children, patched once."""
 
 from __future__ import annotations
 
 import datetime
 import logging
-from typing import Any
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import kopf
 from pydantic import ValidationError
@@ -13,7 +16,6 @@ from kubetune.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobSt
 from kubetune.api.loading import format_validation_error
 from kubetune_operator.builders.meta import LABEL_COMPONENT, LABEL_FINETUNEJOB
 from kubetune_operator.builders.training import (
-    TRAINER_CONTAINER,
     build_config_map,
     build_rendezvous_service,
     build_trainer_service_account,
@@ -23,12 +25,21 @@ from kubetune_operator.builders.training import (
     validate_job_name,
 )
 from kubetune_operator.conditions import status_patch
-from kubetune_operator.handlers.serial import Outcome, serialized
+from kubetune_operator.handlers.outcome import Outcome
 from kubetune_operator.kube import Kube, collection_path, object_path
 from kubetune_operator.metrics import RECONCILES, forget_finetunejob, record_finetunejob
-from kubetune_operator.progress import Progress, parse_progress
+from kubetune_operator.progress import Progress
 from kubetune_operator.settings import OperatorSettings
-from kubetune_operator.status import Observed, derive_status, job_condition
+from kubetune_operator.status import (
+    Observed,
+    children_agree_terminal,
+    derive_status,
+    job_condition,
+    unfinished,
+)
+
+if TYPE_CHECKING:
+    from kubetune_operator.controller import Children, Controller
 
 RESOURCE = ("kubetune.dev", "v1alpha1", "finetunejobs")
 
@@ -55,33 +66,48 @@ def _job_path(namespace: str, name: str) -> str:
     return f"{collection_path('batch/v1', 'Job', namespace)}/{name}"
 
 
-async def _pods(kube: Kube, namespace: str, name: str, component: str) -> list[dict[str, Any]]:
-    selector = f"{LABEL_FINETUNEJOB}={name},{LABEL_COMPONENT}={component}"
-    return await kube.list(collection_path("v1", "Pod", namespace), selector)
+def ftj_key(body: dict[str, Any]) -> tuple[str, str]:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
+
+
+def _named(objs: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((o for o in objs if o["metadata"]["name"] == name), None)
+
+
+def _owned_by(pods: list[dict[str, Any]], job: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The pods of this very Job (a deleted Job's pods linger with its labels until collected)."""
+    if job is None:
+        return []
+    uid = job["metadata"].get("uid")
+    return [
+        p for p in pods if any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences") or [])
+    ]
 
 
 async def _observe(
-    kube: Kube, cr: FineTuneJob | None, body: dict[str, Any], error: str | None, settings: OperatorSettings
+    kube: Kube,
+    cr: FineTuneJob,
+    body: dict[str, Any],
+    prev: FineTuneJobStatus,
+    children: Children,
+    progress: Progress,
 ) -> Observed:
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    """The children as the watch cache has them; the API server is asked only where a cache that
+    lags our own writes could mislead (a training Job we made that the cache does not show yet)."""
+    namespace, name = ftj_key(body)
     generation = body["metadata"].get("generation")
-    if cr is None:
-        return Observed(generation=generation, spec=None, spec_error=error)
-    vjob = await kube.get(_job_path(namespace, validate_job_name(name)))
-    tjob = await kube.get(_job_path(namespace, train_job_name(name)))
-    vpods = await _pods(kube, namespace, name, "validate-data") if vjob else []
-    tpods = await _pods(kube, namespace, name, "train") if tjob else []
-    progress = Progress()
-    running = sorted(
-        (p for p in tpods if p.get("status", {}).get("phase") in ("Running", "Succeeded")),
-        key=lambda p: p["metadata"].get("creationTimestamp") or "",
-    )
-    if running:
-        log = await kube.pod_log(
-            namespace, running[-1]["metadata"]["name"], TRAINER_CONTAINER, settings.log_tail_lines
-        )
-        progress = parse_progress(log)
-    return Observed(generation, cr.spec, None, vjob, vpods, tjob, tpods, progress)
+    vjob = _named(children.jobs, validate_job_name(name))
+    tjob = _named(children.jobs, train_job_name(name))
+    deleted = False
+    if tjob is None and prev.job_name and prev.phase not in TERMINAL_PHASES:
+        tjob = await kube.get(_job_path(namespace, train_job_name(name)))
+        deleted = tjob is None
+    vpods: list[dict[str, Any]] = []
+    if job_condition(vjob, "Failed") is not None:  # only a failed validation needs its pods' report
+        selector = f"{LABEL_FINETUNEJOB}={name},{LABEL_COMPONENT}=validate-data"
+        vpods = await kube.list(collection_path("v1", "Pod", namespace), selector)
+    tpods = _owned_by(children.train_pods, tjob)
+    return Observed(generation, cr.spec, None, vjob, vpods, tjob, tpods, progress, train_job_deleted=deleted)
 
 
 async def _ensure_children(
@@ -95,31 +121,43 @@ async def _ensure_children(
 ) -> Observed:
     """Create what is missing, patch what may change; returns the observation with new children."""
     owner = dict(body)
-    config_map = build_config_map(cr, owner)
-    current, created = await kube.ensure(config_map)
-    if not created and obs.train_job is None and current.get("data") != config_map["data"]:
-        await kube.merge_patch(object_path(config_map), {"data": config_map["data"]})
-
     image, pull, sa = settings.trainer_image, settings.image_pull_policy, settings.trainer_service_account
     vjob, tjob = obs.validate_job, obs.train_job
-    if vjob is None and tjob is None and prev.phase not in ("ValidatingData", "Running"):
+    spec_changed = prev.observed_generation != obs.generation
+    if tjob is None and (vjob is None or spec_changed):
+        # The ConfigMap is the trainer's config: written before a Job that mounts it starts, and
+        # rewritten from a changed spec until training starts (then the spec is immutable).
+        await _write_config_map(kube, build_config_map(cr, owner))
+    if vjob is None and tjob is None:
         await kube.ensure(build_trainer_service_account(cr.metadata.namespace or "default", sa))
-        vjob, _ = await kube.ensure(
+        vjob, created = await kube.create(
             build_validate_job(cr, owner, image, pull, sa, settings.validate_cpu, settings.validate_memory)
         )
-        logger.info("created the data-validation Job")
+        if created:
+            logger.info("created the data-validation Job")
     elif vjob is not None and tjob is None and bool(vjob.get("spec", {}).get("suspend")) != cr.spec.suspend:
         vjob = await kube.merge_patch(object_path(vjob), {"spec": {"suspend": cr.spec.suspend}})
-    if tjob is None and job_condition(vjob, "Complete") and prev.phase != "Running":
+    deleted = obs.train_job_deleted
+    budget_left = not deleted or prev.preemptions + 1 <= cr.spec.max_preemptions
+    recreated = False
+    if tjob is None and job_condition(vjob, "Complete") and budget_left:
+        if deleted:
+            await _write_config_map(kube, build_config_map(cr, owner))  # it may be gone too
         if cr.spec.resources.nodes > 1:
             await kube.ensure(build_rendezvous_service(cr, owner))
-        tjob, created = await kube.ensure(build_training_job(cr, owner, image, pull, sa))
-        _created(body, tjob, created, "the training Job", logger)
-    elif tjob is not None and not job_condition(tjob, "Complete") and not job_condition(tjob, "Failed"):
+        tjob, created = await kube.create(build_training_job(cr, owner, image, pull, sa))
+        recreated = deleted and created
+        _created(body, tjob, created, "the training Job" + (" again" if recreated else ""), logger)
+    elif unfinished(tjob):
+        assert tjob is not None
         tjob = await _sync_training_job(kube, cr, tjob)
-    return Observed(
-        obs.generation, obs.spec, None, vjob, obs.validate_pods, tjob, obs.train_pods, obs.progress
-    )
+    return replace(obs, validate_job=vjob, train_job=tjob, train_job_recreated=recreated)
+
+
+async def _write_config_map(kube: Kube, config_map: dict[str, Any]) -> None:
+    current, created = await kube.create(config_map)
+    if not created and current.get("data") != config_map["data"]:
+        await kube.merge_patch(object_path(config_map), {"data": config_map["data"]})
 
 
 def _created(
@@ -147,51 +185,59 @@ async def _sync_training_job(kube: Kube, cr: FineTuneJob, tjob: dict[str, Any]) 
     return await kube.merge_patch(object_path(tjob), {"spec": want}) or tjob
 
 
-async def reconcile(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logger) -> Outcome:
-    """The one level-based reconcile, run on create/update/resume and on every resync tick."""
-    kube: Kube = memo.kube
-    settings: OperatorSettings = memo.settings
+async def reconcile(
+    body: dict[str, Any], ctl: Controller, children: Children, logger: logging.Logger
+) -> Outcome:
+    """The one level-based reconcile of a FineTuneJob, run whenever it or one of its children changed,
+    on trainer progress, and on the slow resync."""
+    kube, settings = ctl.kube, ctl.settings
     prev = _previous_status(body)
-    generation = body["metadata"].get("generation")
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    if prev.phase in TERMINAL_PHASES:
-        record_finetunejob(namespace, name, prev.phase, prev.progress, prev.loss)  # re-export after restarts
-        stale = prev.observed_generation != generation
-        return Outcome(status={"observedGeneration": generation} if stale else None)
+    namespace, name = key = ftj_key(body)
     cr, error = _parse(body)
     try:
-        obs = await _observe(kube, cr, body, error, settings)
-        if cr is not None:
-            obs = await _ensure_children(kube, cr, body, obs, prev, settings, logger)
+        if cr is None:
+            obs = Observed(generation=body["metadata"].get("generation"), spec=None, spec_error=error)
+        else:
+            obs = await _observe(kube, cr, body, prev, children, ctl.followers.progress(key))
+            if not (prev.phase in TERMINAL_PHASES and children_agree_terminal(obs)):
+                obs = await _ensure_children(kube, cr, body, obs, prev, settings, logger)
     except Exception:
         RECONCILES.labels(result="error").inc()
         raise
     new, events = derive_status(obs, prev, _now())
     record_finetunejob(namespace, name, new.phase, new.progress, new.loss)
     failed = next((c for c in new.conditions if c.type == "Failed" and c.status == "True"), None)
-    if failed is not None and failed.reason == "TooManyPreemptions" and obs.train_job is not None:
+    if failed is not None and failed.reason == "TooManyPreemptions" and unfinished(obs.train_job):
+        assert obs.train_job is not None
         await kube.delete(object_path(obs.train_job))
-    if error is not None:
+    if error is not None and prev.phase != new.phase:
         logger.warning("invalid FineTuneJob spec: %s", error)
+    ctl.followers.follow(key, namespace, _followed_pod(new, obs))
     RECONCILES.labels(result="ok").inc()
     return Outcome(status_patch(prev.wire(), new.wire()) if new != prev else None, events)
 
 
-def _forget(namespace: str, name: str, **_: Any) -> None:
-    forget_finetunejob(namespace, name)
+def _followed_pod(status: FineTuneJobStatus, obs: Observed) -> str | None:
+    """The newest running training pod, whose log carries the progress (None: follow nothing)."""
+    if status.phase != "Running":
+        return None
+    running = [p for p in obs.train_pods if p.get("status", {}).get("phase") == "Running"]
+    if not running:
+        return None
+    return max(running, key=lambda p: p["metadata"].get("creationTimestamp") or "")["metadata"]["name"]
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
-    """Attach the FineTuneJob handlers to ``registry``."""
-    handler = serialized(reconcile)
-    kopf.on.delete(*RESOURCE, registry=registry, id="forget-metrics", optional=True)(_forget)
-    kopf.on.create(*RESOURCE, registry=registry, id="reconcile-create")(handler)
-    kopf.on.resume(*RESOURCE, registry=registry, id="reconcile-resume")(handler)
-    kopf.on.update(*RESOURCE, field="spec", registry=registry, id="reconcile-update")(handler)
-    kopf.timer(
-        *RESOURCE,
-        interval=settings.resync_seconds,
-        registry=registry,
-        id="resync",
-        when=lambda status, **_: (status or {}).get("phase") not in TERMINAL_PHASES,
-    )(handler)
+def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Controller]) -> None:
+    """Every FineTuneJob event (ADDED at start-up is the resume, MODIFIED covers spec edits and a
+    status written by someone else) asks for a reconcile; the children's events do too (watches.py)."""
+
+    @kopf.on.event(*RESOURCE, registry=registry, id="finetunejob-changed")
+    async def changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+        ctl = ctl_of(memo)
+        ctl.bind(kw)
+        key = ftj_key(dict(body))
+        if event.get("type") == "DELETED":
+            ctl.forget_finetunejob(key)
+            forget_finetunejob(*key)
+            return
+        ctl.finetunejob_seen(key, dict(body))

@@ -1,0 +1,81 @@
+"""Watches on the children we own, as controller-runtime's ``Owns()``: a child's event requeues its owner.
+
+The API server filters the streams by our labels (``settings.watching.label_selectors``), so the
+operator never sees other teams' Jobs, Pods or Deployments. Kopf indices keep a slim copy of each
+Job and training Pod per owning FineTuneJob (the reconcile reads its children there, not from the API
+server), and Kopf starts no handler before every index has its initial list: a restarted operator
+never mistakes "not listed yet" for "deleted".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from kubetune_operator.builders.meta import LABEL_ADAPTERDEPLOYMENT, LABEL_COMPONENT, LABEL_FINETUNEJOB
+from kubetune_operator.controller import Controller
+
+JOBS = ("batch", "v1", "jobs")
+PODS = ("", "v1", "pods")
+DEPLOYMENTS = ("apps", "v1", "deployments")
+TRAIN_PODS = f"{LABEL_FINETUNEJOB},{LABEL_COMPONENT}=train"
+_META = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "labels", "ownerReferences")
+
+
+def slim(body: kopf.Body | dict[str, Any], spec_fields: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What the reconcile reads of a child: identity, owners, the given spec fields, the status."""
+    meta = body.get("metadata", {})
+    spec = body.get("spec", {}) or {}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta[k] for k in _META if k in meta},
+        "spec": {k: spec[k] for k in spec_fields if k in spec},
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def server_side_filters(settings: kopf.OperatorSettings) -> None:
+    settings.watching.label_selectors[JOBS[0], JOBS[2]] = LABEL_FINETUNEJOB
+    settings.watching.label_selectors[PODS[0], PODS[2]] = TRAIN_PODS
+    settings.watching.label_selectors[DEPLOYMENTS[0], DEPLOYMENTS[2]] = LABEL_ADAPTERDEPLOYMENT
+
+
+def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Controller]) -> None:
+    owned = {LABEL_FINETUNEJOB: kopf.PRESENT}
+
+    @kopf.index(*JOBS, labels=owned, registry=registry, id="ftj_jobs")
+    def ftj_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, labels[LABEL_FINETUNEJOB]): slim(body, ("suspend", "activeDeadlineSeconds"))}
+
+    @kopf.index(*PODS, labels={**owned, LABEL_COMPONENT: "train"}, registry=registry, id="ftj_pods")
+    def ftj_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, labels[LABEL_FINETUNEJOB]): slim(body)}
+
+    @kopf.index("kubetune.dev", "v1alpha1", "adapterdeployments", registry=registry, id="adep_refs")
+    def adep_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+        ref = (spec.get("adapter") or {}).get("fineTuneJobRef") or {}
+        return {(namespace, ref["name"]): name} if ref.get("name") else {}
+
+    async def finetunejob_child(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kw: Any) -> None:
+        ctl = ctl_of(memo)
+        ctl.bind(kw)
+        ctl.finetunejobs.kick((namespace, labels[LABEL_FINETUNEJOB]))
+
+    kopf.on.event(*JOBS, labels=owned, registry=registry, id="job-changed")(finetunejob_child)
+    kopf.on.event(*PODS, labels={**owned, LABEL_COMPONENT: "train"}, registry=registry, id="pod-changed")(
+        finetunejob_child
+    )
+
+    @kopf.on.event(
+        *DEPLOYMENTS,
+        labels={LABEL_ADAPTERDEPLOYMENT: kopf.PRESENT},
+        registry=registry,
+        id="deployment-changed",
+    )
+    async def deployment_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kw: Any) -> None:
+        ctl = ctl_of(memo)
+        ctl.bind(kw)
+        ctl.adapters.kick((namespace, labels[LABEL_ADAPTERDEPLOYMENT]))
