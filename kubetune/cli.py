@@ -74,6 +74,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_serve(config.model_copy(update=overrides) if overrides else config)
 
 
+def _serve_fields_help() -> str | None:
+    try:
+        from kubetune_trainer.serve.confighelp import serve_config_help
+    except ImportError:  # an operator-only install has no server
+        return None
+    return serve_config_help()
+
+
 def _cmd_launch(args: argparse.Namespace) -> int:
     from kubetune.launch import run
 
@@ -136,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     launch.set_defaults(func=_cmd_launch)
 
-    serve = sub.add_parser("serve", help="serve a base model with LoRA adapters (OpenAI-compatible)")
+    serve = sub.add_parser(
+        "serve",
+        help="serve a base model with LoRA adapters (OpenAI-compatible)",
+        epilog=_serve_fields_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("-f", "--file", required=True, help="serve-config.yaml (a ServeConfig)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)

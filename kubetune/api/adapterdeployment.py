@@ -94,6 +94,22 @@ class ServingOptions(ApiModel):
     )
     max_input_tokens: Annotated[int, Field(description="Longer prompts get HTTP 400.", ge=1, le=32768)] = 512
     max_new_tokens: Annotated[int, Field(description="Upper bound for max_tokens.", ge=1, le=8192)] = 256
+    max_queued: Annotated[
+        int,
+        Field(
+            description="Inference requests one pod holds at once (waiting or computing); more get HTTP 429 "
+            "with Retry-After, so admitted requests keep their latency under overload.",
+            ge=1,
+            le=100_000,
+        ),
+    ] = 64
+    truncate: Annotated[
+        bool,
+        Field(
+            description="sequence-classification: cut inputs to maxInputTokens (as training cuts to "
+            "maxSeqLength); false: a longer input gets its own error in the batch."
+        ),
+    ] = True
     port: Annotated[int, Field(description="Container port of the HTTP server.", ge=1024, le=65535)] = 8000
     precision: Annotated[
         Precision,

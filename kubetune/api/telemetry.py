@@ -20,6 +20,9 @@ ERRORS_TOTAL = "kubetune_errors_total"  # counter {adapter, version}
 REQUEST_LATENCY = "kubetune_request_duration_seconds"  # histogram {adapter, version}
 IN_FLIGHT = "kubetune_requests_in_flight"  # gauge {adapter, version}
 TOKENS_TOTAL = "kubetune_tokens_total"  # counter {adapter, version}
+QUEUE_LENGTH = "kubetune_queue_length"  # gauge: inference requests admitted, waiting or computing
+SHED_TOTAL = "kubetune_requests_shed_total"  # counter {adapter, version}: answered 429 (maxQueued)
+CANCELLED_TOTAL = "kubetune_requests_cancelled_total"  # counter {adapter, version}: client gone/timeout
 REVIEW_QUEUE = "kubetune_review_queue_length"  # gauge {adapter}: inputs waiting for a person's label
 
 DriftKind = Literal["label_psi", "length_psi", "confidence_drop", "embedding_cosine", "embedding_mmd"]

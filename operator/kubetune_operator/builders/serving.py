@@ -79,6 +79,8 @@ def serve_config(ad: AdapterDeployment, adapter: ResolvedAdapter) -> ServeConfig
         batch_wait_ms=opts.batch_wait_ms,
         max_input_tokens=opts.max_input_tokens,
         max_new_tokens=opts.max_new_tokens,
+        max_queued=opts.max_queued,
+        truncate=opts.truncate,
         port=opts.port,
         precision=opts.precision,
         monitoring=ServeMonitoring(

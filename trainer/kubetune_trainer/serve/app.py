@@ -17,8 +17,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kubetune_trainer.serve import admin, review_routes, routes
-from kubetune_trainer.serve.adapters import AdapterRegistry, Target
+from kubetune_trainer.serve import admin, classify_route, review_routes, routes
+from kubetune_trainer.serve.adapters import AdapterRegistry, LoadedAdapter, Target
+from kubetune_trainer.serve.admission import Admission
 from kubetune_trainer.serve.batching import Batcher, ModelWorker
 from kubetune_trainer.serve.config import ServeConfig
 from kubetune_trainer.serve.drift import DriftMonitor
@@ -27,7 +28,7 @@ from kubetune_trainer.serve.feedback import FeedbackStore
 from kubetune_trainer.serve.fresh import FreshDataWriter, InputMemory
 from kubetune_trainer.serve.metrics import ServeMetrics
 from kubetune_trainer.serve.review import ReviewQueue
-from kubetune_trainer.serve.state import ServerState, server_state
+from kubetune_trainer.serve.state import ServerState, all_states, server_state
 
 log = logging.getLogger("kubetune.serve")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -67,54 +68,87 @@ class RequestIdMiddleware:
 
 async def load_declared(state: ServerState) -> None:
     """Eager start-up: base, then every declared adapter, each warmed up; only then ready."""
+    config = state.config
     try:
         started = time.perf_counter()
         if state.registry.model is None:
+            log.info("%s: loading base model %s", config.task, config.base_model.name)
             await state.worker.call(state.registry.load_base)
-        if state.config.task == "causal-lm":
-            await state.worker.call(state.registry.warm_up, Target(state.config.base_model_id, None))
-        for spec in state.config.adapters:
+            log.info("%s: base model loaded in %.1f s", config.task, time.perf_counter() - started)
+        if config.task == "causal-lm":
+            await state.worker.call(state.registry.warm_up, Target(config.base_model_id, None))
+        for i, spec in enumerate(config.adapters, start=1):
+            log.info(
+                "%s: loading adapter %d/%d %s@%s",
+                config.task,
+                i,
+                len(config.adapters),
+                spec.name,
+                spec.version,
+            )
             loaded = await state.worker.call(state.registry.load, spec)
             await state.worker.call(state.watch, loaded)
         state.ready = True
-        log.info("ready: %d adapters in %.1f s", len(state.config.adapters), time.perf_counter() - started)
+        log.info(
+            "%s: loaded %d adapters in %.1f s",
+            config.task,
+            len(config.adapters),
+            time.perf_counter() - started,
+        )
     except Exception as err:  # a pod that cannot load its declared adapters must not turn ready
         log.exception("start-up failed")
         state.startup_error = f"{type(err).__name__}: {err}"
         state.on_fatal()
 
 
+async def load_all(states: list[ServerState]) -> None:
+    """Load every task, one after the other (transformers' loading puts weights on the meta device
+    through process-wide switches: two loads at once corrupt each other); log "ready" once /readyz
+    says 200."""
+    started = time.perf_counter()
+    for state in states:
+        await load_declared(state)
+    if all(state.ready for state in states) and not states[0].draining:
+        ids = sorted({m for state in states for m in state.config.model_ids()})
+        log.info(
+            "ready: /readyz is 200 after %.1f s; serving %s", time.perf_counter() - started, ", ".join(ids)
+        )
+
+
 def create_app(config: ServeConfig, registry: AdapterRegistry | None = None) -> FastAPI:
-    """The server app. Pass a `registry` whose base is already loaded to skip loading it again."""
+    """The server app. Pass a `registry` whose base is already loaded to skip loading it again (it
+    serves the top-level task)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state: ServerState = app.state.kubetune
-        state.batcher.start()
-        loading = asyncio.create_task(load_declared(state))
+        for state in states:
+            state.batcher.start()
+        log.info(
+            "loading %d task(s): /healthz answers now; inference and the readiness probe wait for the models",
+            len(states),
+        )
+        loading = asyncio.create_task(load_all(states))
         yield
         loading.cancel()
-        await state.batcher.stop()
-        state.worker.shutdown()
-        if state.drift is not None:
-            state.drift.shutdown()
+        for state in states:
+            await state.batcher.stop()
+            state.worker.shutdown()
+            if state.drift is not None:
+                state.drift.shutdown()
 
     app = FastAPI(title="kubetune serve", lifespan=lifespan)
-    reg = registry or AdapterRegistry(config)
-    worker = ModelWorker()
     metrics = ServeMetrics()
-    app.state.kubetune = ServerState(
-        config=config,
-        registry=reg,
-        worker=worker,
-        metrics=metrics,
-        batcher=Batcher(reg, worker, config.max_batch_size, config.batch_wait_ms, config.max_input_tokens),
-        feedback=FeedbackStore(metrics, config.feedback_window),
-        **monitoring_parts(config, metrics),
-    )
+    admission = Admission(config.max_queued, metrics)
+    states = [
+        task_server(task, registry if i == 0 else None, metrics, admission)
+        for i, task in enumerate(config.task_configs())
+    ]
+    app.state.kubetune = states[0]
+    app.state.kubetune_tasks = states
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(routes.router)
+    app.include_router(classify_route.router)
     app.include_router(admin.router)
     app.include_router(review_routes.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
@@ -122,6 +156,24 @@ def create_app(config: ServeConfig, registry: AdapterRegistry | None = None) -> 
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"])
     return app
+
+
+def task_server(
+    config: ServeConfig, registry: AdapterRegistry | None, metrics: ServeMetrics, admission: Admission
+) -> ServerState:
+    """One task's registry, model thread and batcher; metrics and admission are the server's."""
+    reg = registry or AdapterRegistry(config)
+    worker = ModelWorker()
+    return ServerState(
+        config=config,
+        registry=reg,
+        worker=worker,
+        metrics=metrics,
+        admission=admission,
+        batcher=Batcher(reg, worker, config.max_batch_size, config.batch_wait_ms, config.max_input_tokens),
+        feedback=FeedbackStore(metrics, config.feedback_window),
+        **monitoring_parts(config, metrics),
+    )
 
 
 def monitoring_parts(config: ServeConfig, metrics: ServeMetrics) -> dict[str, Any]:
@@ -156,56 +208,67 @@ def monitoring_parts(config: ServeConfig, metrics: ServeMetrics) -> dict[str, An
 
 
 async def healthz(request: Request) -> JSONResponse:
-    s = server_state(request)
-    if s.startup_error:
-        return JSONResponse({"status": "failed", "error": s.startup_error}, status_code=500)
+    failed = [s.startup_error for s in all_states(request) if s.startup_error]
+    if failed:
+        return JSONResponse({"status": "failed", "error": "; ".join(failed)}, status_code=500)
     return JSONResponse({"status": "ok"})
 
 
 async def readyz(request: Request) -> JSONResponse:
-    s = server_state(request)
-    ready = s.ready and not s.draining and not s.startup_error
-    reason = "draining" if s.draining else s.startup_error or ("ready" if s.ready else "loading")
+    states = all_states(request)
+    draining = server_state(request).draining
+    failed = "; ".join(s.startup_error for s in states if s.startup_error)
+    loaded = all(s.ready for s in states)
+    ready = loaded and not draining and not failed
+    reason = "draining" if draining else failed or ("ready" if loaded else "loading")
+    adapters = sum(len(s.registry.served()) for s in states)
     return JSONResponse(
-        {"ready": ready, "reason": reason, "adapters": len(s.registry.served())},
-        status_code=200 if ready else 503,
+        {"ready": ready, "reason": reason, "adapters": adapters}, status_code=200 if ready else 503
     )
 
 
 async def list_models(request: Request) -> dict[str, Any]:
-    """Each served adapter version with the sha256 of its weights, so a probe can check what is served."""
-    s = server_state(request)
+    """Every id a client may send: each bare adapter name (its newest version), each name@version with
+    the sha256 of its weights (a probe checks what is served), and each causal-lm base."""
     data: list[dict[str, Any]] = []
-    if s.config.task == "causal-lm" and s.ready:
-        data.append(
-            {
-                "id": s.config.base_model_id,
-                "object": "model",
-                "created": 0,
-                "owned_by": "kubetune",
-                "baseModel": s.config.base_model.name,
-                "task": s.config.task,
-            }
-        )
-    for a in s.registry.served():
-        data.append(
-            {
-                "id": a.model_id,
-                "object": "model",
-                "created": int(a.loaded_at),
-                "owned_by": "kubetune",
-                "root": a.name,
-                "parent": s.config.base_model_id,
-                "name": a.name,
-                "version": a.version,
-                "digest": a.digest,
-                "uri": a.uri,
-                "task": s.config.task,
-                "default": s.registry.default_version(a.name) == a.version,
-                **({"labels": list(a.labels)} if a.labels else {}),
-            }
-        )
+    for s in all_states(request):
+        if s.config.task == "causal-lm" and s.ready:
+            data.append(
+                {
+                    "id": s.config.base_model_id,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "kubetune",
+                    "baseModel": s.config.base_model.name,
+                    "task": s.config.task,
+                }
+            )
+        served = s.registry.served()
+        for a in served:
+            entry = model_entry(s, a)
+            if s.registry.default_version(a.name) == a.version:
+                data.append({**entry, "id": a.name, "aliasOf": a.model_id})
+            data.append(entry)
     return {"object": "list", "data": data}
+
+
+def model_entry(s: ServerState, a: LoadedAdapter) -> dict[str, Any]:
+    return {
+        "id": a.model_id,
+        "object": "model",
+        "created": int(a.loaded_at),
+        "owned_by": "kubetune",
+        "root": a.name,
+        "parent": s.config.base_model_id,
+        "name": a.name,
+        "version": a.version,
+        "digest": a.digest,
+        "uri": a.uri,
+        "task": s.config.task,
+        "baseModel": s.config.base_model.name,
+        "default": s.registry.default_version(a.name) == a.version,
+        **({"labels": list(a.labels)} if a.labels else {}),
+    }
 
 
 async def metrics_endpoint(request: Request) -> Response:

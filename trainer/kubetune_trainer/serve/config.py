@@ -9,8 +9,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
-from kubetune.api.adapterdeployment import ReviewSpec
-from kubetune.api.adapterdeployment import Precision
+from kubetune.api.adapterdeployment import Precision, ReviewSpec
 from kubetune.api.common import DNS1123_LABEL, ApiModel
 from kubetune.api.finetunejob import BaseModelSpec
 from kubetune.api.loading import ConfigError, format_validation_error
@@ -68,8 +67,8 @@ class ServeMonitoring(ApiModel):
     ] = ReviewSpec()
 
 
-class ServeConfig(ApiModel):
-    """Everything `kubetune serve` needs; camelCase in YAML like the CRDs."""
+class TaskServing(ApiModel):
+    """One task behind the server: a base model, its adapters, and how its requests are batched."""
 
     base_model: Annotated[BaseModelSpec, Field(description="The base model, loaded once.")]
     task: Annotated[ServeTask, Field(description="causal-lm (chat/completions) or sequence-classification.")]
@@ -96,10 +95,69 @@ class ServeConfig(ApiModel):
     batch_wait_ms: Annotated[
         float, Field(description="How long the first request of a batch waits for company.", ge=0, le=1000)
     ] = 10.0
-    max_input_tokens: Annotated[int, Field(description="Longer prompts get HTTP 400.", ge=1, le=32768)] = 512
+    max_input_tokens: Annotated[
+        int,
+        Field(
+            description="Longest input in tokens: a longer prompt gets HTTP 400; a longer classification "
+            "input is cut to it (truncate) or fails alone.",
+            ge=1,
+            le=32768,
+        ),
+    ] = 512
+    truncate: Annotated[
+        bool,
+        Field(
+            description="sequence-classification: cut inputs to maxInputTokens (as the trainer cuts to "
+            "maxSeqLength) and mark them truncated; false: such an input gets its own error in the batch.",
+        ),
+    ] = True
     max_new_tokens: Annotated[
         int, Field(description="Upper bound (and default) for max_tokens.", ge=1, le=8192)
     ] = 256
+    monitoring: Annotated[ServeMonitoring, Field(description="Drift/accuracy monitoring.")] = (
+        ServeMonitoring()
+    )
+
+    @model_validator(mode="after")
+    def _unique_adapters(self) -> TaskServing:
+        seen: set[tuple[str, str]] = set()
+        for i, adapter in enumerate(self.adapters):
+            if (adapter.name, adapter.version) in seen:
+                raise ValueError(f"adapters[{i}]: {adapter.name}@{adapter.version} is listed twice")
+            if adapter.name == self.base_model_id:
+                raise ValueError(f"adapters[{i}].name: {adapter.name!r} is the baseModelId; rename one")
+            seen.add((adapter.name, adapter.version))
+        if self.labels is not None and self.task != "sequence-classification":
+            raise ValueError("labels applies only to task sequence-classification")
+        return self
+
+    def model_ids(self) -> set[str]:
+        """Every id a client may send to this task: adapter names, name@version, the causal-lm base."""
+        ids = {a.name for a in self.adapters} | {f"{a.name}@{a.version}" for a in self.adapters}
+        return ids | ({self.base_model_id} if self.task == "causal-lm" else set())
+
+
+class ServeConfig(TaskServing):
+    """Everything `kubetune serve` needs; camelCase in YAML like the CRDs. The top-level task fields
+    describe the first task; `tasks` adds more behind the same URL."""
+
+    tasks: Annotated[
+        list[TaskServing],
+        Field(
+            description="More tasks served by this pod, each on its own base (e.g. a classifier beside a "
+            "chat model); one task of each kind, model ids unique across all.",
+            max_length=1,
+        ),
+    ] = []
+    max_queued: Annotated[
+        int,
+        Field(
+            description="Inference requests one server holds at once (waiting or computing); more get "
+            "HTTP 429 with Retry-After, so admitted requests keep their latency under overload.",
+            ge=1,
+            le=100_000,
+        ),
+    ] = 64
     precision: Annotated[
         Precision,
         Field(description="Weights dtype: auto = bf16 on CUDA / CPUs with native bf16, else fp32."),
@@ -112,9 +170,6 @@ class ServeConfig(ApiModel):
     feedback_window: Annotated[
         int, Field(description="Feedback events per adapter version in the rolling accuracy.", ge=1, le=10**6)
     ] = 1000
-    monitoring: Annotated[ServeMonitoring, Field(description="Drift/accuracy monitoring.")] = (
-        ServeMonitoring()
-    )
     pvc_mounts: Annotated[dict[str, str], Field(description="PVC claim -> local mount directory.")] = {}
     cache_dir: Annotated[str, Field(description="Converted weights and downloaded adapters.")] = (
         "~/.cache/kubetune"
@@ -129,17 +184,24 @@ class ServeConfig(ApiModel):
     ] = Field(default_factory=_admin_token_from_env)
 
     @model_validator(mode="after")
-    def _unique_adapters(self) -> ServeConfig:
-        seen: set[tuple[str, str]] = set()
-        for i, adapter in enumerate(self.adapters):
-            if (adapter.name, adapter.version) in seen:
-                raise ValueError(f"adapters[{i}]: {adapter.name}@{adapter.version} is listed twice")
-            if adapter.name == self.base_model_id:
-                raise ValueError(f"adapters[{i}].name: {adapter.name!r} is the baseModelId; rename one")
-            seen.add((adapter.name, adapter.version))
-        if self.labels is not None and self.task != "sequence-classification":
-            raise ValueError("labels applies only to task sequence-classification")
+    def _tasks_apart(self) -> ServeConfig:
+        for i, extra in enumerate(self.tasks):
+            if extra.task == self.task:
+                raise ValueError(f"tasks[{i}].task: {extra.task} is already the top-level task; one of each")
+            shared = extra.model_ids() & self.model_ids()
+            if shared:
+                raise ValueError(
+                    f"tasks[{i}]: model ids {sorted(shared)} are also served by the top-level task"
+                )
         return self
+
+    def task_configs(self) -> list[ServeConfig]:
+        """One complete ServeConfig per task (server-level fields shared), the top-level task first."""
+        first = self.model_copy(update={"tasks": []})
+        fields = set(TaskServing.model_fields)
+        return [first] + [
+            first.model_copy(update={name: getattr(t, name) for name in fields}) for t in self.tasks
+        ]
 
     def locate(self, uri: str) -> str:
         """pvc://claim/path -> <mount>/path; file:// -> path; other URIs unchanged."""

@@ -6,6 +6,7 @@ Body shape (what the openai SDK parses): {"error": {"message", "type", "param", 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -77,6 +78,31 @@ class NotReadyError(ServeError):
     status = 503
     type = "server_error"
     code = "not_ready"
+
+
+class OverloadedError(ServeError):
+    """The server holds serving.maxQueued requests already; Retry-After says when to try again."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "server_overloaded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        seconds = max(1, math.ceil(retry_after_s))
+        # Retry-After is whole seconds (RFC 9110); the openai SDK also reads retry-after-ms.
+        self.headers = {
+            "Retry-After": str(seconds),
+            "retry-after-ms": str(max(1, round(retry_after_s * 1000))),
+        }
+
+
+class RequestTimeoutError(ServeError):
+    """The client's own timeout (x-request-timeout) passed before its answer was ready."""
+
+    status = 504
+    type = "server_error"
+    code = "timeout"
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:

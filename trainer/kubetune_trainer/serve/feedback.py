@@ -52,6 +52,9 @@ class FeedbackStore:
         while len(self._predictions) > PREDICTION_MEMORY:
             self._predictions.popitem(last=False)
 
+    def knows(self, request_id: str) -> bool:
+        return request_id in self._predictions
+
     def record(self, request_id: str, index: int, label: str | None, correct: bool | None) -> FeedbackEvent:
         """Judge a remembered prediction by a true label or a correct/incorrect verdict."""
         prediction = self._predictions.get(request_id)

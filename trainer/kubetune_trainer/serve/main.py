@@ -21,10 +21,12 @@ class DrainingServer(uvicorn.Server):
     timeout_graceful_shutdown, then runs the lifespan shutdown that empties the batcher); this adds
     /readyz turning 503 at once, for anything still probing."""
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(self, config: uvicorn.Config, state: ServerState, tasks: list[ServerState]) -> None:
         super().__init__(config)
         self.state = state
-        state.on_fatal = self.stop
+        self.tasks = tasks
+        for task in tasks:
+            task.on_fatal = self.stop
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.state.draining = True
@@ -49,7 +51,7 @@ def make_server(config: ServeConfig) -> DrainingServer:
         access_log=False,
         lifespan="on",
     )
-    return DrainingServer(uv, app.state.kubetune)
+    return DrainingServer(uv, app.state.kubetune, app.state.kubetune_tasks)
 
 
 def run_serve(config: ServeConfig) -> int:
@@ -57,4 +59,4 @@ def run_serve(config: ServeConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = make_server(config)
     server.run()
-    return EXIT_STARTUP_FAILED if server.state.startup_error else EXIT_OK
+    return EXIT_STARTUP_FAILED if any(t.startup_error for t in server.tasks) else EXIT_OK

@@ -52,6 +52,13 @@ class ServeMetrics:
             registry=r,
         )
         self.drift_window = Gauge(names.DRIFT_WINDOW, "Inputs in the drift window.", LABELS, registry=r)
+        self.queue_length = Gauge(
+            names.QUEUE_LENGTH, "Inference requests admitted (waiting or computing).", registry=r
+        )
+        self.shed = Counter(names.SHED_TOTAL, "Requests refused with 429 (maxQueued).", LABELS, registry=r)
+        self.cancelled = Counter(
+            names.CANCELLED_TOTAL, "Requests whose client left or timed out.", LABELS, registry=r
+        )
         self.review_queue = Gauge(
             names.REVIEW_QUEUE, "Inputs waiting in the review queue.", ("adapter",), registry=r
         )

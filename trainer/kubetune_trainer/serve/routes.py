@@ -11,29 +11,28 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from kubetune_trainer.serve import review_routes
 from kubetune_trainer.serve.adapters import Target
+from kubetune_trainer.serve.admission import cancel_rows, client_deadline, disconnected, while_client_waits
 from kubetune_trainer.serve.errors import (
     ContextLengthError,
     InvalidRequestError,
     ModelNotFoundError,
+    RequestTimeoutError,
     ServeError,
     WrongTaskError,
     error_body,
 )
 from kubetune_trainer.serve.feedback import FeedbackEvent, Prediction
-from kubetune_trainer.serve.fresh import RememberedInput, scrub_metadata
-from kubetune_trainer.serve.inference import ClassifyRow, GenerationRow, Sampling
+from kubetune_trainer.serve.inference import GenerationRow, Sampling
 from kubetune_trainer.serve.metrics import UNKNOWN
 from kubetune_trainer.serve.schemas import (
     ChatCompletionRequest,
     ChatMessage,
-    ClassifyRequest,
     CompletionRequest,
     FeedbackRequest,
     _Sampling,
 )
-from kubetune_trainer.serve.state import ServerState, server_state
+from kubetune_trainer.serve.state import ServerState, all_states, server_state, task_state
 
 router = APIRouter()
 
@@ -42,15 +41,15 @@ router = APIRouter()
 async def chat_completions(
     body: ChatCompletionRequest, request: Request
 ) -> dict[str, Any] | StreamingResponse:
-    s = server_state(request)
-    target = _causal_target(s, body.model)
+    s = causal_state(request)
+    target = resolve(s, body.model)
     return await _complete(s, request, body, target, [_chat_prompt(s, body.messages)], chat=True)
 
 
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> dict[str, Any] | StreamingResponse:
-    s = server_state(request)
-    target = _causal_target(s, body.model)
+    s = causal_state(request)
+    target = resolve(s, body.model)
     if body.stream and len(body.prompts) > 1:
         raise InvalidRequestError("stream: true takes one prompt, not a list", "prompt")
     prompts = [
@@ -60,49 +59,11 @@ async def completions(body: CompletionRequest, request: Request) -> dict[str, An
     return await _complete(s, request, body, target, prompts, chat=False)
 
 
-@router.post("/v1/classify")
-async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
-    s = server_state(request)
-    s.require_ready()
-    if s.config.task != "sequence-classification":
-        raise WrongTaskError("this server runs a causal-lm; use /v1/chat/completions or /v1/completions")
-    target = _resolve(s, body.model)
-    lengths = [len(_check_length(s, s.registry.tokenizer(t).input_ids, "input")) for t in body.inputs]
-    with s.metrics.track(target.label_values):
-        rows = [ClassifyRow(target, text) for text in body.inputs]
-        await s.batcher.classify(rows)
-        _raise_row_error(rows)
-        served = rows[0].target
-        labels = served.adapter.labels if served.adapter else s.registry.labels
-        predicted = [labels[max(range(len(r.probabilities)), key=r.probabilities.__getitem__)] for r in rows]
-        s.metrics.tokens.labels(*served.label_values).inc(sum(lengths))
-        s.feedback.remember(request.state.request_id, Prediction(*served.label_values, tuple(predicted)))
-        _monitor(s, request.state.request_id, body, served, predicted, rows, lengths)
-        found = review_routes.signals(s, served, rows)
-        await review_routes.capture(s, body, served, list(labels), rows, found)
-    return {
-        "id": f"clf-{request.state.request_id}",
-        "object": "classification",
-        "created": int(time.time()),
-        "model": body.model,
-        "system_fingerprint": served.served_id,
-        "data": [
-            {
-                "index": i,
-                "label": label,
-                "probabilities": dict(zip(labels, r.probabilities, strict=True)),
-                **sig.wire(),
-            }
-            for i, (label, r, sig) in enumerate(zip(predicted, rows, found, strict=True))
-        ],
-        "usage": {"prompt_tokens": sum(lengths), "total_tokens": sum(lengths)},
-    }
-
-
 @router.post("/v1/feedback")
 async def feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
-    s = server_state(request)
-    event = s.feedback.record(_strip_id_prefix(body.request_id), body.index, body.label, body.correct)
+    request_id = _strip_id_prefix(body.request_id)
+    s = next((t for t in all_states(request) if t.feedback.knows(request_id)), server_state(request))
+    event = s.feedback.record(request_id, body.index, body.label, body.correct)
     await _keep_fresh(s, event)
     accuracy, window = s.feedback.accuracy(event.adapter, event.version)
     return {
@@ -114,30 +75,6 @@ async def feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
         "rollingAccuracy": accuracy,
         "windowSize": window,
     }
-
-
-def _monitor(
-    s: ServerState,
-    request_id: str,
-    body: ClassifyRequest,
-    served: Target,
-    predicted: list[str],
-    rows: list[ClassifyRow],
-    lengths: list[int],
-) -> None:
-    """Feed the drift window, and remember the inputs (scrubbed) where fresh data is kept."""
-    if s.drift is not None:
-        s.drift.observe(
-            *served.label_values,
-            predicted,
-            [max(r.probabilities) for r in rows],
-            lengths,
-            [r.embedding for r in rows],
-        )
-    if s.inputs is not None:
-        m = s.config.monitoring
-        metadata = scrub_metadata(body.metadata, m.drop_fields, m.hash_fields, salt=served.label_values[0])
-        s.inputs.remember(request_id, RememberedInput(tuple(body.inputs), metadata))
 
 
 async def _keep_fresh(s: ServerState, event: FeedbackEvent) -> None:
@@ -163,14 +100,13 @@ def _strip_id_prefix(request_id: str) -> str:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
-def _causal_target(s: ServerState, model: str) -> Target:
+def causal_state(request: Request) -> ServerState:
+    s = task_state(request, "causal-lm", "this server runs no causal-lm; use /v1/classify")
     s.require_ready()
-    if s.config.task != "causal-lm":
-        raise WrongTaskError("this server runs a sequence-classification model; use /v1/classify")
-    return _resolve(s, model)
+    return s
 
 
-def _resolve(s: ServerState, model: str) -> Target:
+def resolve(s: ServerState, model: str) -> Target:
     try:
         return s.registry.resolve(model)
     except ModelNotFoundError:
@@ -223,13 +159,16 @@ async def _complete(
     rid = request.state.request_id
     response_id = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
     if body.stream:
+        s.admission.check(target.label_values)  # 429 while headers can still say so
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _stream(s, rid, response_id, body.model, rows[0], sampling, chat, include_usage),
+            _stream(s, request, response_id, body.model, rows[0], sampling, chat, include_usage),
             media_type="text/event-stream",
         )
-    with s.metrics.track(target.label_values):
-        await s.batcher.generate(rows, sampling)
+    with s.admission.slot(target.label_values), s.metrics.track(target.label_values):
+        await while_client_waits(
+            request, s.batcher.generate(rows, sampling), rows, lambda: _abandoned(s, rows)
+        )
         _raise_row_error(rows)
         served = rows[0].target
         usage = _usage(rows)
@@ -252,6 +191,13 @@ async def _complete(
     }
 
 
+def _abandoned(s: ServerState, rows: list[GenerationRow]) -> None:
+    """Count what a request whose client left cost, once the model has let go of its rows."""
+    labels = rows[0].target.label_values
+    s.metrics.cancelled.labels(*labels).inc()
+    s.metrics.tokens.labels(*labels).inc(_usage(rows)["total_tokens"])
+
+
 def _usage(rows: list[GenerationRow]) -> dict[str, int]:
     prompt = sum(len(r.prompt_ids) for r in rows)
     completion = sum(len(r.generated) for r in rows)
@@ -260,7 +206,7 @@ def _usage(rows: list[GenerationRow]) -> dict[str, int]:
 
 async def _stream(
     s: ServerState,
-    rid: str,
+    request: Request,
     response_id: str,
     model: str,
     row: GenerationRow,
@@ -294,31 +240,39 @@ async def _stream(
         }
         return f"data: {json.dumps(payload)}\n\n"
 
-    with s.metrics.track(row.target.label_values):
+    labels = row.target.label_values
+    with s.admission.hold(), s.metrics.track(labels):
         task = asyncio.create_task(s.batcher.generate([row], sampling))
+        gone = asyncio.ensure_future(disconnected(request))
+        deadline = client_deadline(request)
         try:
             if chat:
                 yield f"data: {json.dumps(_role_chunk(response_id, created, model, row))}\n\n"
             while not (task.done() and deltas.empty()):
                 getter = asyncio.ensure_future(deltas.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                await asyncio.wait({getter, task, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
                     yield chunk(getter.result(), None)
-                else:
-                    getter.cancel()
+                    continue
+                getter.cancel()
+                if not task.done():  # the client left or its timeout passed
+                    raise RequestTimeoutError("the client disconnected or its x-request-timeout passed")
             await task
             _raise_row_error([row])
         except ServeError as err:  # headers are sent: the error travels as an SSE event
-            s.metrics.errors.labels(*row.target.label_values).inc()
+            s.metrics.errors.labels(*labels).inc()
             yield f"data: {json.dumps(error_body(err.message, err.type, err.code, err.param))}\n\n"
             return
         finally:
-            if not task.done():  # client went away: end this row at the next step; its batch goes on
-                row.finish_reason = row.finish_reason or "cancelled"
+            gone.cancel()
+            if not task.done():  # end this row at the next step; its batch goes on
+                cancel_rows([row])
+                task.add_done_callback(lambda _: _abandoned(s, [row]))
         yield chunk(None, row.finish_reason)
         usage = _usage([row])
         s.metrics.tokens.labels(*row.target.label_values).inc(usage["total_tokens"])
-        s.feedback.remember(rid, Prediction(*row.target.label_values, (row.text,)))
+        s.feedback.remember(request.state.request_id, Prediction(*labels, (row.text,)))
         if include_usage:
             yield chunk(None, None, usage)
         yield "data: [DONE]\n\n"

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from kubetune_trainer.serve.adapters import AdapterRegistry, LoadedAdapter
+from kubetune_trainer.serve.admission import Admission
 from kubetune_trainer.serve.batching import Batcher, ModelWorker
 from kubetune_trainer.serve.config import ServeConfig
 from kubetune_trainer.serve.drift import DriftMonitor
-from kubetune_trainer.serve.errors import NotReadyError
+from kubetune_trainer.serve.errors import NotReadyError, WrongTaskError
 from kubetune_trainer.serve.feedback import FeedbackStore
 from kubetune_trainer.serve.fresh import FreshDataWriter, InputMemory
 from kubetune_trainer.serve.metrics import ServeMetrics
@@ -27,6 +28,7 @@ class ServerState:
     batcher: Batcher
     metrics: ServeMetrics
     feedback: FeedbackStore
+    admission: Admission  # shared by every task of the server: maxQueued bounds the pod
     drift: DriftMonitor | None = None  # sequence-classification with monitoring.enabled
     fresh: FreshDataWriter | None = None  # monitoring.freshDataUri set
     inputs: InputMemory | None = None  # request id -> inputs, only while fresh data is kept
@@ -59,5 +61,20 @@ class ServerState:
 
 
 def server_state(request: Request) -> ServerState:
+    """The first (top-level) task's state; with one task, the server's."""
     state: ServerState = request.app.state.kubetune
     return state
+
+
+def all_states(request: Request) -> list[ServerState]:
+    """Every task's state, the top-level task first."""
+    states: list[ServerState] = request.app.state.kubetune_tasks
+    return states
+
+
+def task_state(request: Request, task: str, hint: str) -> ServerState:
+    """The state serving `task`; WrongTaskError (400) naming the endpoint to use otherwise."""
+    for state in all_states(request):
+        if state.config.task == task:
+            return state
+    raise WrongTaskError(hint)

@@ -1,0 +1,160 @@
+"""/v1/classify: many inputs per request, each answered or refused on its own.
+
+An input longer than maxInputTokens is cut to it when `truncate` is on (the trainer cuts training
+rows to maxSeqLength the same way) and marked `truncated`; with truncate off, or for an empty input,
+that input gets its own OpenAI-shaped error in `data` and the rest of the batch is still answered. A
+request with a single string input keeps the plain HTTP error (there is nothing else to answer).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from kubetune_trainer.serve import review_routes
+from kubetune_trainer.serve.adapters import Target
+from kubetune_trainer.serve.admission import while_client_waits
+from kubetune_trainer.serve.errors import ContextLengthError, InvalidRequestError, ServeError, error_body
+from kubetune_trainer.serve.feedback import Prediction
+from kubetune_trainer.serve.fresh import RememberedInput, scrub_metadata
+from kubetune_trainer.serve.inference import ClassifyRow
+from kubetune_trainer.serve.routes import resolve
+from kubetune_trainer.serve.schemas import ClassifyRequest
+from kubetune_trainer.serve.state import ServerState, task_state
+
+router = APIRouter()
+
+
+@dataclass
+class Prepared:
+    """One input after the length policy: its token count, or the error it gets instead."""
+
+    tokens: int = 0
+    truncated: bool = False
+    error: ServeError | None = None
+
+
+def prepare(s: ServerState, texts: list[str]) -> list[Prepared]:
+    """Apply the length policy to every input, without stopping at the first bad one."""
+    limit, cut = s.config.max_input_tokens, s.config.truncate
+    out = []
+    for i, (text, ids) in enumerate(zip(texts, s.registry.tokenizer(texts).input_ids, strict=True)):
+        param = f"input[{i}]"
+        if not text.strip():
+            out.append(Prepared(error=InvalidRequestError(f"{param}: empty", param)))
+        elif len(ids) > limit and not cut:
+            message = (
+                f"{param}: {len(ids)} tokens, more than this server's maxInputTokens {limit} (truncate off)"
+            )
+            out.append(Prepared(error=ContextLengthError(message, param)))
+        else:
+            out.append(Prepared(tokens=min(len(ids), limit), truncated=len(ids) > limit))
+    return out
+
+
+@router.post("/v1/classify")
+async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
+    s = task_state(
+        request, "sequence-classification", "this server runs no classifier; use /v1/chat/completions"
+    )
+    s.require_ready()
+    target = resolve(s, body.model)
+    texts = body.inputs
+    prepared = prepare(s, texts)
+    if isinstance(body.input, str) and prepared[0].error is not None:
+        raise prepared[0].error
+    with s.admission.slot(target.label_values), s.metrics.track(target.label_values):
+        rows = {i: ClassifyRow(target, texts[i]) for i, p in enumerate(prepared) if p.error is None}
+        if rows:
+            await while_client_waits(request, s.batcher.classify(list(rows.values())), [], lambda: None)
+        for i, row in rows.items():
+            prepared[i].error = row.error
+        ok = {i: row for i, row in rows.items() if row.error is None}
+        if not ok:
+            raise next(p.error for p in prepared if p.error is not None)
+        data, served = await _answer(s, request, body, prepared, ok)
+    tokens = sum(prepared[i].tokens for i in ok)
+    return {
+        "id": f"clf-{request.state.request_id}",
+        "object": "classification",
+        "created": int(time.time()),
+        "model": body.model,
+        "system_fingerprint": served.served_id,
+        "data": data,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+async def _answer(
+    s: ServerState,
+    request: Request,
+    body: ClassifyRequest,
+    prepared: list[Prepared],
+    ok: dict[int, ClassifyRow],
+) -> tuple[list[dict[str, Any]], Target]:
+    """The `data` items in input order; answered rows also feed metrics, feedback, drift and review."""
+    rows = list(ok.values())
+    served = rows[0].target
+    labels = served.adapter.labels if served.adapter else s.registry.labels
+    predicted = {
+        i: labels[max(range(len(r.probabilities)), key=r.probabilities.__getitem__)] for i, r in ok.items()
+    }
+    s.metrics.tokens.labels(*served.label_values).inc(sum(prepared[i].tokens for i in ok))
+    # Feedback indexes by input position; a refused input has no prediction ("").
+    outputs = tuple(predicted.get(i, "") for i in range(len(prepared)))
+    s.feedback.remember(request.state.request_id, Prediction(*served.label_values, outputs))
+    _monitor(
+        s,
+        request.state.request_id,
+        body,
+        served,
+        list(predicted.values()),
+        rows,
+        [prepared[i].tokens for i in ok],
+    )
+    found = dict(zip(ok, review_routes.signals(s, served, rows), strict=True))
+    await review_routes.capture(s, body, served, list(labels), rows, list(found.values()))
+    data: list[dict[str, Any]] = []
+    for i, p in enumerate(prepared):
+        if p.error is not None:
+            data.append(
+                {"index": i, **error_body(p.error.message, p.error.type, p.error.code, p.error.param)}
+            )
+            continue
+        data.append(
+            {
+                "index": i,
+                "label": predicted[i],
+                "probabilities": dict(zip(labels, ok[i].probabilities, strict=True)),
+                "truncated": p.truncated,
+                **found[i].wire(),
+            }
+        )
+    return data, served
+
+
+def _monitor(
+    s: ServerState,
+    request_id: str,
+    body: ClassifyRequest,
+    served: Target,
+    predicted: list[str],
+    rows: list[ClassifyRow],
+    lengths: list[int],
+) -> None:
+    """Feed the drift window, and remember the inputs (scrubbed) where fresh data is kept."""
+    if s.drift is not None:
+        s.drift.observe(
+            *served.label_values,
+            predicted,
+            [max(r.probabilities) for r in rows],
+            lengths,
+            [r.embedding for r in rows],
+        )
+    if s.inputs is not None:
+        m = s.config.monitoring
+        metadata = scrub_metadata(body.metadata, m.drop_fields, m.hash_fields, salt=served.label_values[0])
+        s.inputs.remember(request_id, RememberedInput(tuple(body.inputs), metadata))
