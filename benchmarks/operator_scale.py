@@ -55,12 +55,17 @@ from operator_process import Operator  # noqa: E402
 
 OPERATOR_NAMESPACE = "kubetune-system"
 FTJ_API = "/apis/kubetune.dev/v1alpha1"
-# The chart's default resync; the validate pod's requests made small so that N pods fit on few nodes.
+# The chart's defaults (the test harness's fast settings undone); the validate pod's requests made
+# small so that N pods fit on few nodes.
 OPERATOR_ENV = {
-    "KUBETUNE_RESYNC_SECONDS": "10",
+    "KUBETUNE_RESYNC_SECONDS": "300",
+    "KUBETUNE_ADAPTER_RESYNC_SECONDS": "10",
+    "KUBETUNE_PROGRESS_SECONDS": "3",
+    "KUBETUNE_LOG_REOPEN_MAX_SECONDS": "60",
     "KUBETUNE_VALIDATE_CPU": "50m",
     "KUBETUNE_VALIDATE_MEMORY": "64Mi",
 }
+KWOK_LOGS = "/apis/kwok.x-k8s.io/v1alpha1"
 PODS_PER_NODE = 100  # kwok nodes hold 110
 
 
@@ -205,6 +210,7 @@ class Timeline:
     job_seen: dict[str, float] = field(default_factory=dict)
     finished: dict[str, float] = field(default_factory=dict)
     phases: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: collections.defaultdict(list))
+    progress: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> progress -> arrival
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_job(self, kind: str, obj: dict, arrived: float) -> None:
@@ -216,7 +222,10 @@ class Timeline:
     def on_ftj(self, kind: str, obj: dict, arrived: float) -> None:
         phase = (obj.get("status") or {}).get("phase")
         name = obj["metadata"]["name"]
+        progress = (obj.get("status") or {}).get("progress")
         with self.lock:
+            if progress and progress not in self.progress.get(name, {}):
+                self.progress.setdefault(name, {})[progress] = arrived
             seen = self.phases[name]
             if phase and (not seen or seen[-1][1] != phase):
                 seen.append((arrived, phase))
@@ -301,14 +310,55 @@ class Result:
     total_requests: int = 0
     idle_cpu_per_min: float = math.nan
     idle_requests_per_min: float = math.nan
+    idle_apiserver_cpu_per_min: float = math.nan
+    log_to_status: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
-def measure_idle(meter: ProcessMeter, proxy: CountingProxy, seconds: float, result: Result) -> None:
-    cpu, requests = meter.cpu(), proxy.requests()
+def measure_idle(
+    meter: ProcessMeter, apiserver: ProcessMeter, proxy: CountingProxy, seconds: float, result: Result
+) -> None:
+    cpu, api_cpu, requests = meter.cpu(), apiserver.cpu(), proxy.requests()
     time.sleep(seconds)
     result.idle_cpu_per_min = (meter.cpu() - cpu) * 60 / seconds
+    result.idle_apiserver_cpu_per_min = (apiserver.cpu() - api_cpu) * 60 / seconds
     result.idle_requests_per_min = (proxy.requests() - requests) * 60 / seconds
+
+
+def step_line(step: int) -> str:
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    event = {"event": "step", "step": step, "totalSteps": 100, "loss": 1.0 / step}
+    return f"{stamp} stdout F {json.dumps(event)}\n"
+
+
+def give_trainers_a_log(cluster: Cluster, log_file: Path) -> list[str]:
+    """Every running training pod logs what a trainer logs (one file, served by kwok through the
+    kubelet API as a real kubelet would, followed while it grows); returns their jobs' names."""
+    log_file.write_text(step_line(1))
+    pods = [
+        p
+        for p in cluster.list("pods", cluster.ns, label_selector="app.kubernetes.io/component=train")
+        if p.get("status", {}).get("phase") == "Running"
+    ]
+
+    def logs(pod: dict[str, Any]) -> None:
+        body = {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Logs",
+            "metadata": {"name": pod["metadata"]["name"], "namespace": cluster.ns},
+            "spec": {"logs": [{"logsFile": str(log_file), "follow": True}]},
+        }
+        cluster.request("POST", f"{KWOK_LOGS}/namespaces/{cluster.ns}/logs", body)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(logs, pods))
+    return [p["metadata"]["labels"]["kubetune.dev/finetunejob"] for p in pods]
+
+
+def apiserver_meter(plane: ControlPlane) -> ProcessMeter:
+    (component,) = [c for c in plane.components if c.name == "kube-apiserver"]
+    assert component.proc is not None
+    return ProcessMeter(component.proc.pid)
 
 
 def run_one(
@@ -374,12 +424,38 @@ def run_one(
             "every phase change after the pod",
         )
         result.finish_phase = timeline.finish_to_phase()
+        wait_until(
+            lambda: all(timeline.phase_of(n) in ("Running", "Pending") for n in names),
+            args.timeout,
+            "every FineTuneJob Running or Pending (waiting for a GPU)",
+        )
+        time.sleep(5)  # the scheduler places what fits on the GPU nodes
         after = collections.Counter(timeline.phase_of(n) for n in names)
         result.notes.append(f"phases after validation: {dict(after)}")
 
     result.total_cpu_s = meter.cpu() - cpu0
     result.total_requests = proxy.requests() - requests0
-    measure_idle(meter, proxy, args.idle, result)
+    logging = []
+    if lifecycle:
+        log_file = workdir / f"{ns}-trainer.log"
+        logging = give_trainers_a_log(cluster, log_file)
+        wait_until(
+            lambda: all("1/100" in timeline.progress.get(n, {}) for n in logging),
+            args.timeout,
+            "the first progress of every running trainer in status",
+        )
+        result.notes.append(f"{len(logging)} running trainers with a followed log during the idle sample")
+    measure_idle(meter, apiserver_meter(plane), proxy, args.idle, result)
+    if logging:
+        with log_file.open("a") as out:  # every trainer logs its next step at once: the worst case
+            out.write(step_line(2))
+        wrote = time.monotonic()
+        wait_until(
+            lambda: all("2/100" in timeline.progress.get(n, {}) for n in logging),
+            args.timeout,
+            "the next progress of every running trainer in status",
+        )
+        result.log_to_status = [timeline.progress[n]["2/100"] - wrote for n in logging]
     result.peak_rss_mib = meter.peak_rss_mib()
     for w in watches:
         w.stopped.set()
@@ -447,7 +523,9 @@ def row(r: Result) -> str:
         f"| {ms(pct(r.create_job, 0.99))} | {ms(pct(r.finish_phase, 0.5))} | {ms(pct(r.finish_phase, 0.99))} "
         f"| {r.burst_cpu_s:.2f} | {r.burst_cpu_s / r.n * 1000:.1f} | {r.total_cpu_s:.2f} "
         f"| {r.peak_rss_mib:.0f} | {r.burst_requests / r.n:.1f} | {r.total_requests / r.n:.1f} "
-        f"| {r.idle_cpu_per_min:.2f} | {r.idle_requests_per_min:.0f} |"
+        f"| {r.idle_cpu_per_min:.2f} | {r.idle_cpu_per_min / 60 * 1000 / r.n:.3f} "
+        f"| {r.idle_apiserver_cpu_per_min / 60 * 1000 / r.n:.3f} | {r.idle_requests_per_min:.0f} "
+        f"| {ms(pct(r.log_to_status, 0.5))} | {ms(pct(r.log_to_status, 0.99))} |"
     )
 
 
@@ -460,6 +538,8 @@ def report(results: list[Result], context: dict[str, str]) -> str:
         "time to all Jobs": ours.all_jobs_s / floor.all_jobs_s,
         "requests per job (burst)": ours.burst_requests / max(floor.burst_requests, 1),
         "peak RSS": ours.peak_rss_mib / floor.peak_rss_mib,
+        "idle CPU": ours.idle_cpu_per_min / max(floor.idle_cpu_per_min, 1e-9),
+        "API server idle CPU": ours.idle_apiserver_cpu_per_min / max(floor.idle_apiserver_cpu_per_min, 1e-9),
     }
     lines = [
         f"## N = {ours.n} — {context['date']}",
@@ -468,8 +548,9 @@ def report(results: list[Result], context: dict[str, str]) -> str:
         "",
         "| operator | N | burst s | all Jobs s | create→Job p50 ms | p99 ms | pod done→phase p50 ms "
         "| p99 ms | CPU s (burst) | CPU ms/job | CPU s (all) | peak RSS MiB | req/job (burst) "
-        "| req/job (all) | idle CPU s/min | idle req/min |",
-        "|" + "---|" * 16,
+        "| req/job (all) | idle CPU s/min | idle cores per 1,000 jobs | API server idle cores per "
+        "1,000 jobs | idle req/min | log line→status p50 ms | p99 ms |",
+        "|" + "---|" * 20,
         row(ours),
         row(floor),
         "",

@@ -87,12 +87,9 @@ def fresh_prediction(cluster: Cluster, manifest: dict[str, Any]) -> dict[str, An
 
 
 def operator_acted(live: dict[str, Any]) -> bool:
-    annotations = live["metadata"].get("annotations", {})
-    return bool(
-        live.get("status", {}).get("phase")
-        and any(k.startswith("kubetune.dev/") for k in annotations)
-        and live["metadata"].get("finalizers")
-    )
+    """The operator wrote its status (it writes no annotations and no finalizer since it reconciles
+    from watch events instead of Kopf's change handlers and timers)."""
+    return bool(live.get("status", {}).get("phase") and live.get("status", {}).get("conditions"))
 
 
 def test_operator_and_defaults_leave_the_example_app_in_sync(cluster: Cluster, operator: Operator) -> None:
@@ -101,7 +98,7 @@ def test_operator_and_defaults_leave_the_example_app_in_sync(cluster: Cluster, o
         cluster.kubectl("apply", "--server-side", MANAGER, "-f", str(path))
     manifests = {resource: yaml.safe_load(path.read_text()) for resource, path in MANIFESTS.items()}
 
-    # Let the operator act: Kopf's annotations and finalizer, the status, the children.
+    # Let the operator act: the status, the children.
     for resource, manifest in manifests.items():
         name = manifest["metadata"]["name"]
         try:
