@@ -2,8 +2,9 @@
 # Builds the real Kubernetes control plane the integration tests run against, from Go modules
 # (nothing is downloaded from a release site): kube-apiserver, kube-controller-manager and
 # kube-scheduler of the k8s.io/kubernetes release pinned in tools/k8s/go.mod, etcd of the version
-# that release is tested with, and kwok (tools/kwok/go.mod) for fake nodes; plus kwok's Logs CRD
-# (pod logs through the real kubelet API) and Argo CD's CRDs (manifests only). Prints the folder.
+# that release is tested with, and kwok (tools/kwok/go.mod) for fake nodes; plus kwok's Logs and
+# PortForward CRDs (pod logs and kubectl port-forward through the real kubelet API) and Argo CD's
+# CRDs (manifests only). Prints the folder.
 #
 # Binaries go to .tools/k8s-<version>/ (outside git). A stamp of go.mod + go.sum + this script makes
 # a second run a no-op; the Go build cache (~/.cache/go-build) makes a rebuild after a bump cheap.
@@ -59,7 +60,8 @@ trap 'rm -rf "${tmp}"' EXIT
   go build -trimpath -ldflags "-s -w" -o "${tmp}/" sigs.k8s.io/kwok/cmd/kwok
   kwok_dir="$(go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
   mkdir -p "${tmp}/kwok-crds"
-  cp "${kwok_dir}/kustomize/crd/bases/kwok.x-k8s.io_logs.yaml" "${tmp}/kwok-crds/"
+  cp "${kwok_dir}/kustomize/crd/bases/kwok.x-k8s.io_logs.yaml" \
+    "${kwok_dir}/kustomize/crd/bases/kwok.x-k8s.io_portforwards.yaml" "${tmp}/kwok-crds/"
 )
 (
   # Argo CD's Application/AppProject CRDs, so the examples/argocd manifests meet a real schema.

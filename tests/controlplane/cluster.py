@@ -360,6 +360,17 @@ class Cluster:
         }
         self.kubectl("apply", "-f", "-", input=json.dumps(logs))
 
+    def set_pod_port_forward(self, namespace: str, pod: str, port: int, local_port: int) -> None:
+        """Where ``kubectl port-forward`` to this pod's ``port`` lands: kwok's kubelet API tunnels it to
+        127.0.0.1:``local_port`` (a kwok ``PortForward`` object per pod, like ``Logs``)."""
+        forward = {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "PortForward",
+            "metadata": {"name": pod, "namespace": namespace},
+            "spec": {"forwards": [{"ports": [port], "target": {"port": local_port, "address": "127.0.0.1"}}]},
+        }
+        self.kubectl("apply", "-f", "-", input=json.dumps(forward))
+
     # -- waiting ------------------------------------------------------------------------------------
     @staticmethod
     def wait_for(

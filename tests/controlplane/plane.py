@@ -280,7 +280,7 @@ class ControlPlane:
                 f"--server-address=127.0.0.1:{kwok_port}",
                 f"--tls-cert-file={self.kwok_serving.cert}",
                 f"--tls-private-key-file={self.kwok_serving.key}",
-                "--enable-crds=Logs",
+                "--enable-crds=Logs,PortForward",
             ],
             http_ok(f"https://127.0.0.1:{kwok_port}/healthz", insecure_context()),
         )

@@ -5,7 +5,8 @@ The real Job controller makes the training pods and decides the Job's end by its
 the real deployment controller makes the serving pods and rolls them (maxSurge 1, maxUnavailable 0:
 two serving pods coexist during a rollout). kwok marks a bound pod Running. This kubelet then:
 
-- starts the pod's container with its exact command, args and env, rewriting only paths: /etc/kubetune
+- starts the pod's container with its exact command, args and env (``secretKeyRef`` values read from
+  the Secret), rewriting only paths: /etc/kubetune
   (and any other ConfigMap mount) becomes a copy of the ConfigMap's data, /mnt/kubetune/pvc/<claim> a
   local folder per claim, /var/cache/kubetune one cache shared by every pod (the MiniLM conversion
   happens once), /dev/termination-log a file per pod; a pod with an HTTP readiness probe (a server)
@@ -14,6 +15,8 @@ two serving pods coexist during a rollout). kwok marks a bound pod Running. This
   operator read it through kwok's kubelet API), rewritten as it grows, at most every LOG_EVERY seconds;
 - reports a server Ready (``cluster.set_pod_ready``) once its /readyz probe answers 200, and lists
   every running server in a Prometheus file_sd target file (what a PodMonitor would select);
+- points each declared container port of a server at its local port (``cluster.set_pod_port_forward``),
+  so ``kubectl port-forward`` through the API server and kwok's kubelet API reaches the process;
 - reports how a process ended (``cluster.finish_pod``: exit code, termination message with the
   kubelet's FallbackToLogsOnError rule), and stops the process of a pod the API server deleted.
 
@@ -23,7 +26,9 @@ answer) mapped to the local ports of their pods.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -156,6 +161,10 @@ class Kubelet:
             pod.proc = self._start_process(pod)
             if pod.port is not None:
                 self._write_targets()
+                for declared in pod.container.get("ports", []):  # kubectl port-forward reaches the process
+                    self.cluster.set_pod_port_forward(
+                        self.cluster.ns, pod.name, declared["containerPort"], pod.port
+                    )
             code = self._supervise(pod)
             if pod.deleted.is_set():
                 return  # deleted through the API: nobody is left to report to
@@ -254,14 +263,24 @@ class Kubelet:
                     file.write_text(text)
         container = pod.container
         env = {"PATH": f"{BIN}:/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+        if os.environ.get("PYTHONPATH"):  # the pods run the same sources as the test (a worktree, say)
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         for item in container.get("env", []):
             if "value" in item:
                 env[item["name"]] = local(item["value"])
+            elif ref := (item.get("valueFrom") or {}).get("secretKeyRef"):
+                env[item["name"]] = self._secret_value(ref["name"], ref["key"])
         env["HOME"] = str(pod.workdir)  # /tmp is an emptyDir in the pod
         command = [str(BIN / c) if (BIN / c).exists() else c for c in container["command"][:1]]
         argv = [*command, *container["command"][1:], *[local(a) for a in container.get("args", [])]]
         with pod.log.open("wb") as out:
             return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=pod.workdir)
+
+    def _secret_value(self, name: str, key: str) -> str:
+        """An env var's ``secretKeyRef``, read from the Secret the way a kubelet does."""
+        secret = self.cluster.get("secrets", self.cluster.ns, name)
+        assert secret is not None and key in (secret.get("data") or {}), f"secret {name} has no key {key}"
+        return base64.b64decode(secret["data"][key]).decode()
 
     # ---- what Prometheus and clients see -----------------------------------------------------------
     def _write_targets(self) -> None:

@@ -216,7 +216,7 @@ def test_labelling_page_by_keyboard_in_headless_chromium(
 def test_kubectl_kubetune_review_prints_the_queue(server: tuple[str, DrainingServer, Path], cluster) -> None:  # type: ignore[no-untyped-def]
     """`kubectl kubetune review ADEP` through real kubectl (plugin on PATH) against the real control
     plane: the token comes from the Secret named by spec.adminTokenSecretRef; --url reaches the server
-    (no kubelet runs the pods here, so there is nothing to port-forward to)."""
+    (no kubelet runs the pods here; tests/e2e/test_review_loop.py runs the default port-forward path)."""
     url, _, _ = server
     classify(url, [r["text"] for r in BOUNDARY])
     token = base64.b64encode(ADMIN_TOKEN.encode()).decode()
