@@ -3,8 +3,9 @@
 Kopf watches FineTuneJobs, AdapterDeployments and (server-side filtered by our labels) the Jobs,
 training Pods and Deployments we own; it keeps the children in indices (watches.py) and calls our
 event handlers, which only ask for a reconcile of the *owner* here. Each kind has a coalescing
-work queue (workqueue.py): one reconcile per object at a time, on a fresh read of the object, its
-children from the indices, then one status patch. Nothing polls on a timer except a slow safety
+work queue (workqueue.py): one reconcile per object at a time, on the newest copy of the object, its
+children from the indices, then one status patch. The object itself is the newest of its watch events
+and our own patches' answers (no GET per reconcile). Nothing polls on a timer except a slow safety
 resync, spread evenly over ``resyncSeconds`` across the live FineTuneJobs; AdapterDeployments are
 requeued every ``adapterResyncSeconds`` (canary pauses and the Prometheus trigger checks are timed).
 """
@@ -68,6 +69,7 @@ class Controller:
         )
         self.indices: dict[str, Mapping[Any, Iterable[Any]]] = {}
         self._own_writes: dict[tuple[str, Key], str] = {}  # resourceVersion of our last status patch
+        self._bodies: dict[tuple[str, Key], dict[str, Any]] = {}  # newest body seen: events, our patches
         self._live: dict[Key, str | None] = {}  # FineTuneJob -> its stored phase (for the resync)
         self._resync: asyncio.Task[None] | None = None
 
@@ -80,7 +82,23 @@ class Controller:
             self.finetunejobs.context = self.adapters.context = contextvars.copy_context()
             self._resync = asyncio.create_task(self._resync_loop(), name="kubetune resync")
 
+    def _remember(self, tag: str, key: Key, body: dict[str, Any]) -> None:
+        """Keep the newest body of an object: the last watch event or our own patch's answer,
+        whichever is later. resourceVersions are compared as the integers they are on etcd-backed
+        API servers; where one is not, the reconcile reads the object fresh instead."""
+        old = self._bodies.get((tag, key))
+        try:
+            newer = old is None or int(body["metadata"]["resourceVersion"]) >= int(
+                old["metadata"]["resourceVersion"]
+            )
+        except (KeyError, ValueError):
+            self._bodies.pop((tag, key), None)
+            return
+        if newer:
+            self._bodies[(tag, key)] = body
+
     def finetunejob_seen(self, key: Key, body: dict[str, Any]) -> None:
+        self._remember("ftj", key, body)
         self._live[key] = (body.get("status") or {}).get("phase")
         if body["metadata"].get("resourceVersion") != self._own_writes.get(("ftj", key)):
             self.finetunejobs.kick(key)
@@ -92,15 +110,18 @@ class Controller:
 
     def forget_finetunejob(self, key: Key) -> None:
         self._live.pop(key, None)
+        self._bodies.pop(("ftj", key), None)
         self._own_writes.pop(("ftj", key), None)
         self.finetunejobs.forget(key)
         self.followers.forget(key)
 
     def adapter_seen(self, key: Key, body: dict[str, Any]) -> None:
+        self._remember("adep", key, body)
         if body["metadata"].get("resourceVersion") != self._own_writes.get(("adep", key)):
             self.adapters.kick(key)
 
     def forget_adapter(self, key: Key) -> None:
+        self._bodies.pop(("adep", key), None)
         self._own_writes.pop(("adep", key), None)
         self.adapters.forget(key)
 
@@ -108,15 +129,20 @@ class Controller:
         self.finetunejobs.kick(key, delay)
 
     # -- the reconciles -------------------------------------------------------------------------
-    async def _fresh(self, kind: tuple[str, str], key: Key) -> dict[str, Any] | None:
-        body = await self.kube.get(f"{collection_path(kind[0], kind[1], key[0])}/{key[1]}")
+    async def _current(self, tag: str, kind: tuple[str, str], key: Key) -> dict[str, Any] | None:
+        """The object as of its newest watch event or our newest write (one GET when neither is known)."""
+        body = self._bodies.get((tag, key))
+        if body is None:
+            body = await self.kube.get(f"{collection_path(kind[0], kind[1], key[0])}/{key[1]}")
+            if body is not None:
+                self._remember(tag, key, body)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         return body
 
     async def _reconcile_finetunejob(self, key: Hashable) -> float | None:
         assert isinstance(key, tuple)
-        body = await self._fresh(FTJ, key)
+        body = await self._current("ftj", FTJ, key)
         if body is None:
             return None
         children = Children(
@@ -128,7 +154,7 @@ class Controller:
 
     async def _reconcile_adapter(self, key: Hashable) -> float | None:
         assert isinstance(key, tuple)
-        body = await self._fresh(ADEP, key)
+        body = await self._current("adep", ADEP, key)
         if body is None:
             return None
         outcome = await adapterdeployment.reconcile_adapter(body, self, log)
@@ -142,6 +168,7 @@ class Controller:
             path = f"{collection_path(kind[0], kind[1], key[0])}/{key[1]}/status"
             patched = await self.kube.merge_patch(path, {"status": outcome.status})
             if patched is not None:
+                self._remember(tag, key, patched)
                 self._own_writes[(tag, key)] = patched["metadata"].get("resourceVersion", "")
                 if tag == "ftj":
                     self._live[key] = (patched.get("status") or {}).get("phase")

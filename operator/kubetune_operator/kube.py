@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import ssl
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -123,6 +124,7 @@ class Kube:
     def __init__(self, info: kopf.ConnectionInfo) -> None:
         self._server = info.server.rstrip("/")
         self._closed = False
+        self._ensured: dict[str, float] = {}
         headers = {"Accept": "application/json"}
         if info.token:
             headers["Authorization"] = f"Bearer {info.token}"
@@ -174,10 +176,13 @@ class Kube:
                 if resp.status >= 400:
                     raise KubeError(resp.status, (await resp.text())[:500])
                 return await resp.text() if text else await resp.json(content_type=None)
-        except (aiohttp.ClientError, RuntimeError) as err:
+        except (aiohttp.ClientError, RuntimeError, TimeoutError) as err:
             if self._closed:
                 # Kopf's cleanup can run while a timer is still mid-reconcile: retry later, not a crash.
                 raise kopf.TemporaryError("the operator is shutting down", delay=1) from None
+            if isinstance(err, TimeoutError):
+                # An overloaded API server (or one in between) that did not answer in time.
+                raise kopf.TemporaryError(f"no answer to {method} {path} in time", delay=2) from None
             if isinstance(err, aiohttp.ClientError):
                 # A dropped connection (API server restart, load balancer): retry soon.
                 raise kopf.TemporaryError(f"API server connection failed: {err}", delay=2) from None
@@ -204,6 +209,15 @@ class Kube:
         if existing is not None:
             return existing, False
         return await self.create(obj)
+
+    async def ensure_known(self, obj: dict[str, Any], ttl: float = 300.0) -> None:
+        """``ensure`` at most once per ``ttl`` seconds per object: for a shared object every job needs
+        and nobody changes (the namespace's trainer ServiceAccount), not one GET per job."""
+        path, now = object_path(obj), time.monotonic()
+        if self._ensured.get(path, -ttl) + ttl > now:
+            return
+        await self.ensure(obj)
+        self._ensured[path] = now
 
     async def create(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """POST ``obj``; when it exists already (409), return the stored one: (object, created).

@@ -108,7 +108,9 @@ class FaultProxy:
         self._stop = asyncio.Event()
         context = ssl.create_default_context(cafile=str(self.ca))
         async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context),
+            # No pool limit (aiohttp's default is 100): followed logs and watches are long-lived, and
+            # a proxy that queues requests behind them would time out what it should pass through.
+            connector=aiohttp.TCPConnector(ssl=context, limit=0),
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
         ) as session:
