@@ -16,11 +16,14 @@ import argparse
 import asyncio
 import os
 import platform
+import re
+import resource
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,9 @@ import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serve_generation as gen
+from kubetune_trainer.models import package_model_dir
 from kubetune_trainer.serve.adapters import AdapterRegistry
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from test_serve_helpers import LABELS, MINILM, SMOLLM, make_adapters, running_server
@@ -102,7 +108,8 @@ def prompt_of(tokenizer: Any, i: int) -> str:
     return str(tokenizer.decode(tokenizer(words).input_ids[:PROMPT_TOKENS]))
 
 
-def bench_smollm(workdir: Path, quick: bool) -> dict[str, Any]:
+def bench_smollm(workdir: Path, quick: bool, precision: str) -> dict[str, Any]:
+    """The five generation variants, interleaved per concurrency level (serve_generation.py)."""
     folder = make_adapters(SMOLLM, "causal-lm", workdir, {"support": 1})["support"]
     config = ServeConfig(
         base_model=SMOLLM,
@@ -110,74 +117,69 @@ def bench_smollm(workdir: Path, quick: bool) -> dict[str, Any]:
         max_batch_size=32,
         batch_wait_ms=10,
         max_new_tokens=NEW_TOKENS,
+        precision=precision,  # type: ignore[arg-type]
         adapters=[AdapterSpec(name="support", version="v1", uri=str(folder))],
     )
     registry = AdapterRegistry(config)
     registry.load_base()
     registry.load(config.adapters[0])
     tok = registry.tokenizer
-    prompts = [prompt_of(tok, i) for i in range(64)]
-    rows: dict[str, Any] = {"ours": {}, "naive": {}}
+    ids = [tok(prompt_of(tok, i)).input_ids[:PROMPT_TOKENS] for i in range(64)]
+    texts = [tok.decode(i) for i in ids]
+    key = registry.resolve("support").peft_name
+    gguf = package_model_dir(SMOLLM.name.removeprefix("pkg://"), SMOLLM.gguf_file) / str(SMOLLM.gguf_file)
     levels = (1, 8) if quick else CONCURRENCY
-
-    def naive_one(i: int, adapter: str = registry.resolve("support").peft_name) -> int:
-        enc = tok([prompts[i]], return_tensors="pt")
-        with torch.inference_mode():
-            out = registry.model.generate(
-                **enc,
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                adapter_names=[adapter],
-            )
-        return int(out.shape[1] - enc.input_ids.shape[1])
-
-    naive_one(0)
-    overhead = generation_overhead(registry, prompts[0])
-    # naive and ours alternate per level, so a burst of load from other processes hits both alike
+    rows: dict[str, dict[int, dict[str, float]]] = {v: {} for v in gen.VARIANTS}
+    rss: dict[str, float] = {}
+    gen.run_naive(registry, ids[:1], key)  # warm-up
     with running_server(config) as (url, _):
         for c in levels:
-            rows["naive"][c] = drive_naive(naive_one, max(2, c), c)
-            print("smollm naive", c, rows["naive"][c], flush=True)
-            bodies = [
-                {
-                    "model": "support",
-                    "prompt": prompts[i],
-                    "max_tokens": NEW_TOKENS,
-                    "temperature": 0,
-                    "stop": [],
-                }
-                for i in range(max(2, c))
-            ]
-            rows["ours"][c] = asyncio.run(drive_server(url, "/v1/completions", bodies, c))
-            print("smollm ours", c, rows["ours"][c], flush=True)
-    return {"rows": rows, "overhead": overhead}
+            runs = {
+                "naive": partial(gen.run_naive, registry, ids[:c], key),
+                "padded": partial(gen.run_padded, registry, ids[:c], key),
+                "cb": partial(gen.run_cb, registry, ids[:c], key),
+                "llamacpp": partial(gen.run_llamacpp, gguf, texts[:c]),
+                "ours": partial(lambda t: asyncio.run(gen.run_ours(url, t, "support")), texts[:c]),
+            }
+            for name, run in runs.items():
+                load = os.getloadavg()[0]
+                try:
+                    out = run()
+                except Exception as err:  # a variant that cannot run here is reported, not hidden
+                    print("smollm", name, c, "failed:", err, flush=True)
+                    continue
+                if out is None:
+                    continue
+                if name == "llamacpp":
+                    out, rss["llamacpp"] = out  # type: ignore[misc]
+                rows[name][c] = {**gen.summarise(out), "load": load}  # type: ignore[arg-type]
+                print("smollm", name, c, rows[name][c], flush=True)
+    rss["python"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rows": rows, "rss": rss}
 
 
-def generation_overhead(registry: AdapterRegistry, prompt: str) -> dict[str, float]:
-    """ms per generated token at batch 1: adapter off, on (unmerged), merged into the base weights."""
-    tok = registry.tokenizer
-    enc = tok([prompt], return_tensors="pt")
-    model = registry.model
-
-    def per_token(**kwargs: Any) -> float:
-        with torch.inference_mode():
-            start = time.perf_counter()
-            model.generate(
-                **enc,
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                **kwargs,
+def gen_table(rows: dict[str, dict[int, dict[str, float]]]) -> str:
+    lines = [
+        "| variant | concurrency | generated tok/s | TTFT p50 s | TTFT p99 s | per-token p50 ms | "
+        "per-token p99 ms | latency p50 s | load avg at start |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, by_c in rows.items():
+        for c, r in by_c.items():
+            lines.append(
+                f"| {name} | {c} | {r['tps']:.1f} | {r['ttft50']:.2f} | {r['ttft99']:.2f} | "
+                f"{r['tpot50']:.0f} | {r['tpot99']:.0f} | {r['lat50']:.2f} | {r['load']:.1f} |"
             )
-            return (time.perf_counter() - start) * 1000 / NEW_TOKENS
-
-    key = registry.resolve("support").peft_name
-    result = adapter_overhead(model, key, per_token)
-    result["unmerged_routed"] = min(per_token(adapter_names=[key]) for _ in range(ROUNDS))
-    return result
+    ours = rows["ours"]
+    ratios = []
+    for c in ours:
+        parts = [
+            f"{ours[c]['tps'] / rows[v][c]['tps']:.1f}x {v}" for v in rows if v != "ours" and c in rows[v]
+        ]
+        ratios.append(f"c={c}: " + ", ".join(parts))
+    if 1 in ours and 1 in rows["naive"]:
+        ratios.append(f"c=1 latency ours/naive: {ours[1]['lat50'] / rows['naive'][1]['lat50']:.2f}x")
+    return "\n".join(lines) + "\n\nThroughput ours / other: " + "; ".join(ratios) + "\n"
 
 
 def adapter_overhead(model: Any, key: str, measure: Callable[..., float]) -> dict[str, float]:
@@ -249,49 +251,63 @@ def table(rows: dict[str, Any], unit: str) -> str:
     return "\n".join(lines) + "\n\nThroughput ours / naive: " + ", ".join(speedups) + "\n"
 
 
+def smollm_section(
+    result: dict[str, Any], took: float, loads: tuple[tuple[float, ...], ...], args: Any
+) -> str:
+    rss = result["rss"]
+    llama = f"{rss['llamacpp']:.0f} MiB" if "llamacpp" in rss else "not run"
+    return f"""## SmolLM2-135M (GGUF Q4_1 dequantized), 128-token prompt, 64 new tokens, greedy
+
+`python benchmarks/serve_latency.py{" --quick" if args.quick else ""} --precision {args.precision}` —
+{time.strftime("%Y-%m-%d %H:%M")} UTC, {took / 60:.0f} min. {os.cpu_count()} CPU cores
+({platform.processor() or platform.machine()}, AVX-512 BF16), torch {torch.__version__},
+{torch.get_num_threads()} threads. **No GPU was lent to this session**: the 1B / static-cache /
+CUDA-graph shape was not run.
+`uptime` load averages (1, 5, 15 min): {loads[0][0]:.1f} {loads[0][1]:.1f} {loads[0][2]:.1f} at the start,
+{loads[1][0]:.1f} {loads[1][1]:.1f} {loads[1][2]:.1f} at the end (other engineers' tests and a
+llama.cpp build share these 2 cores; the table's last column is the 1-minute load when each cell
+started). The five variants run back to back for each concurrency level, in one process (llama.cpp
+in a child process), each answering one wave of `concurrency` requests that arrive together.
+
+naive: one generate() per request, peft adapter unmerged (adapter_names), one at a time. padded: one
+generate() over the wave. cb: transformers' `generate_batch` (active adapter: it cannot route per
+request). llamacpp: llama-cpp-python (own venv) on the same GGUF, one request at a time, streaming.
+ours: `kubetune serve` over HTTP, streamed `/v1/completions`, continuous batching, adapter routed,
+precision {args.precision}. TTFT is from the wave's arrival; per-token is (end - first token) / 63.
+
+{gen_table(result["rows"])}
+Peak RSS: benchmark process (model, server, naive/padded/cb share it) {rss["python"]:.0f} MiB;
+llama-cpp-python process {llama}.
+"""
+
+
+def splice(doc: str, header: str, section: str) -> str:
+    """Replace the `## header...` section of doc (up to the next `## `) by `section`."""
+    match = re.search(rf"^## {re.escape(header)}.*?(?=^## |\Z)", doc, flags=re.S | re.M)
+    return doc[: match.start()] + section + "\n" + doc[match.end() :] if match else doc + "\n" + section
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(Path(__file__).with_name("SERVE_RESULTS.md")))
-    parser.add_argument("--quick", action="store_true", help="fewer requests, no concurrency 32 for SmolLM2")
+    parser.add_argument("--quick", action="store_true", help="concurrency 1 and 8 only")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--minilm", action="store_true", help="also print the MiniLM classification table")
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         started, load_before = time.time(), os.getloadavg()
-        minilm = bench_minilm(Path(tmp) / "minilm", args.quick)
-        smollm = bench_smollm(Path(tmp) / "smollm", args.quick)
+        if args.minilm:
+            minilm = bench_minilm(Path(tmp) / "minilm", args.quick)
+            print(table(minilm["rows"], "inputs"), minilm["overhead"])
+        smollm = bench_smollm(Path(tmp) / "smollm", args.quick, args.precision)
         took, load_after = time.time() - started, os.getloadavg()
-    o, m = smollm["overhead"], minilm["overhead"]
-    text = f"""# Serving benchmark results
-
-`python benchmarks/serve_latency.py` — one run, {time.strftime("%Y-%m-%d %H:%M")}, {took / 60:.0f} min.
-Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU,
-torch {torch.__version__} with {torch.get_num_threads()} threads. **Other engineers' tests may have been
-running on the same 2 cores during this run** (1-minute load average {load_before[0]:.1f} at the start,
-{load_after[0]:.1f} at the end), so
-absolute numbers are noisy; naive and ours alternate per concurrency level in one process, both running
-their model calls on one worker thread, so a burst of outside load hits both alike.
-
-*naive*: one `generate()` / forward per request, peft adapter unmerged, one request at a time (concurrent
-clients queue). *ours*: `kubetune serve` over HTTP (dynamic batching, max batch 32, peft unmerged,
-mixed-adapter routing). Latency is per request, from arrival to the full answer.
-
-## SmolLM2-135M (GGUF Q4_1 dequantized to fp32), 128-token prompt, 64 new tokens, greedy
-
-{table(smollm["rows"], "generated tokens")}
-Adapter overhead at batch 1 (ms per generated token): adapter off {o["off"]:.1f}, unmerged
-{o["unmerged"]:.1f} (active adapter), unmerged via per-row routing (`adapter_names`, what the server
-uses) {o["unmerged_routed"]:.1f}, merged {o["merged"]:.1f}.
-
-## MiniLM-L6 sequence classification (one short ticket per request)
-
-{table(minilm["rows"], "inputs")}
-Adapter overhead at batch 1 (ms per request): adapter off {m["off"]:.1f}, unmerged {m["unmerged"]:.1f},
-merged {m["merged"]:.1f}.
-
-GPU (1B shape, static KV cache / CUDA graphs) was not run: this machine has no GPU.
-"""
-    Path(args.out).write_text(text)
-    print(text)
+    section = smollm_section(smollm, took, (load_before, load_after), args)
+    out = Path(args.out)
+    out.write_text(
+        splice(out.read_text() if out.exists() else "# Serving benchmark results\n", "SmolLM2", section)
+    )
+    print(section)
     return 0
 
 
