@@ -13,7 +13,8 @@ two serving pods coexist during a rollout). kwok marks a bound pod Running. This
   gets a port of its own, written into its serve config's ``port``;
 - streams what the process prints into the pod log (``cluster.set_pod_log``: ``kubectl logs`` and the
   operator read it through kwok's kubelet API), rewritten as it grows, at most every LOG_EVERY seconds;
-- reports a server Ready (``cluster.set_pod_ready``) once its /readyz probe answers 200, and lists
+- reports a server Ready (``cluster.set_pod_ready``) once its /readyz probe answers 200 (again whenever
+  the API shows it unready while the probe passes, as a kubelet's status sync does), and lists
   every running server in a Prometheus file_sd target file (what a PodMonitor would select);
 - points each declared container port of a server at its local port (``cluster.set_pod_port_forward``),
   so ``kubectl port-forward`` through the API server and kwok's kubelet API reaches the process;
@@ -196,11 +197,21 @@ class Kubelet:
             if size != logged and not pod.deleted.is_set():
                 logged = size
                 self._sync_log(pod)
-            if probe and not pod.ready and not pod.deleted.is_set() and _probe(f"{pod.url}{probe}"):
+            passes = probe and not pod.deleted.is_set() and _probe(f"{pod.url}{probe}")
+            if passes and not self._api_ready(pod):
                 self.cluster.set_pod_ready(self.cluster.ns, pod.name)
                 pod.ready = True
             pod.deleted.wait(LOG_EVERY)
         return code
+
+    def _api_ready(self, pod: LocalPod) -> bool:
+        """Whether the API shows the pod Ready (the node lifecycle controller unsets it while kwok's node
+        heartbeat lags under load; a real kubelet's status sync sets it again, and so does this one)."""
+        if not pod.ready:
+            return False
+        current = self.cluster.get("pods", self.cluster.ns, pod.name) or {}
+        conditions = (current.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
     def _sync_log(self, pod: LocalPod) -> None:
         try:
