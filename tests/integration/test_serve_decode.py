@@ -4,14 +4,18 @@ answer exactly (fp32, greedy) as each request served alone."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
+import httpx
 import pytest
+import torch
 from kubetune_trainer.serve.adapters import AdapterRegistry
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from kubetune_trainer.serve.decode import RunningBatch
 from kubetune_trainer.serve.inference import GenerationRow
-from test_serve_helpers import SMOLLM, make_adapters
+from test_serve_helpers import SMOLLM, make_adapters, running_server
 
 PROMPTS = [
     "Write one word about the sea:",
@@ -59,8 +63,6 @@ def alone(reg: AdapterRegistry, i: int, tokens: int) -> list[int]:
 
 
 def test_a_row_alone_answers_as_transformers_generate(registry: AdapterRegistry) -> None:
-    import torch
-
     ids = registry.tokenizer(PROMPTS[1], return_tensors="pt").input_ids
     with torch.inference_mode():
         out = registry.model.generate(
@@ -117,3 +119,44 @@ def test_unloading_an_adapter_in_use_waits_for_its_rows(registry: AdapterRegistr
     run_until_done(batch, {})
     assert loaded.key not in registry.model.peft_config
     assert len(r.generated) > 1
+
+
+def test_over_http_a_request_joining_a_streaming_one_mid_decode_answers_as_alone(tmp_path: Path) -> None:
+    folders = make_adapters(SMOLLM, "causal-lm", tmp_path, {"pirate": 11, "poet": 22})
+    config = ServeConfig(
+        base_model=SMOLLM,
+        task="causal-lm",
+        precision="fp32",
+        batch_wait_ms=0,
+        max_new_tokens=32,
+        adapters=[AdapterSpec(name=n, version="v1", uri=str(p)) for n, p in folders.items()],
+    )
+
+    def body(model: str, prompt: str, stream: bool) -> dict[str, object]:
+        return {"model": model, "prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": stream}
+
+    async def together(url: str) -> tuple[str, str]:
+        async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+            late: asyncio.Task[httpx.Response] | None = None
+            pieces = []
+            async with c.stream("POST", "/v1/completions", json=body("pirate", PROMPTS[1], True)) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        pieces.append(json.loads(line[6:])["choices"][0]["text"])
+                        if late is None and len(pieces) == 3:  # the stream is decoding: join it now
+                            late = asyncio.create_task(
+                                c.post("/v1/completions", json=body("poet", PROMPTS[0], False))
+                            )
+            assert late is not None
+            return "".join(pieces), (await late).json()["choices"][0]["text"]
+
+    with running_server(config) as (url, server):
+        alone = [
+            httpx.post(f"{url}/v1/completions", json=body(m, p, False), timeout=300).json()["choices"][0][
+                "text"
+            ]
+            for m, p in (("pirate", PROMPTS[1]), ("poet", PROMPTS[0]))
+        ]
+        server.state.batcher.batch_sizes.clear()
+        assert asyncio.run(together(url)) == tuple(alone)
+        assert max(server.state.batcher.batch_sizes) == 2, "the late request did not join the running batch"

@@ -144,6 +144,7 @@ class Batcher:
             free -= len(p.rows)
         self._decoding += admitted
         new_rows = [row for p in admitted for row in p.rows]
+        width = self.running.size + len(new_rows)
         try:
             await self.worker.call(self.running.step, new_rows)
         except Exception as err:  # one bad step must not stop the loop; the endpoints answer 500
@@ -152,7 +153,7 @@ class Batcher:
             for p in self._decoding:
                 for row in p.rows:
                     row.fail(err)  # type: ignore[union-attr]
-        self.batch_sizes = [*self.batch_sizes[-999:], self.running.size + len(new_rows)]
+        self.batch_sizes = [*self.batch_sizes[-999:], width]
         finished = [p for p in self._decoding if p.done]
         self._decoding = [p for p in self._decoding if not p.done]
         self._answer(finished, None)
