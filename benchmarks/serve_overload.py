@@ -30,7 +30,6 @@ from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from test_serve_helpers import SMOLLM, make_adapters, running_server
 
 NEW_TOKENS = 16
-MAX_QUEUED = 4
 OVERLOAD = 4.0
 SECTION = "## Overload: bounded queue and load shedding (benchmarks/serve_overload.py)"
 
@@ -81,14 +80,14 @@ async def open_loop(url: str, rate: float, duration: float) -> list[tuple[int, f
         return list(await asyncio.gather(*tasks))
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, max_queued: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         folders = make_adapters(SMOLLM, "causal-lm", Path(tmp), {"chat": 11})
         config = ServeConfig(
             base_model=SMOLLM,
             task="causal-lm",
-            max_batch_size=MAX_QUEUED,
-            max_queued=MAX_QUEUED,
+            max_batch_size=max_queued,
+            max_queued=max_queued,
             max_new_tokens=NEW_TOKENS,
             adapters=[AdapterSpec(name="chat", version="v1", uri=str(folders["chat"]))],
         )
@@ -96,7 +95,7 @@ def run(quick: bool) -> dict[str, Any]:
             asyncio.run(closed_loop(url, 1, 3))  # warm-up
             load_before = os.getloadavg()
             idle, _ = asyncio.run(closed_loop(url, 1, 10 if quick else 30))
-            cap_lat, cap_wall = asyncio.run(closed_loop(url, MAX_QUEUED, 12 if quick else 40))
+            cap_lat, cap_wall = asyncio.run(closed_loop(url, max_queued, 12 if quick else 40))
             capacity = len(cap_lat) / cap_wall
             results = asyncio.run(open_loop(url, OVERLOAD * capacity, 15 if quick else 45))
             load_after = os.getloadavg()
@@ -112,16 +111,18 @@ def run(quick: bool) -> dict[str, Any]:
         "other": other,
         "offered_rps": OVERLOAD * capacity,
         "load": (load_before, load_after),
+        "max_queued": max_queued,
     }
 
 
 def render(r: dict[str, Any]) -> str:
     ms = lambda v: f"{v * 1000:.0f}"  # noqa: E731
+    n = r["max_queued"]
     total = len(r["admitted"]) + len(r["shed"]) + len(r["other"])
     idle_p99, over_p99 = pct(r["idle"], 0.99), pct(r["admitted"], 0.99)
     rows = [
         f"| idle (1 client) | {len(r['idle'])} | {ms(pct(r['idle'], 0.5))} | {ms(idle_p99)} | 0 % | - |",
-        f"| capacity ({MAX_QUEUED} clients) | {len(r['capacity'])} | {ms(pct(r['capacity'], 0.5))} | "
+        f"| capacity ({n} clients) | {len(r['capacity'])} | {ms(pct(r['capacity'], 0.5))} | "
         f"{ms(pct(r['capacity'], 0.99))} | 0 % | - |",
         f"| {OVERLOAD:.0f}x overload (open loop, {r['offered_rps']:.2f} req/s) | {total} | "
         f"{ms(pct(r['admitted'], 0.5))} | {ms(over_p99)} | {100 * len(r['shed']) / max(1, total):.0f} % | "
@@ -130,10 +131,10 @@ def render(r: dict[str, Any]) -> str:
     (b1, b5, b15), (a1, a5, a15) = r["load"]
     return "\n".join(
         [
-            SECTION,
+            heading(n),
             "",
             f"SmolLM2-135M + one LoRA adapter (r=4, q/v), /v1/completions, {NEW_TOKENS} new tokens, greedy; "
-            f"maxBatchSize {MAX_QUEUED}, maxQueued {MAX_QUEUED}; loopback, 2 shared CPU cores. Load average "
+            f"maxBatchSize {n}, maxQueued {n}; loopback, 2 shared CPU cores. Load average "
             f"(1/5/15 min) {b1:.2f}/{b5:.2f}/{b15:.2f} before, {a1:.2f}/{a5:.2f}/{a15:.2f} after. Capacity "
             f"measured first: {r['capacity_rps']:.2f} req/s; the overload phase offers {OVERLOAD:.0f}x that.",
             "",
@@ -142,21 +143,26 @@ def render(r: dict[str, Any]) -> str:
             *rows,
             "",
             f"Admitted p99 at {OVERLOAD:.0f}x overload / idle p99: {over_p99 / idle_p99:.2f}x (goal <= 2x). "
-            f"Other statuses: {sorted(set(r['other'])) or 'none'}.",
-            "Re-run: `python benchmarks/serve_overload.py --out benchmarks/SERVE_RESULTS.md`.",
+            f"Other statuses: {sorted(set(r['other'])) or 'none'}. Re-run: "
+            f"`python benchmarks/serve_overload.py --max-queued {n} --out benchmarks/SERVE_RESULTS.md`.",
             "",
         ]
     )
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of the results file (or append it)."""
-    old = path.read_text() if path.exists() else ""
-    if SECTION in old:
-        head, _, tail = old.partition(SECTION)
-        rest = tail.split("\n## ", 1)
-        old = head + (("## " + rest[1]) if len(rest) > 1 else "")
-    path.write_text(old.rstrip("\n") + "\n\n" + text)
+def heading(max_queued: int) -> str:
+    return f"### maxQueued {max_queued}"
+
+
+def write_section(path: Path, max_queued: int, text: str) -> None:
+    """This benchmark's section holds one table per maxQueued; a re-run replaces its own."""
+    doc = path.read_text() if path.exists() else ""
+    head, _, rest = doc.partition(SECTION)
+    section, sep, after = rest.partition("\n## ")
+    runs = {block.split("\n", 1)[0]: "### " + block.strip("\n") for block in section.split("\n### ")[1:]}
+    runs[heading(max_queued)[4:]] = text.strip("\n")
+    body = "\n\n".join(runs[k] for k in sorted(runs))
+    path.write_text(f"{head.rstrip()}\n\n{SECTION}\n\n{body}\n" + (f"\n## {after}" if sep else ""))
 
 
 def main() -> int:
@@ -165,11 +171,12 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--max-queued", type=int, default=4, help="also the batch size")
     args = parser.parse_args()
-    text = render(run(args.quick))
+    text = render(run(args.quick, args.max_queued))
     print(text)
     if args.out is not None:
-        write_section(args.out, text)
+        write_section(args.out, args.max_queued, text)
     return 0
 
 
