@@ -5,6 +5,7 @@ every id a client may send, and "ready" is logged only once /readyz is 200."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -16,7 +17,16 @@ import openai
 import pytest
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig, TaskServing
 from kubetune_trainer.serve.main import DrainingServer
-from test_serve_helpers import LABELS, MINILM, SMOLLM, is_ready, make_adapters, running_server, wait_for
+from test_serve_helpers import (
+    ADMIN_TOKEN,
+    LABELS,
+    MINILM,
+    SMOLLM,
+    is_ready,
+    make_adapters,
+    running_server,
+    wait_for,
+)
 
 MAX_QUEUED = 2
 LONG = 64  # tokens of a generation the tests abandon
@@ -42,6 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Drai
     out = tmp_path_factory.mktemp("tasks")
     chat = make_adapters(SMOLLM, "causal-lm", out, {"pirate": 11})
     triage = make_adapters(MINILM, "sequence-classification", out, {"triage": 1}, LABELS)
+    os.environ["KUBETUNE_ADMIN_TOKEN"] = ADMIN_TOKEN
     config = ServeConfig(
         base_model=SMOLLM,
         task="causal-lm",
@@ -57,6 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Drai
             )
         ],
     )
+    del os.environ["KUBETUNE_ADMIN_TOKEN"]
     log = logging.getLogger("kubetune.serve")
     handler = ReadyLog()
     log.addHandler(handler)
@@ -170,3 +182,20 @@ def test_shed_and_cancel_counters_are_exported(server: tuple[str, DrainingServer
         "kubetune_requests_cancelled_total",
     ):
         assert f"# TYPE {name.removesuffix('_total')}" in text
+
+
+def test_admin_hot_loads_each_adapter_onto_its_own_task(server: tuple[str, DrainingServer, ReadyLog]) -> None:
+    url, running, _ = server
+    auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    chat_task, classify_task = running.tasks
+    for task in (classify_task, chat_task):
+        adapter = task.config.adapters[0]
+        body = {"name": adapter.name, "version": "v2", "uri": adapter.uri}
+        loaded = httpx.post(f"{url}/admin/adapters", json=body, headers=auth, timeout=120)
+        assert loaded.status_code == 200, loaded.text
+        assert [a["version"] for a in loaded.json()["unloaded"]] == ["v1"]
+    raw = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
+    assert set(raw) == {"base", "pirate", "pirate@v2", "triage", "triage@v2"}
+    assert (raw["triage"]["aliasOf"], raw["pirate"]["aliasOf"]) == ("triage@v2", "pirate@v2")
+    served = httpx.post(f"{url}/v1/classify", json={"model": "triage", "input": "x"}).json()
+    assert served["system_fingerprint"] == "triage@v2"

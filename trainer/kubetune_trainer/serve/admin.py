@@ -6,6 +6,7 @@ pod loads at start-up, so nothing loaded here is lost on a restart that the spec
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 from typing import Any
@@ -14,11 +15,11 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from kubetune.api.loading import format_validation_error
-from kubetune_trainer.serve.adapters import LoadedAdapter
+from kubetune_trainer.serve.adapters import LoadedAdapter, read_adapter_meta
 from kubetune_trainer.serve.config import AdapterSpec
 from kubetune_trainer.serve.errors import AdminDisabledError, AuthenticationError, InvalidRequestError
 from kubetune_trainer.serve.schemas import AdapterLoadRequest
-from kubetune_trainer.serve.state import ServerState, server_state
+from kubetune_trainer.serve.state import ServerState, all_states, server_state
 
 router = APIRouter(prefix="/admin")
 
@@ -52,6 +53,17 @@ def presented_token(authorization: str) -> str | None:
     return None
 
 
+async def state_for_folder(request: Request, uri: str) -> ServerState:
+    """The task an adapter folder was trained for (its kubetune.json), where the server runs several;
+    the top-level task otherwise (its load then says why the folder does not fit)."""
+    states = all_states(request)
+    if len(states) == 1:
+        return states[0]
+    folder = await asyncio.to_thread(states[0].registry.adapter_dir, uri)
+    task = read_adapter_meta(folder).get("task")
+    return next((t for t in states if t.config.task == task), states[0])
+
+
 def describe(adapter: LoadedAdapter) -> dict[str, Any]:
     return {
         "name": adapter.name,
@@ -65,11 +77,12 @@ def describe(adapter: LoadedAdapter) -> dict[str, Any]:
 @router.post("/adapters")
 async def load_adapter(body: AdapterLoadRequest, request: Request) -> dict[str, Any]:
     """Load name@version (warmed up before `name` routes to it); by default unload older versions."""
-    s = authorized(request)
+    authorized(request)
     try:
         spec = AdapterSpec(name=body.name, version=body.version, uri=body.uri)
     except ValidationError as err:
         raise InvalidRequestError(format_validation_error(err)) from None
+    s = await state_for_folder(request, spec.uri)
     before = s.registry.parameter_count()
     loaded = await s.worker.call(s.registry.load, spec)
     await s.worker.call(s.watch, loaded)
@@ -89,7 +102,8 @@ async def load_adapter(body: AdapterLoadRequest, request: Request) -> dict[str, 
 @router.delete("/adapters")
 async def unload_adapter(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
     """Unload name@version, or every version of `name`; the weights are freed, not just hidden."""
-    s = authorized(request)
+    first = authorized(request)
+    s = next((t for t in all_states(request) if any(a.name == name for a in t.registry.served())), first)
     before = s.registry.parameter_count()
     unloaded = await s.worker.call(s.registry.unload, name, version)
     s.unwatch(unloaded)
