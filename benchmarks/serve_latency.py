@@ -108,7 +108,9 @@ def prompt_of(tokenizer: Any, i: int) -> str:
     return str(tokenizer.decode(tokenizer(words).input_ids[:PROMPT_TOKENS]))
 
 
-def bench_smollm(workdir: Path, quick: bool, precision: str) -> dict[str, Any]:
+def bench_smollm(
+    workdir: Path, levels: tuple[int, ...], precision: str, variants: tuple[str, ...]
+) -> dict[str, Any]:
     """The five generation variants, interleaved per concurrency level (serve_generation.py)."""
     folder = make_adapters(SMOLLM, "causal-lm", workdir, {"support": 1})["support"]
     config = ServeConfig(
@@ -128,7 +130,6 @@ def bench_smollm(workdir: Path, quick: bool, precision: str) -> dict[str, Any]:
     texts = [tok.decode(i) for i in ids]
     key = registry.resolve("support").peft_name
     gguf = package_model_dir(SMOLLM.name.removeprefix("pkg://"), SMOLLM.gguf_file) / str(SMOLLM.gguf_file)
-    levels = (1, 8) if quick else CONCURRENCY
     rows: dict[str, dict[int, dict[str, float]]] = {v: {} for v in gen.VARIANTS}
     rss: dict[str, float] = {}
     gen.run_naive(registry, ids[:1], key)  # warm-up
@@ -142,6 +143,8 @@ def bench_smollm(workdir: Path, quick: bool, precision: str) -> dict[str, Any]:
                 "ours": partial(lambda t: asyncio.run(gen.run_ours(url, t, "support")), texts[:c]),
             }
             for name, run in runs.items():
+                if name not in variants:
+                    continue
                 load = os.getloadavg()[0]
                 try:
                     out = run()
@@ -292,6 +295,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(Path(__file__).with_name("SERVE_RESULTS.md")))
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 8 only")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--variants", default=",".join(gen.VARIANTS), help="comma-separated subset")
+    parser.add_argument("--levels", default="", help="comma-separated concurrency levels (default 1,8,32)")
     parser.add_argument("--minilm", action="store_true", help="also print the MiniLM classification table")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -300,7 +305,13 @@ def main() -> int:
         if args.minilm:
             minilm = bench_minilm(Path(tmp) / "minilm", args.quick)
             print(table(minilm["rows"], "inputs"), minilm["overhead"])
-        smollm = bench_smollm(Path(tmp) / "smollm", args.quick, args.precision)
+        levels = (
+            tuple(int(c) for c in args.levels.split(","))
+            if args.levels
+            else CONCURRENCY[: 2 if args.quick else 3]
+        )
+        variants = tuple(args.variants.split(","))
+        smollm = bench_smollm(Path(tmp) / "smollm", levels, args.precision, variants)
         took, load_after = time.time() - started, os.getloadavg()
     section = smollm_section(smollm, took, (load_before, load_after), args)
     out = Path(args.out)
