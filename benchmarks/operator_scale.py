@@ -318,11 +318,16 @@ class Result:
 def measure_idle(
     meter: ProcessMeter, apiserver: ProcessMeter, proxy: CountingProxy, seconds: float, result: Result
 ) -> None:
-    cpu, api_cpu, requests = meter.cpu(), apiserver.cpu(), proxy.requests()
+    cpu, api_cpu, counts = meter.cpu(), apiserver.cpu(), proxy.counts()
     time.sleep(seconds)
     result.idle_cpu_per_min = (meter.cpu() - cpu) * 60 / seconds
     result.idle_apiserver_cpu_per_min = (apiserver.cpu() - api_cpu) * 60 / seconds
-    result.idle_requests_per_min = (proxy.requests() - requests) * 60 / seconds
+    idle = proxy.counts() - counts
+    result.idle_requests_per_min = sum(idle.values()) * 60 / seconds
+    result.notes.append(
+        "idle requests per minute: "
+        + (", ".join(f"{key} {n * 60 / seconds:.0f}" for key, n in idle.most_common(8)) or "none")
+    )
 
 
 def step_line(step: int) -> str:

@@ -272,10 +272,12 @@ class Kube:
         self, namespace: str, pod: str, container: str, tail_lines: int
     ) -> AsyncIterator[str]:
         """The pod's log lines as the kubelet writes them (``follow=true``), from the last
-        ``tail_lines`` on; ends when the container stops or the connection drops. Raises KubeError
-        when the log cannot be read (the container has not started, no such pod)."""
+        ``tail_lines`` on, each prefixed with the kubelet's RFC 3339 timestamp and a space; ends when
+        the container stops or the connection drops. Raises KubeError when the log cannot be read
+        (the container has not started, no such pod)."""
         path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log"
         params = {"container": container, "tailLines": str(tail_lines), "follow": "true"}
+        params["timestamps"] = "true"
         async with self._streams.get(self._server + path, params=params) as resp:
             if resp.status >= 400:
                 raise KubeError(resp.status, (await resp.text())[:300])

@@ -8,9 +8,10 @@ the job is requeued for a status patch at most once per ``min_interval`` seconds
 every step must not patch the FineTuneJob every step).
 
 A stream that ends while the pod still runs (the API server's request timeout, a kubelet restart) or
-cannot be opened (the container has not started) is reopened with backoff (1 s doubling to
-``max_backoff``; reset by a line), the tail re-read so nothing is missed. At most ``max_streams``
-are open at once; beyond that, jobs wait for a free stream (their status shows the last progress).
+cannot be opened (the container has not started) is reopened, the tail re-read so nothing is missed:
+at once after a stream that held for a while, else with backoff (1 s doubling to ``max_backoff``).
+At most ``max_streams`` are open at once; beyond that, jobs wait for a free stream (their status
+shows the last progress).
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ from dataclasses import dataclass
 
 from kubetune_operator.kube import Kube
 from kubetune_operator.progress import Progress, advance
+
+STEADY = 30.0  # seconds a stream must have held for its end to count as normal
+
+
+def _instant(stamp: str) -> tuple[str, int]:
+    """An RFC 3339 timestamp as a sortable value (the kubelet trims trailing zeros of the fraction,
+    so the strings themselves do not sort)."""
+    base, _, fraction = stamp.rstrip("Z").partition(".")
+    digits = (fraction + "000000000")[:9]
+    return base, int(digits) if digits.isdigit() else 0
 
 
 @dataclass
@@ -83,18 +94,36 @@ class ProgressFollowers:
 
     async def _follow(self, key: Hashable, namespace: str, pod: str) -> None:
         backoff = 1.0
+        # The newest line's timestamp and how many lines carried it: a reopened stream re-reads its
+        # tail, and skips what was read before (progress must not step back and forth).
+        seen: tuple[str, int] = ("", -1)
+        seen_lines = 0
         while True:
-            got_line = False
+            opened = time.monotonic()
+            at_seen = 0
             try:
                 async with self._slots:
                     async for line in self._kube.follow_log(namespace, pod, self._container, self._tail):
-                        got_line = True
-                        self._line(key, line)
+                        stamp, _, text = line.partition(" ")
+                        when = _instant(stamp)
+                        if when < seen:
+                            continue
+                        if when == seen:
+                            at_seen += 1
+                            if at_seen <= seen_lines:
+                                continue
+                            seen_lines = at_seen
+                        else:
+                            seen, seen_lines, at_seen = when, 1, 1
+                        self._line(key, text)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # any failure: reopen later, never crash
                 self._log.debug("log of %s/%s: %s; reopened in %g s", namespace, pod, err, backoff)
-            backoff = 1.0 if got_line else min(self._max_backoff, backoff * 2)
+            # A stream that held for a while ended normally (a timeout on the way): reopen at once.
+            # One that ends or fails at once again and again backs off, up to max_backoff.
+            lasted = time.monotonic() - opened
+            backoff = 1.0 if lasted > STEADY else min(self._max_backoff, backoff * 2)
             await asyncio.sleep(backoff)
 
     def _line(self, key: Hashable, line: str) -> None:

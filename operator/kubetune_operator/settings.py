@@ -31,7 +31,7 @@ class OperatorSettings(BaseSettings):
         description="How often each AdapterDeployment is looked at without an event "
         "(canary pauses, Prometheus trigger checks).",
     )
-    reconcile_concurrency: int = Field(16, ge=1, description="Reconciles in flight at once, per kind.")
+    reconcile_concurrency: int = Field(64, ge=1, description="Reconciles in flight at once, per kind.")
     progress_seconds: float = Field(
         3.0, ge=0, description="At most one status write per job per this many seconds for trainer progress."
     )

@@ -104,6 +104,8 @@ def _clean_stop(cluster: Cluster, kubeconfig: Path, log: Path, sig: signal.Signa
     op = Operator(kubeconfig, cluster.ns, log)
     op.start()
     try:
+        # A forged phase that only a running operator corrects: it is up, watching, reconciling.
+        cluster.patch_status("ftj", cluster.ns, "support-intents", {"phase": "Pending"})
         wait_phase(cluster, "support-intents", "Running", op)
         assert op.proc is not None
         op.proc.send_signal(sig)
