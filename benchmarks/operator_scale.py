@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime
 import json
 import math
@@ -455,12 +456,15 @@ def run_one(
         with log_file.open("a") as out:  # every trainer logs its next step at once: the worst case
             out.write(step_line(2))
         wrote = time.monotonic()
-        wait_until(
-            lambda: all("2/100" in timeline.progress.get(n, {}) for n in logging),
-            args.timeout,
-            "the next progress of every running trainer in status",
-        )
-        result.log_to_status = [timeline.progress[n]["2/100"] - wrote for n in logging]
+        with contextlib.suppress(TimeoutError):  # reported below: how many arrived within 120 s
+            wait_until(
+                lambda: all("2/100" in timeline.progress.get(n, {}) for n in logging),
+                120,
+                "the next progress of every running trainer in status",
+            )
+        arrived = [timeline.progress[n]["2/100"] - wrote for n in logging if "2/100" in timeline.progress[n]]
+        result.log_to_status = arrived
+        result.notes.append(f"next log line in status in 120 s: {len(arrived)} of {len(logging)} trainers")
     result.peak_rss_mib = meter.peak_rss_mib()
     for w in watches:
         w.stopped.set()
@@ -630,6 +634,8 @@ def main() -> int:
         "load before": load_before,
         "load after": uptime(),
         "settings": f"ours: {OPERATOR_ENV}; {args.workers} POSTs in flight; idle sample {args.idle:.0f} s",
+        # kwok follows each log with one inotify instance, all on this host (a real node has its own).
+        "fs.inotify.max_user_instances": Path("/proc/sys/fs/inotify/max_user_instances").read_text().strip(),
     }
     text = report([ours, floor], context)
     print(text)
