@@ -127,7 +127,7 @@ def test_max_queued_is_bounded() -> None:
 
 @pytest.mark.parametrize("name", ["classify", "chat", "multi"])
 def test_example_serve_configs_load(name: str) -> None:
-    config = load_serve_config(Path(__file__).parents[2] / f"examples/serve-config-{name}.yaml")
+    config = load_serve_config(Path(__file__).parents[2] / f"examples/serve/{name}.yaml")
     tasks = {c.task for c in config.task_configs()}
     assert tasks == {"classify": {"sequence-classification"}, "chat": {"causal-lm"}}.get(
         name, {"causal-lm", "sequence-classification"}

@@ -11,7 +11,7 @@ from pydantic_core import PydanticUndefined
 
 from kubetune_trainer.serve.config import ServeConfig, TaskServing
 
-EXAMPLES = "examples/serve-config-classify.yaml, -chat.yaml, -multi.yaml"
+EXAMPLES = "examples/serve/classify.yaml, chat.yaml, multi.yaml"
 
 
 def _nested(annotation: Any) -> type[BaseModel] | None:
