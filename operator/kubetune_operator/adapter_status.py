@@ -189,7 +189,20 @@ def _rollout_phase(
     updated = int(ds.get("updatedReplicas") or 0)
     total = int(ds.get("replicas") or 0)
     observed = ds.get("observedGeneration", 0) >= deployment.get("metadata", {}).get("generation", 0)
-    if template_version != resolved.version or not observed or updated < want or total > updated:
+    # The Deployment controller sets reason NewReplicaSetAvailable once a rollout has completed and
+    # keeps it while pods later turn unready: until then pods that are not ready yet are a rollout in
+    # progress (new pods start unready), after it they are a degraded service.
+    completed = any(
+        cond.get("type") == "Progressing" and cond.get("reason") == "NewReplicaSetAvailable"
+        for cond in ds.get("conditions", []) or []
+    )
+    if (
+        template_version != resolved.version
+        or not observed
+        or updated < want
+        or total > updated
+        or (not completed and ready < want)
+    ):
         return (
             "Progressing",
             f"rolling out {resolved.version}: {updated}/{want} updated, {ready} ready",

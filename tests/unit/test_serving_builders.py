@@ -43,7 +43,13 @@ def ftj(phase: str = "Succeeded", digest: str = DIGEST) -> dict[str, Any]:
     return doc
 
 
-def deployment(version: str, ready: int, updated: int, replicas: int = 2) -> dict[str, Any]:
+def deployment(
+    version: str, ready: int, updated: int, replicas: int = 2, completed: bool | None = None
+) -> dict[str, Any]:
+    """A Deployment's status as the real controller writes it; ``completed``: whether its rollout
+    finished once (Progressing reason NewReplicaSetAvailable), by default when all pods are ready."""
+    completed = ready >= replicas and updated == replicas if completed is None else completed
+    progressing = "NewReplicaSetAvailable" if completed else "ReplicaSetUpdated"
     return {
         "metadata": {"generation": 3},
         "spec": {"template": {"metadata": {"annotations": {"kubetune.dev/adapter-version": version}}}},
@@ -52,6 +58,7 @@ def deployment(version: str, ready: int, updated: int, replicas: int = 2) -> dic
             "replicas": replicas,
             "readyReplicas": ready,
             "updatedReplicas": updated,
+            "conditions": [{"type": "Progressing", "status": "True", "reason": progressing}],
         },
     }
 
@@ -133,9 +140,19 @@ def test_unready_pods_after_rollout_are_degraded() -> None:
     ad, _ = adep()
     v1 = resolve_adapter(ad, ftj(), [])
     status, events = derive_adapter_status(
-        ad, v1, deployment(v1.version, 1, 2), AdapterDeploymentStatus(), T0
+        ad, v1, deployment(v1.version, 1, 2, completed=True), AdapterDeploymentStatus(), T0
     )
     assert status.phase == "Degraded" and events[0].type == "Warning"
+
+
+def test_new_pods_not_ready_yet_are_a_rollout_not_degraded() -> None:
+    # The real controller creates both pods at once (updated 2 of 2) before either passes /readyz.
+    ad, _ = adep()
+    v1 = resolve_adapter(ad, ftj(), [])
+    status, events = derive_adapter_status(
+        ad, v1, deployment(v1.version, 0, 2), AdapterDeploymentStatus(), T0
+    )
+    assert status.phase == "Progressing" and all(e.type == "Normal" for e in events)
 
 
 @pytest.mark.parametrize(
