@@ -165,6 +165,7 @@ class Controller:
         self, tag: str, kind: tuple[str, str], key: Key, body: dict[str, Any], outcome: Outcome
     ) -> None:
         if outcome.status:
+            log.debug("%s %s/%s: status patch of %s", tag, key[0], key[1], sorted(outcome.status))
             path = f"{collection_path(kind[0], kind[1], key[0])}/{key[1]}/status"
             patched = await self.kube.merge_patch(path, {"status": outcome.status})
             if patched is not None:

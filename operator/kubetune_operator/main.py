@@ -70,7 +70,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 
 def run(namespaces: list[str], all_namespaces: bool, standalone: bool) -> int:
     settings = OperatorSettings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Kopf logs "Handler ... succeeded" for every watch event of every child: warnings and errors only
     # (what the operator did is logged by kubetune.controller and posted as events).
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)

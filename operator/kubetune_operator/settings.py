@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -53,6 +55,9 @@ class OperatorSettings(BaseSettings):
         ge=2,
         description="Kopf peering keep-alive lifetime: a replica that dies without a goodbye (SIGKILL, "
         "node loss) is presumed dead, and a standby takes over, at most this long after its last keep-alive.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Operator log level; DEBUG adds each status patch's fields and log-stream reopens."
     )
     metrics_port: int = Field(8080, ge=0, description="Prometheus /metrics port (0: off).")
     liveness_port: int = Field(8081, ge=0, description="Kopf liveness /healthz port (0: off).")
