@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from kubetune.api.common import (
+    LABEL_RULE,
     AdapterUri,
     ApiModel,
     Condition,
@@ -30,6 +31,20 @@ VERSION_RULE = Rule(
 )
 MetadataField = Annotated[str, Checked("A request metadata field name.", 128, single_line(), min_length=1)]
 HISTORY_LIMIT = 10
+# The server holds one task of each kind (ServeConfig.tasks); with two kinds that is one extra task.
+EXTRA_TASKS_LIMIT = 1
+ONE_TOKEN = (
+    "extraTasks[].baseModel.tokenSecretRef must equal baseModel.tokenSecretRef: the serving pod has one "
+    "HF_TOKEN"
+)
+NOT_BASE = Rule("must differ from 'base', the model id of the bare causal-lm base model", deny=r"^base$")
+
+
+# Root-level CEL (only there can a rule read metadata.name); AdapterDeployment runs its pydantic twin.
+EXTRA_NAME_RULE: dict[str, str] = {
+    "rule": "!has(self.spec.extraTasks) || self.spec.extraTasks.all(t, t.name != self.metadata.name)",
+    "message": "spec.extraTasks[].name must differ from metadata.name, the model id of the primary adapter",
+}
 
 
 class FineTuneJobRef(ApiModel):
@@ -319,6 +334,71 @@ class RetrainingSpec(ApiModel):
     ] = None
 
 
+class ExtraTask(ApiModel):
+    """Another task served by the same pods behind the same URL, on its own base model (e.g. a chat
+    model beside a classifier). Rollout strategy, canary, monitoring and retraining apply to the
+    primary adapter only; an extra task's new adapter goes out as a rolling update of all pods."""
+
+    name: Annotated[
+        str,
+        Checked(
+            "Model id clients send for this task's adapter (the primary adapter's id is metadata.name).",
+            63,
+            LABEL_RULE,
+            NOT_BASE,
+        ),
+    ]
+    base_model: Annotated[BaseModelSpec, Field(description="The base model of this task, loaded once.")]
+    task: Annotated[
+        TaskType, Field(description="causal-lm or sequence-classification; must differ from spec.task.")
+    ]
+    adapter: Annotated[
+        AdapterSource,
+        Field(description="The adapter to serve (fineTuneJobRef or uri; version pins are not supported)."),
+    ]
+    max_input_tokens: Annotated[
+        int | None,
+        Field(
+            description="Longest input of this task in tokens; default: serving.maxInputTokens.",
+            ge=1,
+            le=32768,
+        ),
+    ] = None
+    max_new_tokens: Annotated[
+        int | None,
+        Field(
+            description="causal-lm: upper bound for max_tokens; default: serving.maxNewTokens.", ge=1, le=8192
+        ),
+    ] = None
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.adapter.version)",
+                    "message": "extraTasks[].adapter.version is not supported (extra tasks keep no history): "
+                    "point adapter.fineTuneJobRef or adapter.uri at the adapter to serve",
+                },
+                {
+                    "rule": "!has(self.maxNewTokens) || self.task == 'causal-lm'",
+                    "message": "extraTasks[].maxNewTokens applies only to task causal-lm",
+                },
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _fits_its_task(self) -> ExtraTask:
+        if self.adapter.version is not None:
+            raise ValueError(
+                "extraTasks[].adapter.version is not supported (extra tasks keep no history): "
+                "point adapter.fineTuneJobRef or adapter.uri at the adapter to serve"
+            )
+        if self.max_new_tokens is not None and self.task != "causal-lm":
+            raise ValueError("extraTasks[].maxNewTokens applies only to task causal-lm")
+        return self
+
+
 class AdapterDeploymentSpec(ApiModel):
     """Desired state of an AdapterDeployment."""
 
@@ -345,6 +425,15 @@ class AdapterDeploymentSpec(ApiModel):
     retraining: Annotated[RetrainingSpec, Field(description="Automatic retraining and promotion.")] = (
         RetrainingSpec()
     )
+    extra_tasks: Annotated[
+        list[ExtraTask],
+        Field(
+            description="More tasks served by the same pods behind the same Service URL, each on its own "
+            "base model with its own adapter (one task of each kind per server). Canary, monitoring and "
+            "retraining apply to the primary adapter only.",
+            max_length=EXTRA_TASKS_LIMIT,
+        ),
+    ] = []
 
     model_config = {
         "json_schema_extra": {
@@ -352,6 +441,21 @@ class AdapterDeploymentSpec(ApiModel):
                 {
                     "rule": "has(self.task) || !has(self.adapter.uri)",
                     "message": "task is required when adapter.uri is set",
+                },
+                {
+                    "rule": "has(self.task) || !has(self.extraTasks) || size(self.extraTasks) == 0",
+                    "message": "task is required when extraTasks is set",
+                },
+                {
+                    "rule": "!has(self.task) || !has(self.extraTasks) || "
+                    "self.extraTasks.all(t, t.task != self.task)",
+                    "message": "extraTasks[].task must differ from task: one task of each kind per server",
+                },
+                {
+                    "rule": "!has(self.extraTasks) || !has(self.baseModel.tokenSecretRef) || "
+                    "self.extraTasks.all(t, !has(t.baseModel.tokenSecretRef) || "
+                    "t.baseModel.tokenSecretRef == self.baseModel.tokenSecretRef)",
+                    "message": ONE_TOKEN,
                 },
             ]
         }
@@ -371,7 +475,19 @@ class AdapterDeploymentSpec(ApiModel):
             and self.adapter.fine_tune_job_ref is None
         ):
             raise ValueError("retraining.enabled needs retraining.template or adapter.fineTuneJobRef")
+        self._extra_tasks_apart()
         return self
+
+    def _extra_tasks_apart(self) -> None:
+        if self.extra_tasks and self.task is None:
+            raise ValueError("task is required when extraTasks is set")
+        if any(extra.task == self.task for extra in self.extra_tasks):
+            raise ValueError("extraTasks[].task must differ from task: one task of each kind per server")
+        token = self.base_model.token_secret_ref
+        if token is not None and any(
+            extra.base_model.token_secret_ref not in (None, token) for extra in self.extra_tasks
+        ):
+            raise ValueError(ONE_TOKEN)
 
 
 class ActiveAdapter(ApiModel):
@@ -379,6 +495,20 @@ class ActiveAdapter(ApiModel):
 
     version: Annotated[str | None, Field(description="Served version.")] = None
     uri: Annotated[str | None, Field(description="Where it was loaded from.")] = None
+    digest: Annotated[str | None, Field(description="sha256 of the adapter weights.")] = None
+    fine_tune_job: Annotated[str | None, Field(description="The FineTuneJob that produced it.")] = None
+    accuracy: Annotated[float | None, Field(description="Its evaluation score.")] = None
+
+
+class ServedTask(ApiModel):
+    """An extra task and the adapter its pods serve now."""
+
+    name: Annotated[
+        str, Field(description="Model id of the adapter (spec.extraTasks[].name).", max_length=63)
+    ]
+    task: Annotated[TaskType, Field(description="causal-lm or sequence-classification.")]
+    version: Annotated[str, Field(description="Served version.", max_length=128)]
+    uri: Annotated[str, Field(description="Where it was loaded from.", max_length=2048)]
     digest: Annotated[str | None, Field(description="sha256 of the adapter weights.")] = None
     fine_tune_job: Annotated[str | None, Field(description="The FineTuneJob that produced it.")] = None
     accuracy: Annotated[float | None, Field(description="Its evaluation score.")] = None
@@ -440,6 +570,10 @@ class AdapterDeploymentStatus(ApiModel):
         list[Condition], Field(description="Ready, Available, Progressing, AdapterResolved.")
     ] = []
     active_adapter: Annotated[ActiveAdapter | None, Field(description="The adapter served now.")] = None
+    extra_tasks: Annotated[
+        list[ServedTask],
+        Field(description="The adapters of spec.extraTasks served now.", max_length=EXTRA_TASKS_LIMIT),
+    ] = []
     ready_replicas: Annotated[int, Field(description="Serving pods that are ready.", ge=0)] = 0
     updated_replicas: Annotated[int, Field(description="Pods on the current template.", ge=0)] = 0
     history: Annotated[
@@ -488,4 +622,6 @@ class AdapterDeployment(ApiModel):
     @model_validator(mode="after")
     def _name_fits_children(self) -> AdapterDeployment:
         check_resource_name(self.metadata.name)
+        if any(extra.name == self.metadata.name for extra in self.spec.extra_tasks):
+            raise ValueError(EXTRA_NAME_RULE["message"])
         return self

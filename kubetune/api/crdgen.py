@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from kubetune.api.adapterdeployment import AdapterDeploymentSpec, AdapterDeploymentStatus
+from kubetune.api.adapterdeployment import EXTRA_NAME_RULE, AdapterDeploymentSpec, AdapterDeploymentStatus
 from kubetune.api.common import GROUP, RESOURCE_NAME_RULE, VERSION
 from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
 
@@ -197,7 +197,7 @@ def adapterdeployment_crd() -> dict[str, Any]:
             {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
-        rules=[RESOURCE_NAME_RULE],
+        rules=[RESOURCE_NAME_RULE, EXTRA_NAME_RULE],
     )
 
 
