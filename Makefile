@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-8)
 
-.PHONY: install control-plane demo demo-triage test test-cluster test-fast lint crds bench
+.PHONY: install control-plane demo demo-triage test test-scale test-cluster test-fast lint crds bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,7 +37,11 @@ $(BROWSER_DEPS): tests/integration/browser/package-lock.json
 	npm ci --prefix tests/integration/browser --no-audit --no-fund --loglevel=error
 
 test: $(STAMP) control-plane $(BROWSER_DEPS)
-	$(PY) -m pytest -q -m "not gpu"
+	$(PY) -m pytest -q -m "not gpu and not scale"
+
+## The 1,000-FineTuneJob fleet run on the real control plane (~15 min on 2 cores; CI runs the 100-job one).
+test-scale: $(STAMP) control-plane
+	$(PY) -m pytest -q -m scale tests/integration/test_operator_fleet.py
 
 ## The integration and e2e tests against a cluster of your own (KUBECONFIG=... make test-cluster).
 test-cluster: $(STAMP) control-plane

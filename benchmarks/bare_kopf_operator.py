@@ -1,5 +1,6 @@
-"""The framework floor for benchmarks/operator_scale.py: a bare Kopf operator that creates one Job per
-FineTuneJob and does nothing else (no status, no resync timer, no children besides the Job).
+"""The framework floor for benchmarks/operator_scale.py and adapter_scale.py: a bare Kopf operator that
+creates one Job per FineTuneJob and one Deployment per AdapterDeployment, and does nothing else (no
+status, no resync timer, no other children).
 
     python -m kopf run --standalone -n <namespace> benchmarks/bare_kopf_operator.py
 
@@ -46,10 +47,9 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.session.close()
 
 
-def job_for(body: kopf.Body) -> dict[str, Any]:
-    """One small Job named like the real operator's first child, owned by the FineTuneJob."""
+def owner_of(body: kopf.Body) -> dict[str, Any]:
     meta = body["metadata"]
-    owner = {
+    return {
         "apiVersion": body["apiVersion"],
         "kind": body["kind"],
         "name": meta["name"],
@@ -57,6 +57,11 @@ def job_for(body: kopf.Body) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def job_for(body: kopf.Body) -> dict[str, Any]:
+    """One small Job named like the real operator's first child, owned by the FineTuneJob."""
+    meta, owner = body["metadata"], owner_of(body)
     container = {
         "name": "validate",
         "image": IMAGE,
@@ -80,5 +85,36 @@ async def create_job(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any)
     async with memo.session.post(url, json=job_for(body)) as response:
         if response.status == 409:
             return  # made by an earlier try
+        if response.status >= 300:
+            raise kopf.TemporaryError(f"HTTP {response.status}: {await response.text()}", delay=1)
+
+
+def deployment_for(body: kopf.Body) -> dict[str, Any]:
+    """One small Deployment named like the real operator's serving Deployment, spec.replicas pods."""
+    name = body["metadata"]["name"]
+    labels = {"app.kubernetes.io/name": "floor-server", "kubetune.dev/adapterdeployment": name}
+    container = {
+        "name": "server",
+        "image": IMAGE,
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"{name}-server", "ownerReferences": [owner_of(body)]},
+        "spec": {
+            "replicas": body["spec"].get("replicas", 1),
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+@kopf.on.create("kubetune.dev", "v1alpha1", "adapterdeployments")
+async def create_deployment(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    url = f"{memo.server}/apis/apps/v1/namespaces/{namespace}/deployments"
+    async with memo.session.post(url, json=deployment_for(body)) as response:
+        if response.status == 409:
+            return
         if response.status >= 300:
             raise kopf.TemporaryError(f"HTTP {response.status}: {await response.text()}", delay=1)

@@ -259,9 +259,12 @@ def manifests(n: int, prefix: str) -> list[dict[str, Any]]:
     return docs
 
 
-def burst_create(cluster: Cluster, docs: list[dict[str, Any]], timeline: Timeline, workers: int) -> float:
-    """POST every FineTuneJob at once (``workers`` in flight); seconds the burst took."""
-    path = f"{FTJ_API}/namespaces/{cluster.ns}/finetunejobs"
+def burst_create(
+    cluster: Cluster, docs: list[dict[str, Any]], timeline: Any, workers: int, plural: str = "finetunejobs"
+) -> float:
+    """POST every object at once (``workers`` in flight), noting in ``timeline.created`` when each
+    POST returned; seconds the burst took."""
+    path = f"{FTJ_API}/namespaces/{cluster.ns}/{plural}"
 
     def post(doc: dict[str, Any]) -> None:
         cluster.request("POST", path, doc)
@@ -317,7 +320,7 @@ class Result:
 
 
 def measure_idle(
-    meter: ProcessMeter, apiserver: ProcessMeter, proxy: CountingProxy, seconds: float, result: Result
+    meter: ProcessMeter, apiserver: ProcessMeter, proxy: CountingProxy, seconds: float, result: Any
 ) -> None:
     cpu, api_cpu, counts = meter.cpu(), apiserver.cpu(), proxy.counts()
     time.sleep(seconds)

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,29 +23,21 @@ from typing import Any
 import pytest
 import yaml
 from controlplane import Cluster
-from ftj_helpers import INTENTS, ROOT, bind_claims
+from fleet_helpers import (
+    RESULT,
+    assert_children_and_events,
+    burst_manifest,
+    jobs,
+    log_is_clean,
+    phases,
+    running_pod,
+)
+from ftj_helpers import ROOT, bind_claims
 from operator_process import Operator
 
 SEED = int(os.environ.get("KUBETUNE_CHAOS_SEED", "11"))
 TIMEOUT = 60  # a loaded 2-core machine, an operator restarting after each kill
 BURST = 20
-# Small pods, so that all 20 training pods fit the 24 fake GPUs (and the nodes' CPU and memory) at once.
-SMALL = {"gpusPerNode": 1, "cpu": "500m", "memory": "1Gi"}
-RESULT = {
-    "adapterUri": "pvc://kubetune-output/chaos/adapter",
-    "digest": "sha256:" + "c" * 64,
-    "metrics": {"after_accuracy": 0.95},
-}
-# Events one FineTuneJob may have after a clean run: Created (training Job) and one per phase change
-# (Pending, ValidatingData, Pending, Running, Succeeded, perhaps PodsPending) — a kill can lose one,
-# never add one; anything far above is a storm.
-MAX_EVENTS = 10
-
-
-def log_is_clean(op: Operator) -> None:
-    logs = op.logs()
-    assert "Traceback" not in logs, logs[-4000:]
-    assert " 403" not in logs and "Forbidden" not in logs, logs[-4000:]
 
 
 @pytest.fixture
@@ -66,33 +57,6 @@ def chaos_operator(cluster: Cluster, operator_kubeconfig: Path, tmp_path: Path) 
     yield op
     op.stop()
     log_is_clean(op)
-
-
-def burst_manifest(names: list[str]) -> str:
-    doc = yaml.safe_load(INTENTS.read_text())
-    docs = []
-    for name in names:
-        one = json.loads(json.dumps(doc))
-        one["metadata"]["name"] = name
-        one["spec"]["resources"] = SMALL
-        docs.append(one)
-    return yaml.safe_dump_all(docs)
-
-
-def jobs(cluster: Cluster, suffix: str) -> list[dict[str, Any]]:
-    return [j for j in cluster.list("jobs.batch", cluster.ns) if j["metadata"]["name"].endswith(suffix)]
-
-
-def phases(cluster: Cluster) -> dict[str, str]:
-    return {
-        o["metadata"]["name"]: (o.get("status") or {}).get("phase", "")
-        for o in cluster.list("ftj", cluster.ns)
-    }
-
-
-def running_pod(cluster: Cluster, job: str) -> dict[str, Any] | None:
-    pods = cluster.pods_of(job)
-    return next((p for p in pods if p.get("status", {}).get("phase") == "Running"), None)
 
 
 class Chaos:
@@ -127,23 +91,6 @@ class Chaos:
         except AssertionError:
             print(self.op.logs()[-6000:])
             raise
-
-
-def assert_children_and_events(cluster: Cluster, names: list[str], chaos: Chaos) -> None:
-    chaos.remember_uids()
-    for name in names:
-        selector = f"kubetune.dev/finetunejob={name}"
-        children = sorted(j["metadata"]["name"] for j in cluster.list("jobs.batch", cluster.ns, selector))
-        assert children == [f"{name}-train", f"{name}-validate"], children
-        maps = [c["metadata"]["name"] for c in cluster.list("configmaps", cluster.ns, selector)]
-        assert maps == [f"{name}-config"], maps
-        for child in children:
-            assert len(cluster.pods_of(child)) == 1, f"{child}: {len(cluster.pods_of(child))} pods"
-        events = cluster.events(cluster.ns, name)
-        reasons = Counter(e["reason"] for e in events)
-        assert len(events) <= MAX_EVENTS, (name, reasons)
-        assert reasons["Created"] <= 1, (name, reasons)  # one training Job, created once
-        assert all(n <= 2 for n in reasons.values()), (name, reasons)
 
 
 def test_burst_of_jobs_survives_sigkills_at_seeded_points(
@@ -202,7 +149,8 @@ def test_burst_of_jobs_survives_sigkills_at_seeded_points(
         status = cluster.get("ftj", cluster.ns, name)["status"]
         assert status["accuracy"] == pytest.approx(0.95), (name, status)
         assert status["result"]["adapterUri"] == RESULT["adapterUri"], (name, status)
-    assert_children_and_events(cluster, names, chaos)
+    chaos.remember_uids()
+    assert_children_and_events(cluster, names)
     assert chaos.kills == 2 + 3 + 1 + 1  # every planned kill happened
     print(f"{chaos.kills} SIGKILLs, {time.monotonic() - started:.1f} s")
 
@@ -323,4 +271,5 @@ def test_standby_takes_over_when_the_active_replica_is_killed(
         cluster.finish_pod(cluster.ns, train[name]["metadata"]["name"], 0, json.dumps(RESULT))
     chaos.wait(lambda: set(phases(cluster).values()) == {"Succeeded"}, "all Succeeded after the takeover")
     assert "operator-a" not in peers(cluster)  # the dead replica's entry was cleaned out
-    assert_children_and_events(cluster, names, chaos)
+    chaos.remember_uids()
+    assert_children_and_events(cluster, names)
