@@ -33,6 +33,12 @@ class OperatorSettings(BaseSettings):
         description="How often each AdapterDeployment is looked at without an event "
         "(canary pauses, Prometheus trigger checks).",
     )
+    child_settle_seconds: float = Field(
+        0.5,
+        ge=0,
+        description="A FineTuneJob is reconciled this long after the first change of one of its Jobs "
+        "or pods, so that a burst of child events costs one reconcile and one status patch.",
+    )
     reconcile_concurrency: int = Field(64, ge=1, description="Reconciles in flight at once, per kind.")
     progress_seconds: float = Field(
         3.0, ge=0, description="At most one status write per job per this many seconds for trainer progress."
@@ -57,7 +63,7 @@ class OperatorSettings(BaseSettings):
         "node loss) is presumed dead, and a standby takes over, at most this long after its last keep-alive.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Operator log level; DEBUG adds each status patch's fields and log-stream reopens."
+        "INFO", description="Operator log level; DEBUG adds the fields of each status patch and log reopens."
     )
     metrics_port: int = Field(8080, ge=0, description="Prometheus /metrics port (0: off).")
     liveness_port: int = Field(8081, ge=0, description="Kopf liveness /healthz port (0: off).")

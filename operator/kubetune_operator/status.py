@@ -114,7 +114,9 @@ def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
         if job_condition(vjob, "Complete") is None:
             if suspended:
                 return _Verdict("Suspended", "Suspended", "spec.suspend is true")
-            if (vjob.get("status", {}).get("active") or 0) > 0:
+            # A pod that has ended while the Job controller has not yet given its verdict is still
+            # validating (else the phase would flap back to Pending for that moment).
+            if _job_started(vjob):
                 return _Verdict("ValidatingData", "ValidatingData", "validating every dataset row (no GPU)")
             return _Verdict("Pending", "ValidationPending", "waiting for the data-validation pod")
         if obs.train_job_deleted and prev.preemptions + 1 > spec.max_preemptions:
@@ -160,9 +162,22 @@ def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
             )
         return _Verdict("Pending", "Resuming", "resuming the training Job")
     running = [p for p in obs.train_pods if p.get("status", {}).get("phase") == "Running"]
-    if (job.get("status", {}).get("active") or 0) > 0 and running:
+    succeeded = [p for p in obs.train_pods if p.get("status", {}).get("phase") == "Succeeded"]
+    # A pod that succeeded before the Job controller marks the Job Complete: still Running, not
+    # back to PodsPending for that moment.
+    if ((job.get("status", {}).get("active") or 0) > 0 and running) or succeeded:
         return _Verdict("Running", "Training", _running_message(obs.progress))
     return _Verdict("Pending", "PodsPending", "waiting for training pods to be scheduled")
+
+
+def _job_started(job: dict[str, Any]) -> bool:
+    """Whether a pod of the Job runs or has ended, by the Job controller's own counters (a pod that
+    ended shows in uncountedTerminatedPods, then succeeded/failed, before the verdict condition)."""
+    status = job.get("status", {})
+    uncounted = status.get("uncountedTerminatedPods") or {}
+    return any((status.get(k) or 0) > 0 for k in ("active", "succeeded", "failed")) or any(
+        uncounted.get(k) for k in ("succeeded", "failed")
+    )
 
 
 def _success_message(result: Any, spec: FineTuneJobSpec) -> str:

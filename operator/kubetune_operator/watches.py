@@ -62,7 +62,10 @@ def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Cont
     async def finetunejob_child(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kw: Any) -> None:
         ctl = ctl_of(memo)
         ctl.bind(kw)
-        ctl.finetunejobs.kick((namespace, labels[LABEL_FINETUNEJOB]))
+        # A child's changes come in bursts (a pod created, then the Job's status; a pod ended, then
+        # the Job's verdict): one reconcile a moment after the first of them sees them all, one status
+        # patch instead of one per event.
+        ctl.finetunejobs.kick((namespace, labels[LABEL_FINETUNEJOB]), ctl.settings.child_settle_seconds)
 
     kopf.on.event(*JOBS, labels=owned, registry=registry, id="job-changed")(finetunejob_child)
     kopf.on.event(*PODS, labels={**owned, LABEL_COMPONENT: "train"}, registry=registry, id="pod-changed")(

@@ -155,9 +155,9 @@ class FaultProxy:
             # accept-encoding is not forwarded, so the body is plain and streamed as it comes.
             passed = {k: v for k, v in up.headers.items() if k.lower() not in _HOP | {"content-encoding"}}
             response = web.StreamResponse(status=up.status, headers=passed)
-            await response.prepare(request)
             events = 0
             try:
+                await response.prepare(request)
                 async for line in up.content:
                     await response.write(line)
                     events += 1

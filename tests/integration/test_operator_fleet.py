@@ -10,7 +10,9 @@ against a bare-Kopf floor."""
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +63,16 @@ def counted_operator(
     log_is_clean(op)
 
 
+def by_kind(requests: Counter[str]) -> Counter[str]:
+    """Requests by method and resource, namespaces and object names left out."""
+    out: Counter[str] = Counter()
+    for key, count in requests.items():
+        method, path = key.split(" ", 1)
+        path = re.sub(r"^/apis?/(?:[^/]+/)?v1[a-z0-9]*/", "", re.sub(r"/namespaces/[^/]+", "", path))
+        out[method + " " + re.sub(r"^([a-z]+)/[^/]+", r"\1/{name}", path)] += count
+    return out
+
+
 def message_for(job: str) -> str:
     return json.dumps(RESULT if job.endswith("-train") else {"metrics": {}})
 
@@ -103,9 +115,9 @@ def test_a_burst_of_finetunejobs_all_succeed_with_exactly_their_children(
     assert sorted(final) == names
     assert_children_and_events(cluster, names)
     spent = sum(proxy.requests.values()) - before
-    top = ", ".join(f"{key} {count}" for key, count in proxy.requests.most_common(6))
+    top = ", ".join(f"{key} {count / n:.1f}" for key, count in by_kind(proxy.requests).most_common(8))
     print(
         f"{n} jobs: all Jobs in {all_jobs:.1f} s, all Succeeded in {total:.1f} s, "
-        f"{spent / n:.1f} requests/job"
+        f"{spent / n:.1f} requests/job ({top})"
     )
     assert spent / n <= MAX_REQUESTS_PER_JOB, f"{spent / n:.1f} requests per job; most: {top}"

@@ -101,6 +101,26 @@ def test_new_job_is_pending_then_validating_then_running_then_succeeded() -> Non
     assert e5[0].type == "Normal" and "accuracy=0.9500" in e5[0].message
 
 
+def test_a_pod_that_ended_before_its_jobs_verdict_does_not_flap_the_phase() -> None:
+    # The kubelet reports the pod's end a moment before the Job controller marks the Job: the phase
+    # must not step back to Pending in between (a status patch and an event each, and untrue).
+    validating, _ = step(Observed(1, SPEC, validate_job=job(active=1)))
+    ended = job()
+    ended["status"]["uncountedTerminatedPods"] = {"succeeded": ["a-pod-uid"]}
+    counted = job()
+    counted["status"]["succeeded"] = 1
+    for vjob in (ended, counted):
+        still, events = step(Observed(1, SPEC, validate_job=vjob), validating)
+        assert still.phase == "ValidatingData" and still == validating and events == []
+    progress = parse_progress('{"event":"step","step":120,"totalSteps":120,"loss":0.2}')
+    tjob, pods = job(active=1), [pod("Running")]
+    s1, _ = step(Observed(1, SPEC, None, COMPLETE, [], tjob, pods, progress), validating)
+    s2, events = step(Observed(1, SPEC, None, COMPLETE, [], job(), [pod("Succeeded", "{}")], progress), s1)
+    assert s1.phase == s2.phase == "Running" and s2 == s1 and events == []
+    # No pod started yet is what Pending means.
+    assert step(Observed(1, SPEC, validate_job=job()))[0].phase == "Pending"
+
+
 def test_terminal_phase_is_sticky() -> None:
     done = FineTuneJobStatus(phase="Succeeded", observed_generation=1)
     again, events = step(Observed(2, SPEC), done)
