@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +12,19 @@ from kubetune.api.adapterdeployment import (
     ActiveAdapter,
     AdapterDeployment,
     AdapterDeploymentStatus,
+    ExtraTask,
     HistoryEntry,
+    ServedTask,
 )
 from kubetune.api.common import ConditionStatus
-from kubetune.api.finetunejob import FineTuneJob
-from kubetune_operator.builders.serving import ResolvedAdapter
+from kubetune.api.finetunejob import FineTuneJob, TaskType
+from kubetune_operator.builders.serving import (
+    EXTRA_VERSIONS_ANNOTATION,
+    VERSION_ANNOTATION,
+    ResolvedAdapter,
+    ResolvedTask,
+    extra_versions,
+)
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.status import Event
 
@@ -71,10 +80,18 @@ def _resolve(
         )
     if source.uri is not None and promoted is None:
         assert ad.spec.task is not None  # enforced by the model
-        version = "uri-" + hashlib.sha256(source.uri.encode()).hexdigest()[:10]
-        return ResolvedAdapter(version, source.uri, ad.spec.task)
+        return _from_uri(source.uri, ad.spec.task)
     # A promoted retrain supersedes the referenced job (the loop's champion).
     name = promoted or (source.fine_tune_job_ref.name if source.fine_tune_job_ref else "")
+    return _from_job(name, ftj)
+
+
+def _from_uri(uri: str, task: TaskType) -> ResolvedAdapter:
+    return ResolvedAdapter("uri-" + hashlib.sha256(uri.encode()).hexdigest()[:10], uri, task)
+
+
+def _from_job(name: str, ftj: dict[str, Any] | None) -> ResolvedAdapter | Unresolved:
+    """The adapter of FineTuneJob ``name`` once it succeeded."""
     if ftj is None:
         return Unresolved("FineTuneJobNotFound", f"FineTuneJob {name} not found")
     job = FineTuneJob.model_validate(ftj)
@@ -87,6 +104,56 @@ def _resolve(
     digest = result.digest
     version = f"{name}-{digest.removeprefix('sha256:')[:8]}" if digest else name
     return ResolvedAdapter(version, result.adapter_uri, job.spec.task.type, digest, name, job.status.accuracy)
+
+
+def resolve_extra_tasks(
+    ad: AdapterDeployment, ftjs: Mapping[str, dict[str, Any] | None], served: Sequence[ServedTask]
+) -> list[ResolvedTask] | Unresolved:
+    """The adapter of every spec.extraTasks[] (``ftjs``: referenced FineTuneJobs by name, None when
+    missing), or the first task that cannot be served yet. As for the primary adapter, a task whose
+    job is missing or not finished keeps serving the version it serves now."""
+    resolved = []
+    for i, extra in enumerate(ad.spec.extra_tasks):
+        adapter = _resolve_extra(extra, ftjs)
+        if isinstance(adapter, Unresolved):
+            now = next((t for t in served if t.name == extra.name and t.task == extra.task), None)
+            if now is None or adapter.reason == "TaskMismatch":
+                return Unresolved(adapter.reason, f"extraTasks[{i}] ({extra.name}): {adapter.message}")
+            adapter = ResolvedAdapter(
+                now.version, now.uri, now.task, now.digest, now.fine_tune_job, now.accuracy
+            )
+        resolved.append(ResolvedTask(extra, adapter))
+    return resolved
+
+
+def _resolve_extra(
+    extra: ExtraTask, ftjs: Mapping[str, dict[str, Any] | None]
+) -> ResolvedAdapter | Unresolved:
+    if extra.adapter.uri is not None:
+        return _from_uri(extra.adapter.uri, extra.task)
+    assert extra.adapter.fine_tune_job_ref is not None  # enforced by the model
+    name = extra.adapter.fine_tune_job_ref.name
+    adapter = _from_job(name, ftjs.get(name))
+    if isinstance(adapter, ResolvedAdapter) and adapter.task != extra.task:
+        return Unresolved(
+            "TaskMismatch", f"FineTuneJob {name} trained a {adapter.task} adapter, not {extra.task}"
+        )
+    return adapter
+
+
+def served_tasks(extras: Sequence[ResolvedTask]) -> list[ServedTask]:
+    return [
+        ServedTask(
+            name=t.spec.name,
+            task=t.adapter.task,
+            version=t.adapter.version,
+            uri=t.adapter.uri,
+            digest=t.adapter.digest,
+            fine_tune_job=t.adapter.fine_tune_job,
+            accuracy=t.adapter.accuracy,
+        )
+        for t in extras
+    ]
 
 
 def _task_of(ftj: dict[str, Any] | None) -> Any:
@@ -103,7 +170,10 @@ def derive_adapter_status(
     deployment: dict[str, Any] | None,
     prev: AdapterDeploymentStatus,
     now: str,
+    extras: Sequence[ResolvedTask] = (),
 ) -> tuple[AdapterDeploymentStatus, list[Event]]:
+    """Phase, conditions, served adapters and history from the Deployment's observed state;
+    ``extras``: the adapters of spec.extraTasks written into the same serving pods."""
     gen = ad.metadata.generation
     status = prev.model_copy(deep=True)
     status.observed_generation = gen
@@ -116,7 +186,7 @@ def derive_adapter_status(
         conds = set_condition(
             conds, "AdapterResolved", "True", "Resolved", f"{resolved.version} from {resolved.uri}", now, gen
         )
-        status.phase, status.message, reason = _rollout_phase(ad, resolved, deployment)
+        status.phase, status.message, reason = _rollout_phase(ad, resolved, deployment, extras)
         ds = (deployment or {}).get("status", {})
         status.ready_replicas = int(ds.get("readyReplicas") or 0)
         status.updated_replicas = int(ds.get("updatedReplicas") or 0)
@@ -148,6 +218,10 @@ def derive_adapter_status(
             status.history = history[-HISTORY_LIMIT:]
             was = prev.active_adapter.version if prev.active_adapter else "none"
             events.append(Event("Normal", "RolledOut", f"serving adapter {resolved.version} (was {was})"))
+        if status.phase == "Available" and served_tasks(extras) != prev.extra_tasks:
+            status.extra_tasks = served_tasks(extras)
+            served = ", ".join(f"{t.name} {t.version}" for t in status.extra_tasks) or "none"
+            events.append(Event("Normal", "RolledOut", f"serving extra tasks: {served}"))
     ready = status.phase == "Available"
     conds = set_condition(
         conds,
@@ -166,18 +240,19 @@ def derive_adapter_status(
 
 
 def _rollout_phase(
-    ad: AdapterDeployment, resolved: ResolvedAdapter, deployment: dict[str, Any] | None
+    ad: AdapterDeployment,
+    resolved: ResolvedAdapter,
+    deployment: dict[str, Any] | None,
+    extras: Sequence[ResolvedTask],
 ) -> tuple[Any, str, str]:
     if deployment is None:
         return "Progressing", "creating the serving Deployment", "Creating"
     want = ad.spec.replicas
     spec, ds = deployment.get("spec", {}), deployment.get("status", {})
-    template_version = (
-        spec.get("template", {})
-        .get("metadata", {})
-        .get("annotations", {})
-        .get("kubetune.dev/adapter-version")
-    )
+    annotations = spec.get("template", {}).get("metadata", {}).get("annotations", {})
+    template_current = annotations.get(VERSION_ANNOTATION) == resolved.version and annotations.get(
+        EXTRA_VERSIONS_ANNOTATION
+    ) == extra_versions(extras)
     for cond in ds.get("conditions", []) or []:
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
             return (
@@ -197,7 +272,7 @@ def _rollout_phase(
         for cond in ds.get("conditions", []) or []
     )
     if (
-        template_version != resolved.version
+        not template_current
         or not observed
         or updated < want
         or total > updated

@@ -56,8 +56,9 @@ def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Cont
 
     @kopf.index("kubetune.dev", "v1alpha1", "adapterdeployments", registry=registry, id="adep_refs")
     def adep_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
-        ref = (spec.get("adapter") or {}).get("fineTuneJobRef") or {}
-        return {(namespace, ref["name"]): name} if ref.get("name") else {}
+        sources = [spec.get("adapter") or {}] + [t.get("adapter") or {} for t in spec.get("extraTasks") or []]
+        refs = [(s.get("fineTuneJobRef") or {}).get("name") for s in sources]
+        return {(namespace, ref): name for ref in refs if ref}
 
     async def finetunejob_child(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kw: Any) -> None:
         ctl = ctl_of(memo)

@@ -4,13 +4,21 @@ AdapterDeployment — pure functions of the spec and the resolved adapter."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
-from kubetune_trainer.serve.config import ADMIN_TOKEN_ENV, AdapterSpec, ServeConfig, ServeMonitoring
+from kubetune_trainer.serve.config import (
+    ADMIN_TOKEN_ENV,
+    AdapterSpec,
+    ServeConfig,
+    ServeMonitoring,
+    TaskServing,
+)
 
-from kubetune.api.adapterdeployment import AdapterDeployment, ReviewSpec
+from kubetune.api.adapterdeployment import AdapterDeployment, ExtraTask, ReviewSpec
+from kubetune.api.common import SecretKeyRef
 from kubetune.api.finetunejob import TaskType
 from kubetune_operator.builders.meta import LABEL_ADAPTERDEPLOYMENT, child_metadata, child_name, common_labels
 from kubetune_operator.builders.security import restricted_container_security, restricted_pod_security
@@ -33,8 +41,23 @@ class ResolvedAdapter:
     accuracy: float | None = None
 
 
+@dataclass(frozen=True)
+class ResolvedTask:
+    """An extra task (spec.extraTasks[]) with the adapter the operator decided to serve for it."""
+
+    spec: ExtraTask
+    adapter: ResolvedAdapter
+
+
 Track = Literal["stable", "canary"]
 LABEL_TRACK = "kubetune.dev/track"
+VERSION_ANNOTATION = "kubetune.dev/adapter-version"
+EXTRA_VERSIONS_ANNOTATION = "kubetune.dev/extra-adapter-versions"
+
+
+def extra_versions(extras: Sequence[ResolvedTask]) -> str | None:
+    """``name=version,...`` of the extra tasks (None without any): the pod template's annotation."""
+    return ",".join(f"{t.spec.name}={t.adapter.version}" for t in extras) or None
 
 
 def server_name(name: str, track: Track = "stable") -> str:
@@ -59,16 +82,38 @@ def _fresh_claim(ad: AdapterDeployment) -> str | None:
     return _claim(fresh.uri) if fresh is not None else None
 
 
-def _claims(ad: AdapterDeployment, adapter: ResolvedAdapter) -> list[str]:
-    """PVCs a serving pod mounts: adapter and model (read-only) and the fresh-data sample (writable)."""
+def _claims(ad: AdapterDeployment, adapter: ResolvedAdapter, extras: Sequence[ResolvedTask]) -> list[str]:
+    """PVCs a serving pod mounts: adapters and models of every task (read-only) and the fresh-data
+    sample (writable)."""
     uris = [adapter.uri, ad.spec.base_model.name]
+    uris += [u for t in extras for u in (t.adapter.uri, t.spec.base_model.name)]
     claims = {c for u in uris if (c := _claim(u))}
     fresh = _fresh_claim(ad)
     return sorted(claims | ({fresh} if fresh else set()))
 
 
-def serve_config(ad: AdapterDeployment, adapter: ResolvedAdapter) -> ServeConfig:
-    """The ServeConfig every pod reads: the declared adapter set, loaded eagerly at start-up."""
+def _extra_task(ad: AdapterDeployment, extra: ResolvedTask) -> TaskServing:
+    """One of ServeConfig.tasks: batched like the primary task, its own limits, drift computed inline
+    but no fresh-data sample (retraining follows the primary adapter only)."""
+    opts, spec = ad.spec.serving, extra.spec
+    return TaskServing(
+        base_model=spec.base_model,
+        task=extra.adapter.task,
+        adapters=[AdapterSpec(name=spec.name, version=extra.adapter.version, uri=extra.adapter.uri)],
+        max_batch_size=opts.max_batch_size,
+        batch_wait_ms=opts.batch_wait_ms,
+        max_input_tokens=spec.max_input_tokens or opts.max_input_tokens,
+        max_new_tokens=spec.max_new_tokens or opts.max_new_tokens,
+        truncate=opts.truncate,
+        monitoring=ServeMonitoring(window_size=ad.spec.monitoring.window_size),
+    )
+
+
+def serve_config(
+    ad: AdapterDeployment, adapter: ResolvedAdapter, extras: Sequence[ResolvedTask] = ()
+) -> ServeConfig:
+    """The ServeConfig every pod reads: the declared adapter set of every task, loaded eagerly at
+    start-up."""
     opts = ad.spec.serving
     fresh = ad.spec.monitoring.fresh_data
     return ServeConfig(
@@ -91,16 +136,21 @@ def serve_config(ad: AdapterDeployment, adapter: ResolvedAdapter) -> ServeConfig
             hash_fields=fresh.hash_fields if fresh else [],
             review=fresh.review if fresh else ReviewSpec(),  # no fresh data: the server keeps no queue
         ),
-        pvc_mounts={claim: f"{MOUNT_ROOT}/pvc/{claim}" for claim in _claims(ad, adapter)},
+        tasks=[_extra_task(ad, extra) for extra in extras],
+        pvc_mounts={claim: f"{MOUNT_ROOT}/pvc/{claim}" for claim in _claims(ad, adapter, extras)},
         cache_dir=CACHE_DIR,
         admin_token=None,
     )
 
 
 def build_serve_config_map(
-    ad: AdapterDeployment, owner: dict[str, Any], adapter: ResolvedAdapter, track: Track = "stable"
+    ad: AdapterDeployment,
+    owner: dict[str, Any],
+    adapter: ResolvedAdapter,
+    track: Track = "stable",
+    extras: Sequence[ResolvedTask] = (),
 ) -> dict[str, Any]:
-    text = yaml.safe_dump(serve_config(ad, adapter).wire(), sort_keys=False)
+    text = yaml.safe_dump(serve_config(ad, adapter, extras).wire(), sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -118,7 +168,15 @@ def config_hash(config_map: dict[str, Any]) -> str:
     return hashlib.sha256(config_map["data"]["serve-config.yaml"].encode()).hexdigest()[:16]
 
 
-def _container(ad: AdapterDeployment, image: str, pull_policy: str, claims: list[str]) -> dict[str, Any]:
+def _hf_token(ad: AdapterDeployment, extras: Sequence[ResolvedTask]) -> SecretKeyRef | None:
+    """The one Hugging Face token Secret of the pod's base models (the API allows no two)."""
+    refs = [ad.spec.base_model.token_secret_ref] + [t.spec.base_model.token_secret_ref for t in extras]
+    return next((ref for ref in refs if ref is not None), None)
+
+
+def _container(
+    ad: AdapterDeployment, image: str, pull_policy: str, claims: list[str], extras: Sequence[ResolvedTask]
+) -> dict[str, Any]:
     res = ad.spec.resources
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}
@@ -137,9 +195,10 @@ def _container(ad: AdapterDeployment, image: str, pull_policy: str, claims: list
         env.append(
             {"name": ADMIN_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
         )
-    if ad.spec.base_model.token_secret_ref is not None:
-        ref = ad.spec.base_model.token_secret_ref
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    if (token := _hf_token(ad, extras)) is not None:
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}}
+        )
     mounts = [
         {"name": "serve-config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
@@ -193,13 +252,14 @@ def build_deployment(
     service_account: str,
     track: Track = "stable",
     replicas: int | None = None,
+    extras: Sequence[ResolvedTask] = (),
 ) -> dict[str, Any]:
     """Rolling update that never drops capacity (maxUnavailable 0): new pods must be ready first.
 
     A canary is a second Deployment (track=canary) behind the same Service: its share of the pods is
-    its share of the traffic.
+    its share of the traffic. Both tracks serve the same extra tasks.
     """
-    claims = _claims(ad, adapter)
+    claims = _claims(ad, adapter, extras)
     res = ad.spec.resources
     volumes: list[dict[str, Any]] = [
         {"name": "serve-config", "configMap": {"name": config_map["metadata"]["name"]}},
@@ -214,7 +274,7 @@ def build_deployment(
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 60,
         "securityContext": restricted_pod_security(),
-        "containers": [_container(ad, image, pull_policy, claims)],
+        "containers": [_container(ad, image, pull_policy, claims, extras)],
         "volumes": volumes,
     }
     if res.node_selector:
@@ -227,6 +287,9 @@ def build_deployment(
     if res.priority_class_name:
         pod["priorityClassName"] = res.priority_class_name
     labels = _labels(ad, track)
+    annotations = {"kubetune.dev/config-hash": config_hash(config_map), VERSION_ANNOTATION: adapter.version}
+    if (versions := extra_versions(extras)) is not None:
+        annotations[EXTRA_VERSIONS_ANNOTATION] = versions
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -237,13 +300,7 @@ def build_deployment(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "progressDeadlineSeconds": 1200,
             "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {
-                        "kubetune.dev/config-hash": config_hash(config_map),
-                        "kubetune.dev/adapter-version": adapter.version,
-                    },
-                },
+                "metadata": {"labels": labels, "annotations": annotations},
                 "spec": pod,
             },
         },

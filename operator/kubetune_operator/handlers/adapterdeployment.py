@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import kopf
@@ -13,8 +13,19 @@ from pydantic import ValidationError
 
 from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus
 from kubetune.api.loading import format_validation_error
-from kubetune_operator.adapter_status import Unresolved, derive_adapter_status, resolve_adapter
-from kubetune_operator.builders.serving import ResolvedAdapter, build_pdb, build_pod_monitor, build_service
+from kubetune_operator.adapter_status import (
+    Unresolved,
+    derive_adapter_status,
+    resolve_adapter,
+    resolve_extra_tasks,
+)
+from kubetune_operator.builders.serving import (
+    ResolvedAdapter,
+    ResolvedTask,
+    build_pdb,
+    build_pod_monitor,
+    build_service,
+)
 from kubetune_operator.builders.training import build_trainer_service_account
 from kubetune_operator.conditions import set_condition, status_patch
 from kubetune_operator.handlers.loop import ftj_path, judge_retrains, manual_retrain, monitor, monitoring_due
@@ -65,8 +76,11 @@ async def serve(
     settings: OperatorSettings,
     events: list[Event],
     now: str,
+    extras: Sequence[ResolvedTask] = (),
 ) -> tuple[ResolvedAdapter, dict[str, Any], str | None]:
-    """Apply the serving children. Returns (version on the stable track, its Deployment, canary message)."""
+    """Apply the serving children. Returns (version on the stable track, its Deployment, canary message).
+
+    The rollout strategy governs the primary adapter; every pod of both tracks serves ``extras``."""
     namespace = ad.metadata.namespace or "default"
     await kube.ensure(build_trainer_service_account(namespace, settings.trainer_service_account))
     await kube.apply(build_service(ad, owner))
@@ -84,7 +98,7 @@ async def serve(
         and draft.canary.step >= len(ad.spec.rollout.steps)
     )
     if passed:  # every step passed: the stable track rolls to it; the record goes once it serves
-        return resolved, await apply_stable(kube, ad, owner, resolved, settings), None
+        return resolved, await apply_stable(kube, ad, owner, resolved, settings, extras), None
     if (
         ad.spec.rollout.strategy != "Canary"
         or champion is None
@@ -92,10 +106,12 @@ async def serve(
         or ad.spec.adapter.version is not None
     ):  # a pinned version (rollback) goes out at once
         await drop_canary(kube, ad, draft)
-        return resolved, await apply_stable(kube, ad, owner, resolved, settings), None
-    stable, promoted = await run_canary(kube, ad, owner, draft, champion, resolved, settings, events, now)
+        return resolved, await apply_stable(kube, ad, owner, resolved, settings, extras), None
+    stable, promoted = await run_canary(
+        kube, ad, owner, draft, champion, resolved, settings, events, now, extras
+    )
     if promoted:
-        return resolved, await apply_stable(kube, ad, owner, resolved, settings), None
+        return resolved, await apply_stable(kube, ad, owner, resolved, settings, extras), None
     message = canary_message(ad, draft) if draft.canary is not None else None
     return champion, stable, message
 
@@ -130,12 +146,16 @@ async def reconcile_adapter(body: dict[str, Any], ctl: Controller, logger: loggi
     ftj = await kube.get(ftj_path(ad.metadata.namespace or "default", source)) if source else None
     active = draft.active_adapter.version if draft.active_adapter else None
     resolved = resolve_adapter(ad, ftj, draft.history, active, draft.promoted)
+    extras = await _resolve_extras(kube, ad, draft)
+    if isinstance(extras, Unresolved) and not isinstance(resolved, Unresolved):
+        resolved = extras  # one URL serves every task: nothing changes until all of them resolve
     deployment, canary_note = None, None
-    if not isinstance(resolved, Unresolved):
+    if not isinstance(resolved, Unresolved) and not isinstance(extras, Unresolved):
         resolved, deployment, canary_note = await serve(
-            kube, ad, body, draft, resolved, settings, events, now
+            kube, ad, body, draft, resolved, settings, events, now, extras
         )
-    new, rollout_events = derive_adapter_status(ad, resolved, deployment, draft, now)
+    served = () if isinstance(extras, Unresolved) else extras
+    new, rollout_events = derive_adapter_status(ad, resolved, deployment, draft, now, served)
     events += rollout_events
     if canary_note is not None:
         gen = ad.metadata.generation
@@ -148,6 +168,15 @@ async def reconcile_adapter(body: dict[str, Any], ctl: Controller, logger: loggi
         if event.reason in RETRAIN_OUTCOMES:
             RETRAINS.labels(ad.metadata.namespace, ad.metadata.name, RETRAIN_OUTCOMES[event.reason]).inc()
     return Outcome(status_patch(prev.wire(), new.wire()) if new != prev else None, events)
+
+
+async def _resolve_extras(
+    kube: Kube, ad: AdapterDeployment, draft: AdapterDeploymentStatus
+) -> list[ResolvedTask] | Unresolved:
+    namespace = ad.metadata.namespace or "default"
+    names = {t.adapter.fine_tune_job_ref.name for t in ad.spec.extra_tasks if t.adapter.fine_tune_job_ref}
+    ftjs = {name: await kube.get(ftj_path(namespace, name)) for name in sorted(names)}
+    return resolve_extra_tasks(ad, ftjs, draft.extra_tasks)
 
 
 def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Controller]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -9,6 +10,7 @@ import aiohttp
 from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus, CanaryStatus
 from kubetune_operator.builders.serving import (
     ResolvedAdapter,
+    ResolvedTask,
     build_deployment,
     build_serve_config_map,
     server_name,
@@ -34,8 +36,9 @@ async def apply_stable(
     owner: dict[str, Any],
     adapter: ResolvedAdapter,
     settings: OperatorSettings,
+    extras: Sequence[ResolvedTask] = (),
 ) -> dict[str, Any]:
-    config_map = build_serve_config_map(ad, owner, adapter)
+    config_map = build_serve_config_map(ad, owner, adapter, extras=extras)
     await kube.apply(config_map, fields=("data",))
     return await kube.apply(
         build_deployment(
@@ -46,6 +49,7 @@ async def apply_stable(
             settings.server_image,
             settings.image_pull_policy,
             settings.trainer_service_account,
+            extras=extras,
         )
     )
 
@@ -100,8 +104,10 @@ async def run_canary(
     settings: OperatorSettings,
     events: list[Event],
     now: str,
+    extras: Sequence[ResolvedTask] = (),
 ) -> tuple[dict[str, Any], bool]:
-    """One canary pass: keep the champion serving, size the canary, judge a finished step.
+    """One canary pass: keep the champion serving, size the canary, judge a finished step. Both
+    tracks serve the same extra tasks (the canary judges the primary adapter only).
 
     Returns (stable Deployment, promoted?)."""
     gen = ad.metadata.generation
@@ -119,9 +125,9 @@ async def run_canary(
         events.append(
             Event("Normal", "CanaryStarted", f"canary {candidate.version} on {canary.weight}% of pods")
         )
-    stable = await apply_stable(kube, ad, owner, champion, settings)
+    stable = await apply_stable(kube, ad, owner, champion, settings, extras)
     replicas = canary_replicas(ad.spec.replicas, canary.weight)
-    config_map = build_serve_config_map(ad, owner, candidate, "canary")
+    config_map = build_serve_config_map(ad, owner, candidate, "canary", extras)
     await kube.apply(config_map, fields=("data",))
     deployment = await kube.apply(
         build_deployment(
@@ -134,6 +140,7 @@ async def run_canary(
             settings.trainer_service_account,
             track="canary",
             replicas=replicas,
+            extras=extras,
         )
     )
     ds = deployment.get("status", {})
