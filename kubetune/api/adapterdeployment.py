@@ -454,7 +454,8 @@ class AdapterDeploymentSpec(ApiModel):
                 {
                     "rule": "!has(self.extraTasks) || !has(self.baseModel.tokenSecretRef) || "
                     "self.extraTasks.all(t, !has(t.baseModel.tokenSecretRef) || "
-                    "t.baseModel.tokenSecretRef == self.baseModel.tokenSecretRef)",
+                    "(t.baseModel.tokenSecretRef.name == self.baseModel.tokenSecretRef.name && "
+                    "t.baseModel.tokenSecretRef.key == self.baseModel.tokenSecretRef.key))",
                     "message": ONE_TOKEN,
                 },
             ]
