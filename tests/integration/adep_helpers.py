@@ -4,8 +4,10 @@ the serving pods the real Deployment and ReplicaSet controllers create."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import yaml
 from controlplane import Cluster
 from ftj_helpers import INTENTS, TIMEOUT, apply, finish_job, wait_job
 from operator_process import Operator
@@ -16,18 +18,22 @@ VERSION_ANNOTATION = "kubetune.dev/adapter-version"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 
 
-def succeeded_finetunejob(cluster: Cluster, digest: str, accuracy: float = 0.9583) -> None:
-    """(Re)run the support-intents FineTuneJob through the operator to Succeeded with ``digest``:
-    its validate and training pods end as a kubelet would report it, the real Job controller
-    completes the Jobs, the operator reads the trainer's termination message."""
-    if cluster.get("ftj", cluster.ns, "support-intents") is not None:
+def succeeded_finetunejob(
+    cluster: Cluster, digest: str, accuracy: float = 0.9583, manifest: Path = INTENTS, **spec: Any
+) -> None:
+    """(Re)run the FineTuneJob of ``manifest`` (default support-intents; ``spec``: fields to override)
+    through the operator to Succeeded with ``digest``: its validate and training pods end as a
+    kubelet would report it, the real Job controller completes the Jobs, the operator reads the
+    trainer's termination message (adapter at pvc://kubetune-output/<name>)."""
+    name = yaml.safe_load(manifest.read_text())["metadata"]["name"]
+    if cluster.get("ftj", cluster.ns, name) is not None:
         # Foreground: kubectl returns once the garbage collector removed the old Jobs, so the next
         # run's Jobs (same deterministic names) are new ones.
-        cluster.kubectl("delete", "ftj", "support-intents", "--cascade=foreground", "--timeout=60s")
-    name = apply(cluster, INTENTS)
+        cluster.kubectl("delete", "ftj", name, "--cascade=foreground", "--timeout=60s")
+    apply(cluster, manifest, **spec)
     finish_job(cluster, wait_job(cluster, f"{name}-validate")["metadata"]["name"])
     result = {
-        "adapterUri": "pvc://kubetune-output/support-intents",
+        "adapterUri": f"pvc://kubetune-output/{name}",
         "digest": digest,
         "metrics": {"after_accuracy": accuracy},
     }
@@ -136,19 +142,24 @@ def _pod_report(cluster: Cluster, name: str) -> str:
     return "\n".join(lines)
 
 
-def adep_status(cluster: Cluster) -> dict[str, Any]:
-    obj = cluster.get("adep", cluster.ns, ADEP)
+def adep_status(cluster: Cluster, name: str = ADEP) -> dict[str, Any]:
+    obj = cluster.get("adep", cluster.ns, name)
     assert obj is not None
     return obj.get("status", {})
 
 
 def wait_adep(
-    cluster: Cluster, operator: Operator, predicate: Any, message: str, timeout: float = TIMEOUT
+    cluster: Cluster,
+    operator: Operator,
+    predicate: Any,
+    message: str,
+    timeout: float = TIMEOUT,
+    name: str = ADEP,
 ) -> dict[str, Any]:
     """The AdapterDeployment's status once ``predicate`` holds; the operator's log on a timeout."""
     try:
         return cluster.wait_for(
-            lambda: (s := adep_status(cluster)) and predicate(s) and s, timeout=timeout, message=message
+            lambda: (s := adep_status(cluster, name)) and predicate(s) and s, timeout=timeout, message=message
         )
     except AssertionError:
         print(operator.logs()[-6000:])

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adep_helpers import ready_pods, succeeded_finetunejob
+from adep_helpers import ready_pods, succeeded_finetunejob, wait_adep
 from controlplane import Cluster
-from ftj_helpers import ROOT, TIMEOUT, TRIAGE, apply, bind_claims, finish_job, wait_job
+from ftj_helpers import ROOT, TIMEOUT, TRIAGE, bind_claims
 from kubetune_trainer.serve.config import load_serve_config
 from operator_process import Operator
 
@@ -21,32 +21,12 @@ EXTRA_VERSIONS = "kubetune.dev/extra-adapter-versions"
 
 
 def succeeded_triage(cluster: Cluster, digest: str) -> None:
-    """(Re)run the support-triage FineTuneJob to Succeeded with ``digest`` (as the operator sees a
-    trainer end: its pods' termination messages, the real Job controller's verdicts)."""
-    if cluster.get("ftj", cluster.ns, "support-triage") is not None:
-        cluster.kubectl("delete", "ftj", "support-triage", "--cascade=foreground", "--timeout=60s")
     # Without the example's Kueue queue: no Kueue in this cluster admits it.
-    name = apply(cluster, TRIAGE, resources={"gpusPerNode": 1, "memory": "24Gi"})
-    finish_job(cluster, wait_job(cluster, f"{name}-validate")["metadata"]["name"])
-    result = {
-        "adapterUri": "pvc://kubetune-output/support-triage",
-        "digest": digest,
-        "metrics": {"after_accuracy": 0.7},
-    }
-    finish_job(cluster, wait_job(cluster, f"{name}-train")["metadata"]["name"], 0, result)
+    succeeded_finetunejob(cluster, digest, 0.7, TRIAGE, resources={"gpusPerNode": 1, "memory": "24Gi"})
 
 
 def wait_status(cluster: Cluster, operator: Operator, predicate: Any, message: str) -> dict[str, Any]:
-    def status() -> dict[str, Any] | None:
-        obj = cluster.get("adep", cluster.ns, ADEP) or {}
-        got = obj.get("status") or {}
-        return got if got and predicate(got) else None
-
-    try:
-        return cluster.wait_for(status, timeout=TIMEOUT, message=message)
-    except AssertionError:
-        print(operator.logs()[-6000:])
-        raise
+    return wait_adep(cluster, operator, predicate, message, name=ADEP)
 
 
 def served_config(cluster: Cluster, tmp_path: Path) -> Any:

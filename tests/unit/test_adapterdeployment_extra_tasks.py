@@ -269,3 +269,23 @@ def test_extra_tasks_need_the_primary_task_spelled_out() -> None:
 
     with pytest.raises(ValidationError, match="task is required when extraTasks is set"):
         AdapterDeployment.model_validate(doc)
+
+
+def test_one_token_for_both_bases_is_admitted_and_reaches_the_pod() -> None:
+    from crd_admission import admit
+
+    from kubetune.api.crdgen import adapterdeployment_crd
+
+    token = {"name": "hf-token", "key": "token"}
+    doc = _with_extra(baseModel={"name": "HuggingFaceTB/SmolLM2-135M-Instruct", "tokenSecretRef": token})
+    doc["spec"]["baseModel"] = {"name": "sentence-transformers/all-MiniLM-L6-v2", "tokenSecretRef": token}
+
+    verdict = admit(doc, adapterdeployment_crd())
+    ad = AdapterDeployment.model_validate(doc)
+
+    assert verdict.accepted, verdict.text
+    primary, extras = resolved_both(ad)
+    cm = build_serve_config_map(ad, doc, primary, extras=extras)
+    dep = build_deployment(ad, doc, primary, cm, "img", "IfNotPresent", "sa", extras=extras)
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["valueFrom"]["secretKeyRef"] for e in env if e["name"] == "HF_TOKEN"] == [token]
