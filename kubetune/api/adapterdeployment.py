@@ -130,7 +130,8 @@ class ServingOptions(ApiModel):
         Precision,
         Field(
             description="Weights dtype: auto = bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 / "
-            "AMX), else fp32; fp32 and bf16 force one."
+            "AMX), else fp32, except causal-lm on CPUs: fp32 (bf16 biased the triage model's answers); "
+            "fp32 and bf16 force one."
         ),
     ] = "auto"
 

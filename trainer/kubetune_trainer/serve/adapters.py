@@ -103,7 +103,7 @@ class AdapterRegistry:
         self._lock = threading.Lock()  # guards the maps below; readers are on the event loop
         self._loaded: dict[tuple[str, str], LoadedAdapter] = {}
         self._default: dict[str, str] = {}  # name -> version served for a bare `name`
-        self.dtype = serving_dtype(config.precision)
+        self.dtype = serving_dtype(config.precision, task=config.task)
         # Rows decoding with an adapter pin its key; unloading a pinned key frees it when the last row
         # leaves (model thread only), so a hot swap never changes weights under a running answer.
         self._pinned: Counter[str] = Counter()

@@ -160,7 +160,10 @@ class ServeConfig(TaskServing):
     ] = 64
     precision: Annotated[
         Precision,
-        Field(description="Weights dtype: auto = bf16 on CUDA / CPUs with native bf16, else fp32."),
+        Field(
+            description="Weights dtype: auto = bf16 on CUDA / CPUs with native bf16 (causal-lm on CPUs: "
+            "fp32), else fp32."
+        ),
     ] = "auto"
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000

@@ -19,8 +19,21 @@ def native_bf16(device: str = "cpu") -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def serving_dtype(precision: Precision, device: str = "cpu") -> torch.dtype:
-    """auto -> bf16 where native, else fp32; fp32 / bf16 as asked."""
-    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+def serving_dtype(
+    precision: Precision, device: str = "cpu", task: str = "sequence-classification"
+) -> torch.dtype:
+    """fp32 / bf16 as asked; auto -> bf16 where native, except a causal LM on a CPU: fp32.
+
+    Measured (benchmarks/precision_accuracy.py, SERVE_RESULTS.md "Precision"): the MiniLM classifier
+    in bf16 changed 0 of 240 predictions, but the SmolLM2 triage model's greedy answers in bf16 moved
+    priority to "low" in 14 of 124 tickets, all one way (a bias, not noise; an fp32 LoRA on a bf16 base
+    did the same). Until a triage adapter measures clean in bf16, auto keeps causal LMs on CPUs in
+    fp32 (about 1.4x slower decode there); on CUDA bf16 is how LLMs are served (vLLM's auto does the same).
+    """
+    if precision == "bf16":
         return torch.bfloat16
-    return torch.float32
+    if precision == "fp32" or not native_bf16(device):
+        return torch.float32
+    if task == "causal-lm" and not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16
