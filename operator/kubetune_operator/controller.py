@@ -6,8 +6,10 @@ event handlers, which only ask for a reconcile of the *owner* here. Each kind ha
 work queue (workqueue.py): one reconcile per object at a time, on the newest copy of the object, its
 children from the indices, then one status patch. The object itself is the newest of its watch events
 and our own patches' answers (no GET per reconcile). Nothing polls on a timer except a slow safety
-resync, spread evenly over ``resyncSeconds`` across the live FineTuneJobs; AdapterDeployments are
-requeued every ``adapterResyncSeconds`` (canary pauses and the Prometheus trigger checks are timed).
+resync, spread evenly over ``resyncSeconds`` across the live FineTuneJobs; an AdapterDeployment is
+requeued every ``adapterResyncSeconds`` only while something of it moves with the clock (a canary
+step's pause, Prometheus triggers, a retrain to judge), else once per ``resyncSeconds``. Children we
+do not watch (Services, PDBs, ConfigMaps) are re-read at most once per kube.KNOWN_TTL.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import random
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +47,15 @@ class Children:
 
     jobs: list[dict[str, Any]] = field(default_factory=list)
     train_pods: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _timed(body: dict[str, Any]) -> bool:
+    """Whether an AdapterDeployment has something that moves with the clock, not with events: a
+    canary step's pause, Prometheus triggers to evaluate, a retraining FineTuneJob to judge."""
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    if status.get("canary") or (spec.get("monitoring") or {}).get("prometheusUrl"):
+        return True
+    return any(r.get("outcome") in ("Pending", "Running") for r in status.get("retrains") or [])
 
 
 def _values(index: Mapping[Any, Iterable[Any]] | None, key: Key) -> list[Any]:
@@ -109,6 +121,7 @@ class Controller:
             self.adapters.kick((key[0], name))
 
     def forget_finetunejob(self, key: Key) -> None:
+        self.kube.forget(f"{collection_path(FTJ[0], FTJ[1], key[0])}/{key[1]}")
         self._live.pop(key, None)
         self._bodies.pop(("ftj", key), None)
         self._own_writes.pop(("ftj", key), None)
@@ -159,7 +172,14 @@ class Controller:
             return None
         outcome = await adapterdeployment.reconcile_adapter(body, self, log)
         await self._write("adep", ADEP, key, body, outcome)
-        return self.settings.adapter_resync_seconds
+        if outcome.requeue_after is not None:
+            return outcome.requeue_after
+        current = self._bodies.get(("adep", key), body)
+        if _timed(current):
+            return self.settings.adapter_resync_seconds
+        # Nothing timed: its own changes, its Deployments' and its FineTuneJobs' wake it; the slow
+        # resync (jittered, so 1,000 of them do not wake at once) is the safety net.
+        return self.settings.resync_seconds * random.uniform(0.9, 1.1)
 
     async def _write(
         self, tag: str, kind: tuple[str, str], key: Key, body: dict[str, Any], outcome: Outcome

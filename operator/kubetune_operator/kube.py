@@ -11,6 +11,7 @@ import ssl
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -100,6 +101,24 @@ def _to_file(data: str | bytes | None) -> str:
 
 
 _ZERO = (False, 0, "", None)
+# How long a child we wrote or read counts as known without asking the API server again, for kinds the
+# operator does not watch (Services, PDBs, ConfigMaps, ServiceAccounts, API groups): a child someone
+# else changed or deleted is repaired within this time, as by a safety resync.
+KNOWN_TTL = 300.0
+
+
+@dataclass
+class _Known:
+    obj: dict[str, Any]
+    when: float
+    watched: bool  # kept current by a watch: as good as a GET for as long as it lasts
+
+
+def _version(obj: dict[str, Any]) -> int:
+    try:
+        return int(obj.get("metadata", {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 def _differs(want: Any, have: Any) -> bool:
@@ -124,7 +143,9 @@ class Kube:
     def __init__(self, info: kopf.ConnectionInfo) -> None:
         self._server = info.server.rstrip("/")
         self._closed = False
-        self._ensured: dict[str, float] = {}
+        self._known: dict[str, _Known] = {}
+        self._watched: set[tuple[str, str]] = set()  # (apiVersion, kind) whose changes observe() gets
+        self._groups: dict[str, tuple[float, bool]] = {}
         headers = {"Accept": "application/json"}
         if info.token:
             headers["Authorization"] = f"Bearer {info.token}"
@@ -189,11 +210,58 @@ class Kube:
             raise
 
     async def exists(self, path: str) -> bool:
-        """Whether a GET of ``path`` answers (e.g. an API group such as monitoring.coreos.com/v1)."""
+        """Whether a GET of ``path`` answers (e.g. an API group such as monitoring.coreos.com/v1);
+        asked again after KNOWN_TTL (a group installed later is seen within that time)."""
+        now = time.monotonic()
+        cached = self._groups.get(path)
+        if cached is not None and cached[0] + KNOWN_TTL > now:
+            return cached[1]
         try:
-            return await self._request("GET", path) is not None
+            found = await self._request("GET", path) is not None
         except KubeError:
-            return False
+            found = False
+        self._groups[path] = (now, found)
+        return found
+
+    # -- what we know of our children without asking ------------------------------------------------
+    def observe(self, obj: dict[str, Any], deleted: bool = False) -> None:
+        """A watch event of a child: its newest state (or its deletion) is known from now on."""
+        self._watched.add((obj["apiVersion"], obj["kind"]))
+        if deleted:
+            self._known.pop(object_path(obj), None)
+            return
+        self._remember(obj, watched=True)
+
+    def forget(self, path: str) -> None:
+        """The object at ``path`` is gone (its owner's watch said so)."""
+        self._known.pop(path, None)
+
+    async def peek(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored ``obj`` (the same kind, namespace and name), or None: from the watch for watched
+        kinds (absent from it = absent), from what we know within KNOWN_TTL, else one GET."""
+        path = object_path(obj)
+        current = self._current(path)
+        if current is not None or (obj["apiVersion"], obj["kind"]) in self._watched:
+            return current
+        found = await self.get(path)
+        if found is not None:
+            self._remember(found)
+        return found
+
+    def _remember(self, obj: dict[str, Any], watched: bool = False) -> None:
+        path, now = object_path(obj), time.monotonic()
+        old = self._known.get(path)
+        watched = watched or (old is not None and old.watched)
+        if old is None or _version(obj) >= _version(old.obj):
+            self._known[path] = _Known(obj, now, watched)
+        else:  # a late watch event older than our own write: keep the write
+            self._known[path] = _Known(old.obj, now, watched)
+
+    def _current(self, path: str) -> dict[str, Any] | None:
+        known = self._known.get(path)
+        if known is None or not (known.watched or known.when + KNOWN_TTL > time.monotonic()):
+            return None
+        return known.obj
 
     async def get(self, path: str) -> dict[str, Any] | None:
         result = await self._request("GET", path)
@@ -204,20 +272,14 @@ class Kube:
         return list((result or {}).get("items", []))
 
     async def ensure(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create ``obj`` if absent; return (current object, created). Never duplicates: names are fixed."""
-        existing = await self.get(object_path(obj))
+        """Create ``obj`` if absent; return (current object, created). Never duplicates: names are fixed.
+        A child known from a watch or from our own write within KNOWN_TTL costs no request."""
+        existing = await self.peek(obj)
         if existing is not None:
             return existing, False
-        return await self.create(obj)
-
-    async def ensure_known(self, obj: dict[str, Any], ttl: float = 300.0) -> None:
-        """``ensure`` at most once per ``ttl`` seconds per object: for a shared object every job needs
-        and nobody changes (the namespace's trainer ServiceAccount), not one GET per job."""
-        path, now = object_path(obj), time.monotonic()
-        if self._ensured.get(path, -ttl) + ttl > now:
-            return
-        await self.ensure(obj)
-        self._ensured[path] = now
+        created = await self.create(obj)  # a 409 (the watch lags our create) returns the stored one
+        self._remember(created[0])
+        return created
 
     async def create(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """POST ``obj``; when it exists already (409), return the stored one: (object, created).
@@ -245,7 +307,12 @@ class Kube:
         changed = {f: obj[f] for f in fields if f in obj and _differs(obj[f], current.get(f))}
         if not changed:
             return current
-        return await self.merge_patch(object_path(obj), changed) or current
+        patched = await self.merge_patch(object_path(obj), changed)
+        if patched is None:  # deleted meanwhile: known no more, created on the next pass
+            self._known.pop(object_path(obj), None)
+            return current
+        self._remember(patched)
+        return patched
 
     async def merge_patch(self, obj_path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
         result = await self._request(
@@ -254,6 +321,7 @@ class Kube:
         return result if isinstance(result, dict) else None
 
     async def delete(self, obj_path: str) -> None:
+        self._known.pop(obj_path, None)
         await self._request("DELETE", obj_path, json={"propagationPolicy": "Background"})
 
     async def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:

@@ -30,8 +30,8 @@ class OperatorSettings(BaseSettings):
     adapter_resync_seconds: float = Field(
         10.0,
         gt=0,
-        description="How often each AdapterDeployment is looked at without an event "
-        "(canary pauses, Prometheus trigger checks).",
+        description="How often an AdapterDeployment with a canary in progress, Prometheus triggers or a "
+        "retrain to judge is looked at without an event (others: once per resyncSeconds).",
     )
     child_settle_seconds: float = Field(
         0.5,

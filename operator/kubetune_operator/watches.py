@@ -79,7 +79,13 @@ def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Cont
         registry=registry,
         id="deployment-changed",
     )
-    async def deployment_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kw: Any) -> None:
+    async def deployment_changed(
+        event: kopf.RawEvent, body: kopf.Body, namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kw: Any
+    ) -> None:
         ctl = ctl_of(memo)
         ctl.bind(kw)
+        # The serving Deployments as the watch has them: a reconcile reads them (spec to compare with
+        # what it would apply, status for the rollout) without a GET.
+        deployment = {**dict(body), "apiVersion": "apps/v1", "kind": "Deployment"}
+        ctl.kube.observe(deployment, deleted=event.get("type") == "DELETED")
         ctl.adapters.kick((namespace, labels[LABEL_ADAPTERDEPLOYMENT]))

@@ -3,6 +3,7 @@ canary) -> status from the Deployment -> evaluate drift/accuracy triggers -> may
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from collections.abc import Callable, Sequence
@@ -80,13 +81,35 @@ async def serve(
 ) -> tuple[ResolvedAdapter, dict[str, Any], str | None]:
     """Apply the serving children. Returns (version on the stable track, its Deployment, canary message).
 
-    The rollout strategy governs the primary adapter; every pod of both tracks serves ``extras``."""
+    The rollout strategy governs the primary adapter; every pod of both tracks serves ``extras``.
+    The Deployments (what a new AdapterDeployment waits for) go first; the Service, PDB and PodMonitor
+    around them follow, at once."""
     namespace = ad.metadata.namespace or "default"
     await kube.ensure(build_trainer_service_account(namespace, settings.trainer_service_account))
-    await kube.apply(build_service(ad, owner))
-    await kube.apply(build_pdb(ad, owner))
+    tracks = await _tracks(kube, ad, owner, draft, resolved, settings, events, now, extras)
+    await asyncio.gather(
+        kube.apply(build_service(ad, owner)), kube.apply(build_pdb(ad, owner)), _pod_monitor(kube, ad, owner)
+    )
+    return tracks
+
+
+async def _pod_monitor(kube: Kube, ad: AdapterDeployment, owner: dict[str, Any]) -> None:
     if await kube.exists(PROMETHEUS_OPERATOR_API):
         await kube.apply(build_pod_monitor(ad, owner))
+
+
+async def _tracks(
+    kube: Kube,
+    ad: AdapterDeployment,
+    owner: dict[str, Any],
+    draft: AdapterDeploymentStatus,
+    resolved: ResolvedAdapter,
+    settings: OperatorSettings,
+    events: list[Event],
+    now: str,
+    extras: Sequence[ResolvedTask],
+) -> tuple[ResolvedAdapter, dict[str, Any], str | None]:
+    """The stable (and canary) Deployment as the rollout strategy has them now."""
     champion = champion_of(draft, resolved.task)
     if champion is not None and resolved.version in draft.rolled_back:
         resolved = champion  # a version a canary rejected is never rolled out again

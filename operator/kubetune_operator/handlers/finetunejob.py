@@ -129,7 +129,7 @@ async def _ensure_children(
         # rewritten from a changed spec until training starts (then the spec is immutable).
         await _write_config_map(kube, build_config_map(cr, owner))
     if vjob is None and tjob is None:
-        await kube.ensure_known(build_trainer_service_account(cr.metadata.namespace or "default", sa))
+        await kube.ensure(build_trainer_service_account(cr.metadata.namespace or "default", sa))
         vjob, created = await kube.create(
             build_validate_job(cr, owner, image, pull, sa, settings.validate_cpu, settings.validate_memory)
         )

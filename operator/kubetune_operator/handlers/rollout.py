@@ -24,7 +24,7 @@ from kubetune_operator.canary import (
     step_decision,
 )
 from kubetune_operator.conditions import set_condition
-from kubetune_operator.kube import Kube, collection_path
+from kubetune_operator.kube import Kube, object_path
 from kubetune_operator.prometheus import PrometheusError, query_scalar
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import Event
@@ -75,12 +75,16 @@ def canary_message(ad: AdapterDeployment, status: AdapterDeploymentStatus) -> st
 
 
 async def drop_canary(kube: Kube, ad: AdapterDeployment, status: AdapterDeploymentStatus) -> None:
-    path = (
-        f"{collection_path('apps/v1', 'Deployment', ad.metadata.namespace or 'default')}/"
-        f"{server_name(ad.metadata.name, 'canary')}"
-    )
-    if await kube.get(path) is not None:
-        await kube.delete(path)
+    canary = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "namespace": ad.metadata.namespace or "default",
+            "name": server_name(ad.metadata.name, "canary"),
+        },
+    }
+    if await kube.peek(canary) is not None:  # the watch knows whether one is there
+        await kube.delete(object_path(canary))
     status.canary = None
 
 
