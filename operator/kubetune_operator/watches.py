@@ -1,10 +1,11 @@
 """Watches on the children we own, as controller-runtime's ``Owns()``: a child's event requeues its owner.
 
 The API server filters the streams by our labels (``settings.watching.label_selectors``), so the
-operator never sees other teams' Jobs, Pods or Deployments. Kopf indices keep a slim copy of each
-Job and training Pod per owning FineTuneJob (the reconcile reads its children there, not from the API
-server), and Kopf starts no handler before every index has its initial list: a restarted operator
-never mistakes "not listed yet" for "deleted".
+operator never sees other teams' Jobs, Pods, Deployments, ConfigMaps, Services or PDBs. Kopf indices
+keep a slim copy of each Job and training Pod per owning FineTuneJob (the reconcile reads its children
+there, not from the API server), and Kopf starts no handler before every index has its initial list:
+a restarted operator never mistakes "not listed yet" for "deleted". The serving children go to the
+child client's cache (``Kube.observe``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from kubetune_operator.controller import Controller
 JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
 DEPLOYMENTS = ("apps", "v1", "deployments")
+CONFIGMAPS = ("", "v1", "configmaps")
+SERVICES = ("", "v1", "services")
+PDBS = ("policy", "v1", "poddisruptionbudgets")
 TRAIN_PODS = f"{LABEL_FINETUNEJOB},{LABEL_COMPONENT}=train"
 _META = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "labels", "ownerReferences")
 
@@ -40,7 +44,8 @@ def slim(body: kopf.Body | dict[str, Any], spec_fields: tuple[str, ...] = ()) ->
 def server_side_filters(settings: kopf.OperatorSettings) -> None:
     settings.watching.label_selectors[JOBS[0], JOBS[2]] = LABEL_FINETUNEJOB
     settings.watching.label_selectors[PODS[0], PODS[2]] = TRAIN_PODS
-    settings.watching.label_selectors[DEPLOYMENTS[0], DEPLOYMENTS[2]] = LABEL_ADAPTERDEPLOYMENT
+    for serving in (DEPLOYMENTS, CONFIGMAPS, SERVICES, PDBS):
+        settings.watching.label_selectors[serving[0], serving[2]] = LABEL_ADAPTERDEPLOYMENT
 
 
 def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Controller]) -> None:
@@ -73,19 +78,34 @@ def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Cont
         finetunejob_child
     )
 
-    @kopf.on.event(
-        *DEPLOYMENTS,
-        labels={LABEL_ADAPTERDEPLOYMENT: kopf.PRESENT},
-        registry=registry,
-        id="deployment-changed",
-    )
-    async def deployment_changed(
-        event: kopf.RawEvent, body: kopf.Body, namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kw: Any
-    ) -> None:
-        ctl = ctl_of(memo)
-        ctl.bind(kw)
-        # The serving Deployments as the watch has them: a reconcile reads them (spec to compare with
-        # what it would apply, status for the rollout) without a GET.
-        deployment = {**dict(body), "apiVersion": "apps/v1", "kind": "Deployment"}
-        ctl.kube.observe(deployment, deleted=event.get("type") == "DELETED")
-        ctl.adapters.kick((namespace, labels[LABEL_ADAPTERDEPLOYMENT]))
+    def serving_child(api_version: str, kind: str) -> Callable[..., Any]:
+        async def changed(
+            event: kopf.RawEvent,
+            body: kopf.Body,
+            namespace: str,
+            labels: kopf.Labels,
+            memo: kopf.Memo,
+            **kw: Any,
+        ) -> None:
+            ctl = ctl_of(memo)
+            ctl.bind(kw)
+            # The serving children as the watch has them: a reconcile compares what it would apply
+            # with them and reads the Deployments' rollout status, without a GET; one deleted or
+            # changed by someone else wakes its AdapterDeployment, which puts it back at once.
+            ctl.kube.observe(
+                {**dict(body), "apiVersion": api_version, "kind": kind}, event.get("type") == "DELETED"
+            )
+            ctl.adapters.kick((namespace, labels[LABEL_ADAPTERDEPLOYMENT]))
+
+        return changed
+
+    serving = {LABEL_ADAPTERDEPLOYMENT: kopf.PRESENT}
+    for resource, api_version, kind in (
+        (DEPLOYMENTS, "apps/v1", "Deployment"),
+        (CONFIGMAPS, "v1", "ConfigMap"),
+        (SERVICES, "v1", "Service"),
+        (PDBS, "policy/v1", "PodDisruptionBudget"),
+    ):
+        kopf.on.event(*resource, labels=serving, registry=registry, id=f"serving-{kind.lower()}-changed")(
+            serving_child(api_version, kind)
+        )

@@ -160,3 +160,33 @@ def test_deleting_the_adapterdeployment_deletes_its_children(cluster: Cluster, o
     )
     # The FineTuneJob is not the AdapterDeployment's child: it stays.
     assert cluster.get("ftj", cluster.ns, "support-intents") is not None
+
+
+def test_a_serving_child_deleted_by_someone_is_put_back_at_once(cluster: Cluster, operator: Operator) -> None:
+    # No timer is due (no canary, no Prometheus): the child's own watch event must wake the operator.
+    bind_claims(cluster)
+    succeeded_finetunejob(cluster, DIGEST_A)
+    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    wait_deployment(cluster)
+    ready_pods(cluster)
+    wait_adep(cluster, operator, lambda s: s.get("phase") == "Available", "Available")
+    children = [
+        ("services", ADEP),
+        ("poddisruptionbudgets.policy", STABLE),
+        ("configmaps", "support-intents-serve-config"),
+    ]
+    uids = {}
+    for kind, name in children:
+        found = cluster.get(kind, cluster.ns, name)
+        assert found is not None, (kind, name)
+        uids[kind] = found["metadata"]["uid"]
+        cluster.kubectl("delete", kind, name)
+    for kind, name in children:
+        back = cluster.wait_for(
+            lambda k=kind, n=name: (
+                (o := cluster.get(k, cluster.ns, n)) and o["metadata"]["uid"] != uids[k] and o
+            ),
+            timeout=TIMEOUT,
+            message=f"{kind}/{name} created again",
+        )
+        assert back["metadata"]["ownerReferences"][0]["kind"] == "AdapterDeployment"
