@@ -36,8 +36,8 @@ class OperatorSettings(BaseSettings):
     child_settle_seconds: float = Field(
         0.5,
         ge=0,
-        description="A FineTuneJob is reconciled this long after the first change of one of its Jobs "
-        "or pods, so that a burst of child events costs one reconcile and one status patch.",
+        description="A FineTuneJob (AdapterDeployment) is reconciled this long after the first change of "
+        "one of its Jobs or pods (serving children), so that a burst of child events costs one reconcile.",
     )
     reconcile_concurrency: int = Field(64, ge=1, description="Reconciles in flight at once, per kind.")
     progress_seconds: float = Field(

@@ -95,7 +95,8 @@ def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Cont
             ctl.kube.observe(
                 {**dict(body), "apiVersion": api_version, "kind": kind}, event.get("type") == "DELETED"
             )
-            ctl.adapters.kick((namespace, labels[LABEL_ADAPTERDEPLOYMENT]))
+            # Settled like a FineTuneJob's children: our own applies echo back as a burst of events.
+            ctl.adapters.kick((namespace, labels[LABEL_ADAPTERDEPLOYMENT]), ctl.settings.child_settle_seconds)
 
         return changed
 

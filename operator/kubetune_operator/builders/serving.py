@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
 from kubetune_trainer.serve.config import (
     ADMIN_TOKEN_ENV,
     AdapterSpec,
@@ -20,7 +19,13 @@ from kubetune_trainer.serve.config import (
 from kubetune.api.adapterdeployment import AdapterDeployment, ExtraTask, ReviewSpec
 from kubetune.api.common import SecretKeyRef
 from kubetune.api.finetunejob import TaskType
-from kubetune_operator.builders.meta import LABEL_ADAPTERDEPLOYMENT, child_metadata, child_name, common_labels
+from kubetune_operator.builders.meta import (
+    LABEL_ADAPTERDEPLOYMENT,
+    child_metadata,
+    child_name,
+    common_labels,
+    yaml_text,
+)
 from kubetune_operator.builders.security import restricted_container_security, restricted_pod_security
 from kubetune_operator.builders.volumes import CACHE_DIR, CONFIG_DIR, MOUNT_ROOT
 
@@ -150,7 +155,7 @@ def build_serve_config_map(
     track: Track = "stable",
     extras: Sequence[ResolvedTask] = (),
 ) -> dict[str, Any]:
-    text = yaml.safe_dump(serve_config(ad, adapter, extras).wire(), sort_keys=False)
+    text = yaml_text(serve_config(ad, adapter, extras).wire())
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from kubetune.api import exitcodes
 from kubetune.api.finetunejob import FineTuneJob
 from kubetune.api.trainconfig import TrainConfig
@@ -19,6 +17,7 @@ from kubetune_operator.builders.meta import (
     child_metadata,
     child_name,
     common_labels,
+    yaml_text,
 )
 from kubetune_operator.builders.security import restricted_container_security, restricted_pod_security
 from kubetune_operator.builders.volumes import CACHE_DIR, CONFIG_FILE, pod_storage, secret_env
@@ -55,14 +54,9 @@ def train_config(cr: FineTuneJob) -> TrainConfig:
     )
 
 
-# libyaml's emitter where PyYAML has it: the pure-Python one took 3 ms per ConfigMap, half of a
-# reconcile's CPU in the 1,000-job burst (benchmarks/SCALE_RESULTS.md). Same YAML, same safe subset.
-_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
 def build_config_map(cr: FineTuneJob, owner: dict[str, Any]) -> dict[str, Any]:
     """ConfigMap holding the TrainConfig (no secrets: credentials travel as Secret references)."""
-    text = yaml.dump(train_config(cr).wire(), Dumper=_DUMPER, sort_keys=False)
+    text = yaml_text(train_config(cr).wire())
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
