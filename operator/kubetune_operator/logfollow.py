@@ -119,11 +119,12 @@ class ProgressFollowers:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # any failure: reopen later, never crash
-                self._log.debug("log of %s/%s: %s; reopened in %g s", namespace, pod, err, backoff)
+                self._log.debug("log of %s/%s: %s", namespace, pod, err)
             # A stream that held for a while ended normally (a timeout on the way): reopen at once.
             # One that ends or fails at once again and again backs off, up to max_backoff.
             lasted = time.monotonic() - opened
             backoff = 1.0 if lasted > STEADY else min(self._max_backoff, backoff * 2)
+            self._log.debug("log of %s/%s ended after %.0f s; again in %g s", namespace, pod, lasted, backoff)
             await asyncio.sleep(backoff)
 
     def _line(self, key: Hashable, line: str) -> None:
