@@ -46,8 +46,6 @@ from operator_scale import (  # noqa: E402
     OPERATOR_ENV,
     CountingProxy,
     Operators,
-    ProcessMeter,
-    Watch,
     apiserver_meter,
     burst_create,
     chart_token,
@@ -56,6 +54,7 @@ from operator_scale import (  # noqa: E402
     start_plane,
     uptime,
     wait_until,
+    watch_and_start,
 )
 
 ADEP_API = "/apis/kubetune.dev/v1alpha1"
@@ -168,20 +167,15 @@ def run_one(
     cluster = Cluster(plane, ns, workdir / ns)
     bind_claims(cluster)
     timeline, result = Timeline(), Result(label, args.n)
-    watches = [
-        Watch(cluster, f"/apis/apps/v1/namespaces/{ns}/deployments", timeline.on_deployment),
-        Watch(cluster, f"{ADEP_API}/namespaces/{ns}/adapterdeployments", timeline.on_adep),
-    ]
-    for w in watches:
-        w.start()
-        w.started_watching.wait(30)
-    before = proxy.requests()
-    proc = start_operator(cluster)
-    assert proc is not None
-    meter = ProcessMeter(proc.pid)
-    time.sleep(3)
-    wait_until(lambda: proxy.requests() - before >= 2, 60, "the operator's first list+watch")
-    time.sleep(2)
+    watches, meter = watch_and_start(
+        cluster,
+        {
+            f"/apis/apps/v1/namespaces/{ns}/deployments": timeline.on_deployment,
+            f"{ADEP_API}/namespaces/{ns}/adapterdeployments": timeline.on_adep,
+        },
+        start_operator,
+        proxy,
+    )
     cpu0, counts0 = meter.cpu(), proxy.counts()
     requests0 = sum(counts0.values())
 

@@ -370,6 +370,28 @@ def apiserver_meter(plane: ControlPlane) -> ProcessMeter:
     return ProcessMeter(component.proc.pid)
 
 
+def watch_and_start(
+    cluster: Cluster,
+    paths: dict[str, Callable[[str, dict, float], None]],
+    start_operator: Callable[[Cluster], subprocess.Popen[bytes] | None],
+    proxy: CountingProxy,
+) -> tuple[list[Watch], ProcessMeter]:
+    """Our watches on ``paths`` first, then the operator; returns once it has listed and watches
+    (its requests stop growing), with the meter of its process."""
+    watches = [Watch(cluster, path, on_event) for path, on_event in paths.items()]
+    for w in watches:
+        w.start()
+        w.started_watching.wait(30)
+    before = proxy.requests()
+    proc = start_operator(cluster)
+    assert proc is not None
+    meter = ProcessMeter(proc.pid)
+    time.sleep(3)
+    wait_until(lambda: proxy.requests() - before >= 2, 60, "the operator's first list+watch")
+    time.sleep(2)
+    return watches, meter
+
+
 def run_one(
     label: str,
     start_operator: Callable[[Cluster], subprocess.Popen[bytes] | None],
@@ -386,22 +408,15 @@ def run_one(
     if lifecycle:
         bind_claims(cluster)
     timeline, result = Timeline(), Result(label, args.n)
-    watches = [
-        Watch(cluster, f"/apis/batch/v1/namespaces/{ns}/jobs", timeline.on_job),
-        Watch(cluster, f"{FTJ_API}/namespaces/{ns}/finetunejobs", timeline.on_ftj),
-    ]
-    for w in watches:
-        w.start()
-        w.started_watching.wait(30)
-
-    before = proxy.requests()
-    proc = start_operator(cluster)
-    assert proc is not None
-    meter = ProcessMeter(proc.pid)
-    # Ready once it has listed and is watching FineTuneJobs (requests stop growing).
-    time.sleep(3)
-    wait_until(lambda: proxy.requests() - before >= 2, 60, "the operator's first list+watch")
-    time.sleep(2)
+    watches, meter = watch_and_start(
+        cluster,
+        {
+            f"/apis/batch/v1/namespaces/{ns}/jobs": timeline.on_job,
+            f"{FTJ_API}/namespaces/{ns}/finetunejobs": timeline.on_ftj,
+        },
+        start_operator,
+        proxy,
+    )
     cpu0, counts0 = meter.cpu(), proxy.counts()
     requests0 = sum(counts0.values())
 

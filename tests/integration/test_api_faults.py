@@ -19,12 +19,6 @@ from operator_process import Operator
 
 
 @pytest.fixture
-def proxy(cluster: Cluster) -> Iterator[FaultProxy]:
-    with FaultProxy(cluster.plane.url, cluster.plane.ca.cert) as running:
-        yield running
-
-
-@pytest.fixture
 def proxied_operator(
     cluster: Cluster, proxy: FaultProxy, operator_kubeconfig: Path, tmp_path: Path
 ) -> Iterator[Operator]:

@@ -132,13 +132,18 @@ def test_adapterdeployment_serves_the_finetunejob_adapter(cluster: Cluster, oper
     assert {"RolledOut", "Degraded"} <= reasons(cluster)
 
 
-def test_deleting_the_adapterdeployment_deletes_its_children(cluster: Cluster, operator: Operator) -> None:
+def serving_version_a(cluster: Cluster, operator: Operator) -> None:
+    """The example AdapterDeployment Available with the FineTuneJob's adapter A on ready pods."""
     bind_claims(cluster)
     succeeded_finetunejob(cluster, DIGEST_A)
     cluster.kubectl("apply", "-f", str(EXAMPLE))
     wait_deployment(cluster)
     ready_pods(cluster)
     wait_adep(cluster, operator, lambda s: s.get("phase") == "Available", "Available")
+
+
+def test_deleting_the_adapterdeployment_deletes_its_children(cluster: Cluster, operator: Operator) -> None:
+    serving_version_a(cluster, operator)
     selector = f"kubetune.dev/adapterdeployment={ADEP}"
     children = {
         kind: cluster.list(kind, cluster.ns, label_selector=selector)
@@ -164,12 +169,7 @@ def test_deleting_the_adapterdeployment_deletes_its_children(cluster: Cluster, o
 
 def test_a_serving_child_deleted_by_someone_is_put_back_at_once(cluster: Cluster, operator: Operator) -> None:
     # No timer is due (no canary, no Prometheus): the child's own watch event must wake the operator.
-    bind_claims(cluster)
-    succeeded_finetunejob(cluster, DIGEST_A)
-    cluster.kubectl("apply", "-f", str(EXAMPLE))
-    wait_deployment(cluster)
-    ready_pods(cluster)
-    wait_adep(cluster, operator, lambda s: s.get("phase") == "Available", "Available")
+    serving_version_a(cluster, operator)
     children = [
         ("services", ADEP),
         ("poddisruptionbudgets.policy", STABLE),

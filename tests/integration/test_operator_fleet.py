@@ -37,12 +37,6 @@ MAX_REQUESTS_PER_JOB = 20
 
 
 @pytest.fixture
-def proxy(cluster: Cluster) -> Iterator[FaultProxy]:
-    with FaultProxy(cluster.plane.url, cluster.plane.ca.cert) as running:
-        yield running
-
-
-@pytest.fixture
 def counted_operator(
     cluster: Cluster, proxy: FaultProxy, operator_kubeconfig: Path, tmp_path: Path
 ) -> Iterator[Operator]:
