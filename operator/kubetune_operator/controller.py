@@ -9,7 +9,7 @@ and our own patches' answers (no GET per reconcile). Nothing polls on a timer ex
 resync, spread evenly over ``resyncSeconds`` across the live FineTuneJobs; an AdapterDeployment is
 requeued every ``adapterResyncSeconds`` only while something of it moves with the clock (a canary
 step's pause, Prometheus triggers, a retrain to judge), else once per ``resyncSeconds``. Children we
-do not watch (Services, PDBs, ConfigMaps) are re-read at most once per kube.KNOWN_TTL.
+do not watch (a trainer ServiceAccount, an API group) are re-read at most once per kube.KNOWN_TTL.
 """
 
 from __future__ import annotations

@@ -101,9 +101,10 @@ def _to_file(data: str | bytes | None) -> str:
 
 
 _ZERO = (False, 0, "", None)
-# How long a child we wrote or read counts as known without asking the API server again, for kinds the
-# operator does not watch (Services, PDBs, ConfigMaps, ServiceAccounts, API groups): a child someone
-# else changed or deleted is repaired within this time, as by a safety resync.
+# How long an object we wrote or read counts as known without asking the API server again, for what
+# the operator does not watch (the trainer ServiceAccount, a FineTuneJob's ConfigMap and rendezvous
+# Service, API groups): one someone else changed or deleted is repaired within this time, as by a
+# safety resync. Watched kinds (observe()) are known for as long as the watch runs.
 KNOWN_TTL = 300.0
 
 
