@@ -239,7 +239,9 @@ class Kube:
 
     async def peek(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """The stored ``obj`` (the same kind, namespace and name), or None: from the watch for watched
-        kinds (absent from it = absent), from what we know within KNOWN_TTL, else one GET."""
+        kinds (absent from it = absent), from what we know within KNOWN_TTL, else one GET. A watch
+        filtered by label may not show an object of that kind that lacks the label: ``ensure`` then
+        meets a 409 on its POST and reads the stored one, so it is still right, at two requests."""
         path = object_path(obj)
         current = self._current(path)
         if current is not None or (obj["apiVersion"], obj["kind"]) in self._watched:
