@@ -39,7 +39,7 @@ $(BROWSER_DEPS): tests/integration/browser/package-lock.json
 test: $(STAMP) control-plane $(BROWSER_DEPS)
 	$(PY) -m pytest -q -m "not gpu and not scale"
 
-## The 1,000-FineTuneJob fleet run on the real control plane (~15 min on 2 cores; CI runs the 100-job one).
+## The 1,000-FineTuneJob fleet run on the real control plane (~5 min on 2 cores; CI runs the 100-job one).
 test-scale: $(STAMP) control-plane
 	$(PY) -m pytest -q -m scale tests/integration/test_operator_fleet.py
 
