@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,11 +44,10 @@ from ftj_helpers import bind_claims  # noqa: E402
 from operator_scale import (  # noqa: E402
     OPERATOR_ENV,
     CountingProxy,
-    Operators,
     apiserver_meter,
     burst_create,
-    chart_token,
     measure_idle,
+    ours_then_floor,
     pct,
     start_plane,
     uptime,
@@ -277,32 +275,9 @@ def main() -> int:
         workdir = Path(tmp)
         plane, plane_s = start_plane(workdir, cpu_nodes, 0)
         print(f"control plane with {cpu_nodes} CPU nodes in {plane_s:.0f} s", flush=True)
-        proxy = CountingProxy(plane.url, plane.ca.cert)
-        operators = Operators(proxy, "", workdir)
-        try:
-            operators.token = chart_token(plane, workdir)
-            ours = run_one("ours", operators.start_ours, plane, proxy, args, workdir, ours=True)
-            operators.stop()
-            print(row(ours), flush=True)
-            floor = run_one("floor", operators.start_floor, plane, proxy, args, workdir, ours=False)
-            operators.stop()
-            print(row(floor), flush=True)
-            ours.notes += [f"log: {p}" for p in operators.problems("ours.log")]
-            floor.notes += [f"log: {p}" for p in operators.problems("floor.log")]
-            assert not plane.failed_components(), plane.diagnostics()
-        except BaseException:
-            print(plane.diagnostics())
-            for ns in ("adapters-ours", "adapters-floor"):
-                print(plane.kubectl("get", "adep,deploy,pods", "-n", ns, "-o", "wide", check=False).stdout)
-            raise
-        finally:
-            operators.stop()
-            proxy.close()
-            plane.__exit__()
-            args.logs.mkdir(parents=True, exist_ok=True)
-            for log in ("ours.log", "floor.log"):
-                if (workdir / log).exists():
-                    shutil.copy(workdir / log, args.logs / f"adeps-n{args.n}-{log}")
+        ours, floor = ours_then_floor(
+            plane, workdir, args, run_one, row, "adapters", "adep,deploy,pods", f"adeps-n{args.n}"
+        )
     context = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nodes": f"{cpu_nodes} kwok CPU nodes, control plane up in {plane_s:.0f} s",

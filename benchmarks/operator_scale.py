@@ -589,6 +589,53 @@ def report(results: list[Result], context: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def ours_then_floor(
+    plane: ControlPlane,
+    workdir: Path,
+    args: argparse.Namespace,
+    run_one: Callable[..., Any],
+    row: Callable[[Any], str],
+    namespace_prefix: str,
+    kinds: str,
+    log_prefix: str,
+) -> tuple[Any, Any]:
+    """Ours, then the floor, each through the counting proxy: ``run_one(label, start_operator, plane,
+    proxy, args, workdir, ours)`` in namespace ``<prefix>-<label>``. On a failure, what ``kinds`` look
+    like there and the operators' log tails; their logs are kept in ``args.logs`` either way. Stops
+    the control plane."""
+    proxy = CountingProxy(plane.url, plane.ca.cert)
+    operators = Operators(proxy, "", workdir)
+    try:
+        operators.token = chart_token(plane, workdir)
+        ours = run_one("ours", operators.start_ours, plane, proxy, args, workdir, True)
+        operators.stop()
+        print(row(ours), flush=True)
+        floor = run_one("floor", operators.start_floor, plane, proxy, args, workdir, False)
+        operators.stop()
+        print(row(floor), flush=True)
+        ours.notes += [f"log: {p}" for p in operators.problems("ours.log")]
+        floor.notes += [f"log: {p}" for p in operators.problems("floor.log")]
+        assert not plane.failed_components(), plane.diagnostics()
+    except BaseException:
+        print(plane.diagnostics())
+        for label in ("ours", "floor"):
+            ns = f"{namespace_prefix}-{label}"
+            print(plane.kubectl("get", kinds, "-n", ns, "-o", "wide", check=False).stdout)
+        for log in ("ours.log", "floor.log"):
+            if (workdir / log).exists():
+                print(f"----- {log} -----\n{(workdir / log).read_text(errors='replace')[-4000:]}")
+        raise
+    finally:
+        operators.stop()
+        proxy.close()
+        plane.__exit__()
+        args.logs.mkdir(parents=True, exist_ok=True)
+        for log in ("ours.log", "floor.log"):
+            if (workdir / log).exists():
+                shutil.copy(workdir / log, args.logs / f"{log_prefix}-{log}")
+    return ours, floor
+
+
 def start_plane(workdir: Path, cpu_nodes: int, gpu_nodes: int) -> tuple[ControlPlane, float]:
     start = time.monotonic()
     plane = ControlPlane(workdir / "plane", cpu_nodes=cpu_nodes, gpu_nodes=gpu_nodes).__enter__()
@@ -617,35 +664,9 @@ def main() -> int:
         workdir = Path(tmp)
         plane, plane_s = start_plane(workdir, cpu_nodes, args.gpu_nodes)
         print(f"control plane with {cpu_nodes}+{args.gpu_nodes} nodes in {plane_s:.0f} s", flush=True)
-        proxy = CountingProxy(plane.url, plane.ca.cert)
-        operators = Operators(proxy, "", workdir)
-        try:
-            operators.token = chart_token(plane, workdir)
-            ours = run_one("ours", operators.start_ours, plane, proxy, args, workdir, lifecycle=True)
-            operators.stop()
-            print(row(ours), flush=True)
-            floor = run_one("floor", operators.start_floor, plane, proxy, args, workdir, lifecycle=False)
-            operators.stop()
-            print(row(floor), flush=True)
-            ours.notes += [f"log: {p}" for p in operators.problems("ours.log")]
-            floor.notes += [f"log: {p}" for p in operators.problems("floor.log")]
-            assert not plane.failed_components(), plane.diagnostics()
-        except BaseException:
-            print(plane.diagnostics())
-            for ns in ("scale-ours", "scale-floor"):
-                print(plane.kubectl("get", "ftj,jobs,pods", "-n", ns, "-o", "wide", check=False).stdout)
-            for log in ("ours.log", "floor.log"):
-                if (workdir / log).exists():
-                    print(f"----- {log} -----\n{(workdir / log).read_text(errors='replace')[-4000:]}")
-            raise
-        finally:
-            operators.stop()
-            proxy.close()
-            plane.__exit__()
-            args.logs.mkdir(parents=True, exist_ok=True)
-            for log in ("ours.log", "floor.log"):
-                if (workdir / log).exists():
-                    shutil.copy(workdir / log, args.logs / f"n{args.n}-{log}")
+        ours, floor = ours_then_floor(
+            plane, workdir, args, run_one, row, "scale", "ftj,jobs,pods", f"n{args.n}"
+        )
     context = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nodes": f"{cpu_nodes} kwok CPU + {args.gpu_nodes} kwok GPU, control plane up in {plane_s:.0f} s",
