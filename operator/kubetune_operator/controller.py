@@ -49,6 +49,11 @@ class Children:
     train_pods: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _path(kind: tuple[str, str], key: Key) -> str:
+    """The API path of the custom resource ``kind`` (apiVersion, kind) named by ``key``."""
+    return f"{collection_path(kind[0], kind[1], key[0])}/{key[1]}"
+
+
 def _timed(body: dict[str, Any]) -> bool:
     """Whether an AdapterDeployment has something that moves with the clock, not with events: a
     canary step's pause, Prometheus triggers to evaluate, a retraining FineTuneJob to judge."""
@@ -121,7 +126,7 @@ class Controller:
             self.adapters.kick((key[0], name))
 
     def forget_finetunejob(self, key: Key) -> None:
-        self.kube.forget(f"{collection_path(FTJ[0], FTJ[1], key[0])}/{key[1]}")
+        self.kube.forget(_path(FTJ, key))
         self._live.pop(key, None)
         self._bodies.pop(("ftj", key), None)
         self._own_writes.pop(("ftj", key), None)
@@ -146,7 +151,7 @@ class Controller:
         """The object as of its newest watch event or our newest write (one GET when neither is known)."""
         body = self._bodies.get((tag, key))
         if body is None:
-            body = await self.kube.get(f"{collection_path(kind[0], kind[1], key[0])}/{key[1]}")
+            body = await self.kube.get(_path(kind, key))
             if body is not None:
                 self._remember(tag, key, body)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -186,7 +191,7 @@ class Controller:
     ) -> None:
         if outcome.status:
             log.debug("%s %s/%s: status patch of %s", tag, key[0], key[1], sorted(outcome.status))
-            path = f"{collection_path(kind[0], kind[1], key[0])}/{key[1]}/status"
+            path = f"{_path(kind, key)}/status"
             patched = await self.kube.merge_patch(path, {"status": outcome.status})
             if patched is not None:
                 self._remember(tag, key, patched)

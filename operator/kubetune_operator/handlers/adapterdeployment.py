@@ -81,35 +81,9 @@ async def serve(
 ) -> tuple[ResolvedAdapter, dict[str, Any], str | None]:
     """Apply the serving children. Returns (version on the stable track, its Deployment, canary message).
 
-    The rollout strategy governs the primary adapter; every pod of both tracks serves ``extras``.
-    The Deployments (what a new AdapterDeployment waits for) go first; the Service, PDB and PodMonitor
-    around them follow, at once."""
+    The rollout strategy governs the primary adapter; every pod of both tracks serves ``extras``."""
     namespace = ad.metadata.namespace or "default"
     await kube.ensure(build_trainer_service_account(namespace, settings.trainer_service_account))
-    tracks = await _tracks(kube, ad, owner, draft, resolved, settings, events, now, extras)
-    await asyncio.gather(
-        kube.apply(build_service(ad, owner)), kube.apply(build_pdb(ad, owner)), _pod_monitor(kube, ad, owner)
-    )
-    return tracks
-
-
-async def _pod_monitor(kube: Kube, ad: AdapterDeployment, owner: dict[str, Any]) -> None:
-    if await kube.exists(PROMETHEUS_OPERATOR_API):
-        await kube.apply(build_pod_monitor(ad, owner))
-
-
-async def _tracks(
-    kube: Kube,
-    ad: AdapterDeployment,
-    owner: dict[str, Any],
-    draft: AdapterDeploymentStatus,
-    resolved: ResolvedAdapter,
-    settings: OperatorSettings,
-    events: list[Event],
-    now: str,
-    extras: Sequence[ResolvedTask],
-) -> tuple[ResolvedAdapter, dict[str, Any], str | None]:
-    """The stable (and canary) Deployment as the rollout strategy has them now."""
     champion = champion_of(draft, resolved.task)
     if champion is not None and resolved.version in draft.rolled_back:
         resolved = champion  # a version a canary rejected is never rolled out again
@@ -137,6 +111,19 @@ async def _tracks(
         return resolved, await apply_stable(kube, ad, owner, resolved, settings, extras), None
     message = canary_message(ad, draft) if draft.canary is not None else None
     return champion, stable, message
+
+
+async def apply_around(kube: Kube, ad: AdapterDeployment, owner: dict[str, Any]) -> None:
+    """The Service, PDB and PodMonitor around the serving pods, at once. Applied after the
+    Deployments, which are what a new AdapterDeployment waits for."""
+
+    async def pod_monitor() -> None:
+        if await kube.exists(PROMETHEUS_OPERATOR_API):
+            await kube.apply(build_pod_monitor(ad, owner))
+
+    await asyncio.gather(
+        kube.apply(build_service(ad, owner)), kube.apply(build_pdb(ad, owner)), pod_monitor()
+    )
 
 
 def _invalid(body: dict[str, Any], prev: AdapterDeploymentStatus, err: ValidationError, now: str) -> Outcome:
@@ -177,6 +164,7 @@ async def reconcile_adapter(body: dict[str, Any], ctl: Controller, logger: loggi
         resolved, deployment, canary_note = await serve(
             kube, ad, body, draft, resolved, settings, events, now, extras
         )
+        await apply_around(kube, ad, body)
     served = () if isinstance(extras, Unresolved) else extras
     new, rollout_events = derive_adapter_status(ad, resolved, deployment, draft, now, served)
     events += rollout_events
