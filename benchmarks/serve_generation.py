@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from transformers.generation.streamers import BaseStreamer
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
 VARIANTS = ("naive", "padded", "cb", "llamacpp", "ours")
 LLAMACPP_PY = Path("/tmp/llamacpp-venv/bin/python")
+LLAMACPP_VERSION = "0.3.36"
 Timing = dict[str, float]  # start (wave arrival), first, end, tokens
 
 
@@ -98,9 +100,22 @@ def run_cb(registry: Any, prompts: list[list[int]], adapter: str) -> list[Timing
     ]
 
 
+def install_llamacpp() -> bool:
+    """llama-cpp-python in its own venv (never a project dependency). PyPI has only its source: the
+    build takes ~12 min on 2 quiet cores (ggml picks AVX-512 at run time). False when it fails."""
+    if LLAMACPP_PY.exists():
+        return True
+    venv = LLAMACPP_PY.parents[1]
+    print(f"building llama-cpp-python {LLAMACPP_VERSION} into {venv} (once; ~12 min)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pin = f"llama-cpp-python=={LLAMACPP_VERSION}"
+    done = subprocess.run([str(LLAMACPP_PY), "-m", "pip", "install", "-q", pin], check=False)
+    return done.returncode == 0
+
+
 def run_llamacpp(gguf: Path, texts: list[str]) -> tuple[list[Timing], float] | None:
-    """None when llama-cpp-python is not installed (see install_llamacpp)."""
-    if not LLAMACPP_PY.exists():
+    """None when llama-cpp-python could not be installed (install_llamacpp)."""
+    if not install_llamacpp():
         return None
     job = {"gguf": str(gguf), "prompts": texts, "new_tokens": NEW_TOKENS, "threads": os.cpu_count() or 1}
     here = Path(__file__).with_name("llamacpp_client.py")

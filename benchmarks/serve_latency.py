@@ -132,6 +132,8 @@ def bench_smollm(
     gguf = package_model_dir(SMOLLM.name.removeprefix("pkg://"), SMOLLM.gguf_file) / str(SMOLLM.gguf_file)
     rows: dict[str, dict[int, dict[str, float]]] = {v: {} for v in gen.VARIANTS}
     rss: dict[str, float] = {}
+    if "llamacpp" in variants:
+        gen.install_llamacpp()  # before any timing: the build would load the cores
     gen.run_naive(registry, ids[:1], key)  # warm-up
     with running_server(config) as (url, _):
         for c in levels:
@@ -284,6 +286,24 @@ llama-cpp-python process {llama}.
 """
 
 
+def minilm_section(result: dict[str, Any], loads: tuple[tuple[float, ...], ...]) -> str:
+    o = result["overhead"]
+    return f"""## MiniLM-L6 sequence classification (one short ticket per request)
+
+`python benchmarks/serve_latency.py --minilm` — {time.strftime("%Y-%m-%d %H:%M")} UTC, {os.cpu_count()} CPU
+cores, torch {torch.__version__}, {torch.get_num_threads()} threads, no GPU. `uptime` load (1, 5, 15 min):
+{" ".join(f"{x:.1f}" for x in loads[0])} at the start, {" ".join(f"{x:.1f}" for x in loads[1])} at the end.
+naive: one forward per request (peft adapter unmerged), one at a time, `concurrency` clients queueing for
+it; ours: `kubetune serve` over HTTP, `/v1/classify`, dynamic batching (max batch 32, 5 ms window),
+one adapter loaded (so folded into the base: mergeSingleAdapter), drift monitor on. The HTTP client
+runs in the same process as the server (one GIL), as it does for the SmolLM2 rows.
+
+{table(result["rows"], "inputs")}
+Adapter overhead at batch 1 (ms per request, best of {ROUNDS} interleaved): adapter off {o["off"]:.1f},
+unmerged {o["unmerged"]:.1f}, merged {o["merged"]:.1f}.
+"""
+
+
 def splice(doc: str, header: str, section: str) -> str:
     """Replace the `## header...` section of doc (up to the next `## `) by `section`."""
     match = re.search(rf"^## {re.escape(header)}.*?(?=^## |\Z)", doc, flags=re.S | re.M)
@@ -297,14 +317,20 @@ def main() -> int:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--variants", default=",".join(gen.VARIANTS), help="comma-separated subset")
     parser.add_argument("--levels", default="", help="comma-separated concurrency levels (default 1,8,32)")
-    parser.add_argument("--minilm", action="store_true", help="also print the MiniLM classification table")
+    parser.add_argument("--minilm", action="store_true", help="also run the MiniLM classification table")
+    parser.add_argument("--no-smollm", action="store_true", help="skip the SmolLM2 generation table")
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         started, load_before = time.time(), os.getloadavg()
+        doc = Path(args.out).read_text() if Path(args.out).exists() else "# Serving benchmark results\n"
         if args.minilm:
             minilm = bench_minilm(Path(tmp) / "minilm", args.quick)
-            print(table(minilm["rows"], "inputs"), minilm["overhead"])
+            doc = splice(doc, "MiniLM-L6", minilm_section(minilm, (load_before, os.getloadavg())))
+            print(table(minilm["rows"], "inputs"), minilm["overhead"], flush=True)
+        if args.no_smollm:
+            Path(args.out).write_text(doc)
+            return 0
         levels = (
             tuple(int(c) for c in args.levels.split(","))
             if args.levels
@@ -314,10 +340,7 @@ def main() -> int:
         smollm = bench_smollm(Path(tmp) / "smollm", levels, args.precision, variants)
         took, load_after = time.time() - started, os.getloadavg()
     section = smollm_section(smollm, took, (load_before, load_after), args)
-    out = Path(args.out)
-    out.write_text(
-        splice(out.read_text() if out.exists() else "# Serving benchmark results\n", "SmolLM2", section)
-    )
+    Path(args.out).write_text(splice(doc, "SmolLM2", section))
     print(section)
     return 0
 

@@ -134,6 +134,14 @@ class ServingOptions(ApiModel):
             "fp32 and bf16 force one."
         ),
     ] = "auto"
+    merge_single_adapter: Annotated[
+        bool,
+        Field(
+            description="Fold the served adapter's LoRA into the base weights while every request in a "
+            "batch is for it (a pod serves one adapter, so nearly always): base-model speed per token. A "
+            "request for the base model unfolds it first; false keeps LoRA unmerged."
+        ),
+    ] = True
 
 
 class RolloutStep(ApiModel):

@@ -133,6 +133,7 @@ def serve_config(
         truncate=opts.truncate,
         port=opts.port,
         precision=opts.precision,
+        merge_single_adapter=opts.merge_single_adapter,
         monitoring=ServeMonitoring(
             window_size=ad.spec.monitoring.window_size,
             fresh_data_uri=fresh.uri if fresh else None,

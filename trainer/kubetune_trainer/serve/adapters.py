@@ -31,6 +31,7 @@ from kubetune_trainer.artifacts import file_digest
 from kubetune_trainer.fetch import s3_endpoint
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from kubetune_trainer.serve.errors import AdapterLoadError, ModelNotFoundError
+from kubetune_trainer.serve.merging import Folded
 from kubetune_trainer.serve.precision import serving_dtype
 
 log = logging.getLogger("kubetune.serve")
@@ -108,6 +109,7 @@ class AdapterRegistry:
         # leaves (model thread only), so a hot swap never changes weights under a running answer.
         self._pinned: Counter[str] = Counter()
         self._doomed: set[str] = set()
+        self._folded: Folded | None = None  # the one adapter merged into the base weights, if any
 
     # ---- loading (model thread) -------------------------------------------------------------------
     def load_base(self) -> None:
@@ -140,6 +142,7 @@ class AdapterRegistry:
         labels = tuple(meta.get("labels") or self.labels)
         self._check_compatible(spec, folder, meta, labels)
         key = f"kt{next(self._keys)}"
+        self._unfold()  # peft adds adapters to unmerged layers; the next step folds again if it can
         before = self.parameter_count()
         try:
             if hasattr(self.model, "peft_config"):
@@ -208,6 +211,7 @@ class AdapterRegistry:
         if self._pinned[key] > 0:
             self._doomed.add(key)
             return
+        self._unfold()  # deleting a merged adapter would leave its delta in the base weights
         if set(self.model.peft_config) == {key}:
             # peft cannot run a PeftModel with no adapter left; unload() restores the plain base.
             self.model = self.model.unload()
@@ -258,17 +262,37 @@ class AdapterRegistry:
                     max_new_tokens=1,
                     do_sample=False,
                     pad_token_id=self.tokenizer.pad_token_id,
-                    **self.adapter_kwargs([target]),
+                    **self.route([target]),
                 )
             else:
-                self.model(**batch, **self.adapter_kwargs([target]))
+                self.model(**batch, **self.route([target]))
 
-    # ---- lookups (any thread) ---------------------------------------------------------------------
-    def adapter_kwargs(self, targets: list[Target]) -> dict[str, Any]:
-        """peft mixed-batch routing: one adapter per row; nothing when no adapter is loaded at all."""
+    def route(self, targets: list[Target]) -> dict[str, Any]:
+        """The forward-pass kwargs that give each row its adapter. Rows of one adapter, when it is the
+        only one loaded (and mergeSingleAdapter is on), run with it folded into the base weights
+        (merging.py); any other mix unfolds it and routes per row with peft's `adapter_names`."""
         if not hasattr(self.model, "peft_config"):
             return {}
+        keys = {t.peft_name for t in targets}
+        only = next(iter(keys)) if len(keys) == 1 else None
+        if self.config.merge_single_adapter and only != PEFT_BASE and set(self.model.peft_config) == {only}:
+            if self._folded is None:
+                self._folded = Folded(self.model, only, self.dtype)
+            return {}
+        self._unfold()
         return {"adapter_names": [t.peft_name for t in targets]}
+
+    def _unfold(self) -> None:
+        if self._folded is not None:
+            self._folded.unfold()
+            self._folded = None
+
+    @property
+    def folded(self) -> str | None:
+        """The peft key merged into the base weights now (for tests and /metrics)."""
+        return self._folded.key if self._folded else None
+
+    # ---- lookups (any thread) ---------------------------------------------------------------------
 
     def resolve(self, model_id: str) -> Target:
         """`name`, `name@version` or the base id -> Target; ModelNotFoundError (404) otherwise."""

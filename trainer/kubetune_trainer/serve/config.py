@@ -165,6 +165,14 @@ class ServeConfig(TaskServing):
             "fp32), else fp32."
         ),
     ] = "auto"
+    merge_single_adapter: Annotated[
+        bool,
+        Field(
+            description="While one adapter is loaded and a batch holds only its requests, fold its LoRA "
+            "into the base weights (no LoRA matmuls per token); a base-model request or a second adapter "
+            "unfolds it first."
+        ),
+    ] = True
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     drain_timeout_s: Annotated[

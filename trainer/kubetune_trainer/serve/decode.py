@@ -69,7 +69,7 @@ class RunningBatch:
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
-                **self.registry.adapter_kwargs([r.target for r in rows]),
+                **self.registry.route([r.target for r in rows]),
             )
         return out.logits[:, -1, :].float()
 

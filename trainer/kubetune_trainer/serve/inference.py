@@ -147,7 +147,7 @@ def classify_rows(registry: AdapterRegistry, rows: list[ClassifyRow], max_tokens
     monitoring = registry.config.monitoring.enabled
     with torch.inference_mode():
         out = registry.model(
-            **batch, output_hidden_states=monitoring, **registry.adapter_kwargs([r.target for r in rows])
+            **batch, output_hidden_states=monitoring, **registry.route([r.target for r in rows])
         )
         embeddings = (
             mean_pool(out.hidden_states[-1].float(), batch["attention_mask"]).numpy() if monitoring else None
