@@ -5,7 +5,8 @@ requests that arrive together (128-token prompts, 64 new tokens, greedy), interl
   padded    one generate() over the whole wave (what a static batcher at its best does)
   cb        transformers' continuous batching, model.generate_batch (active adapter; it cannot route)
   llamacpp  llama-cpp-python on the same GGUF file, in its own venv, one request at a time
-  ours      kubetune serve over HTTP, streamed completions (continuous batching, adapter routed)
+  ours      kubetune serve over HTTP, streamed completions (continuous batching, adapter folded in)
+  ours-int4 the same with serving.quantize int4 (4-bit weights, bf16 kernel inputs; LoRA unmerged)
 
 Per request: TTFT (wave arrival -> first token), TPOT ((end - first token) / (tokens - 1)),
 latency; per variant: generated tokens/s over the wave.
@@ -28,7 +29,7 @@ from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
-VARIANTS = ("naive", "padded", "cb", "llamacpp", "ours")
+VARIANTS = ("naive", "padded", "cb", "llamacpp", "ours", "ours-int4")
 LLAMACPP_PY = Path("/tmp/llamacpp-venv/bin/python")
 LLAMACPP_VERSION = "0.3.36"
 Timing = dict[str, float]  # start (wave arrival), first, end, tokens

@@ -18,17 +18,20 @@ import os
 import platform
 import re
 import resource
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,7 +39,7 @@ import serve_generation as gen
 from kubetune_trainer.models import package_model_dir
 from kubetune_trainer.serve.adapters import AdapterRegistry
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
-from test_serve_helpers import LABELS, MINILM, SMOLLM, make_adapters, running_server
+from test_serve_helpers import LABELS, MINILM, SMOLLM, free_port, is_ready, make_adapters, wait_for
 
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
 CONCURRENCY = (1, 8, 32)
@@ -103,6 +106,35 @@ def _drive_naive(serve_one: Callable[[int], int], requests: int, concurrency: in
     return summary(latencies, time.perf_counter() - start, tokens)
 
 
+@contextmanager
+def server_process(config: ServeConfig, workdir: Path) -> Iterator[tuple[str, Callable[[], float]]]:
+    """`kubetune serve` in its own process, as a pod runs it; yields (url, peak RSS in MiB so far).
+
+    Not in this process: an idle server thread here slowed this process's own generate() by ~50 %
+    (padded batch-8 step 106 -> 165 ms, measured 2026-12-03), which would tax every variant."""
+    config = config.model_copy(update={"host": "127.0.0.1", "port": free_port()})
+    path = workdir / f"serve-{config.port}.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude={"admin_token"})))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetune_trainer.serve", "-f", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / f"serve-{config.port}.log").open("w"),
+    )
+    url = f"http://127.0.0.1:{config.port}"
+
+    def peak_rss() -> float:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+    try:
+        wait_for(lambda: is_ready(url) or proc.poll() is not None, 600, "the server's /readyz")
+        assert proc.poll() is None, (workdir / f"serve-{config.port}.log").read_text()[-2000:]
+        yield url, peak_rss
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def prompt_of(tokenizer: Any, i: int) -> str:
     words = f"Request {i}: summarise the customer ticket about a delayed parcel and a refund. " * 40
     return str(tokenizer.decode(tokenizer(words).input_ids[:PROMPT_TOKENS]))
@@ -125,6 +157,7 @@ def bench_smollm(
     registry = AdapterRegistry(config)
     registry.load_base()
     registry.load(config.adapters[0])
+    registry.unfold()  # the baselines run peft unmerged; the server (its own registry) folds
     tok = registry.tokenizer
     ids = [tok(prompt_of(tok, i)).input_ids[:PROMPT_TOKENS] for i in range(64)]
     texts = [tok.decode(i) for i in ids]
@@ -135,14 +168,18 @@ def bench_smollm(
     if "llamacpp" in variants:
         gen.install_llamacpp()  # before any timing: the build would load the cores
     gen.run_naive(registry, ids[:1], key)  # warm-up
-    with running_server(config) as (url, _):
+    int4 = config.model_copy(update={"quantize": "int4"})
+    with server_process(config, workdir) as (url, rss_ours), server_process(int4, workdir) as (url4, rss4):
         for c in levels:
             runs = {
                 "naive": partial(gen.run_naive, registry, ids[:c], key),
                 "padded": partial(gen.run_padded, registry, ids[:c], key),
                 "cb": partial(gen.run_cb, registry, ids[:c], key),
                 "llamacpp": partial(gen.run_llamacpp, gguf, texts[:c]),
-                "ours": partial(lambda t: asyncio.run(gen.run_ours(url, t, "support")), texts[:c]),
+                "ours": partial(lambda u, t: asyncio.run(gen.run_ours(u, t, "support")), url, texts[:c]),
+                "ours-int4": partial(
+                    lambda u, t: asyncio.run(gen.run_ours(u, t, "support")), url4, texts[:c]
+                ),
             }
             for name, run in runs.items():
                 if name not in variants:
@@ -159,6 +196,7 @@ def bench_smollm(
                     out, rss["llamacpp"] = out  # type: ignore[misc]
                 rows[name][c] = {**gen.summarise(out), "load": load}  # type: ignore[arg-type]
                 print("smollm", name, c, rows[name][c], flush=True)
+        rss["ours"], rss["ours-int4"] = rss_ours(), rss4()
     rss["python"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"rows": rows, "rss": rss}
 
@@ -175,16 +213,19 @@ def gen_table(rows: dict[str, dict[int, dict[str, float]]]) -> str:
                 f"| {name} | {c} | {r['tps']:.1f} | {r['ttft50']:.2f} | {r['ttft99']:.2f} | "
                 f"{r['tpot50']:.0f} | {r['tpot99']:.0f} | {r['lat50']:.2f} | {r['load']:.1f} |"
             )
-    ours = rows["ours"]
     ratios = []
-    for c in ours:
-        parts = [
-            f"{ours[c]['tps'] / rows[v][c]['tps']:.1f}x {v}" for v in rows if v != "ours" and c in rows[v]
-        ]
-        ratios.append(f"c={c}: " + ", ".join(parts))
-    if 1 in ours and 1 in rows["naive"]:
-        ratios.append(f"c=1 latency ours/naive: {ours[1]['lat50'] / rows['naive'][1]['lat50']:.2f}x")
-    return "\n".join(lines) + "\n\nThroughput ours / other: " + "; ".join(ratios) + "\n"
+    for mine in ("ours", "ours-int4"):
+        for c, r in rows[mine].items():
+            parts = [
+                f"{r['tps'] / rows[v][c]['tps']:.2f}x {v}"
+                for v in ("naive", "padded", "cb", "llamacpp")
+                if c in rows[v]
+            ]
+            ratios.append(f"- {mine}, c={c}: " + ", ".join(parts))
+        if 1 in rows[mine] and 1 in rows["naive"]:
+            lat = rows[mine][1]["lat50"] / rows["naive"][1]["lat50"]
+            ratios.append(f"- {mine}, c=1 latency / naive's: {lat:.2f}x")
+    return "\n".join(lines) + "\n\nThroughput (generated tok/s) ratios:\n" + "\n".join(ratios) + "\n"
 
 
 def adapter_overhead(model: Any, key: str, measure: Callable[..., float]) -> dict[str, float]:
@@ -213,6 +254,7 @@ def bench_minilm(workdir: Path, quick: bool) -> dict[str, Any]:
     registry = AdapterRegistry(config)
     registry.load_base()
     registry.load(config.adapters[0])
+    registry.unfold()
     tok = registry.tokenizer
     texts = [
         f"ticket {i}: my parcel has not arrived and I was charged twice, please help" for i in range(256)
@@ -235,7 +277,7 @@ def bench_minilm(workdir: Path, quick: bool) -> dict[str, Any]:
         return (time.perf_counter() - start) * 1000 / 32
 
     overhead = adapter_overhead(registry.model, key, ms_per_request)
-    with running_server(config) as (url, _):
+    with server_process(config, workdir) as (url, _):
         for c in CONCURRENCY:
             rows["naive"][c] = drive_naive(lambda i: naive_one(i, adapter_names=[key]), requests, c)
             print("minilm naive", c, rows["naive"][c], flush=True)
@@ -269,20 +311,25 @@ def smollm_section(
 {torch.get_num_threads()} threads. **No GPU was lent to this session**: the 1B / static-cache /
 CUDA-graph shape was not run.
 `uptime` load averages (1, 5, 15 min): {loads[0][0]:.1f} {loads[0][1]:.1f} {loads[0][2]:.1f} at the start,
-{loads[1][0]:.1f} {loads[1][1]:.1f} {loads[1][2]:.1f} at the end (other engineers' tests and a
-llama.cpp build share these 2 cores; the table's last column is the 1-minute load when each cell
-started). The five variants run back to back for each concurrency level, in one process (llama.cpp
-in a child process), each answering one wave of `concurrency` requests that arrive together.
+{loads[1][0]:.1f} {loads[1][1]:.1f} {loads[1][2]:.1f} at the end (the table's last column is the 1-minute
+load when each cell started). The variants run back to back for each concurrency level, each
+answering one wave of `concurrency` requests that arrive together: naive, padded and cb in the
+benchmark process, llama.cpp in a child process, both kubetune servers in processes of their own
+(started before the first wave; an idle server costs ~0.3 % of a core).
 
 naive: one generate() per request, peft adapter unmerged (adapter_names), one at a time. padded: one
 generate() over the wave. cb: transformers' `generate_batch` (active adapter: it cannot route per
-request). llamacpp: llama-cpp-python (own venv) on the same GGUF, one request at a time, streaming.
-ours: `kubetune serve` over HTTP, streamed `/v1/completions`, continuous batching, adapter routed,
-precision {args.precision}. TTFT is from the wave's arrival; per-token is (end - first token) / 63.
+request). llamacpp: llama-cpp-python (own venv, built from source: ggml's AVX-512 kernels) on the
+same GGUF, one request at a time, streaming. ours: `kubetune serve` over HTTP, streamed
+`/v1/completions`, continuous batching, precision {args.precision}, its one adapter folded into the
+base weights (mergeSingleAdapter). ours-int4: the same with `quantize: int4` (the 210 Q4_1 matrices
+as 4-bit codes, exact; bf16 kernel inputs; the LoRA unmerged on top; the lm_head in fp32). The HTTP
+client runs in the benchmark process. TTFT is from the wave's arrival; per-token is
+(end - first token) / 63.
 
 {gen_table(result["rows"])}
-Peak RSS: benchmark process (model, server, naive/padded/cb share it) {rss["python"]:.0f} MiB;
-llama-cpp-python process {llama}.
+Peak RSS: benchmark process (naive/padded/cb share its model) {rss["python"]:.0f} MiB; server
+{rss.get("ours", 0):.0f} MiB, int4 server {rss.get("ours-int4", 0):.0f} MiB; llama-cpp-python process {llama}.
 """
 
 
@@ -295,8 +342,9 @@ cores, torch {torch.__version__}, {torch.get_num_threads()} threads, no GPU. `up
 {" ".join(f"{x:.1f}" for x in loads[0])} at the start, {" ".join(f"{x:.1f}" for x in loads[1])} at the end.
 naive: one forward per request (peft adapter unmerged), one at a time, `concurrency` clients queueing for
 it; ours: `kubetune serve` over HTTP, `/v1/classify`, dynamic batching (max batch 32, 5 ms window),
-one adapter loaded (so folded into the base: mergeSingleAdapter), drift monitor on. The HTTP client
-runs in the same process as the server (one GIL), as it does for the SmolLM2 rows.
+one adapter loaded (so folded into the base: mergeSingleAdapter); the drift monitor is idle (these
+made-up adapters have no reference statistics; drift_overhead.py measures it). The HTTP client runs
+in the same process as the server (one GIL), as it does for the SmolLM2 rows.
 
 {table(result["rows"], "inputs")}
 Adapter overhead at batch 1 (ms per request, best of {ROUNDS} interleaved): adapter off {o["off"]:.1f},

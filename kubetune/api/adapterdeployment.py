@@ -98,6 +98,7 @@ class ServingResources(ApiModel):
 
 
 Precision = Literal["auto", "fp32", "bf16"]
+Quantize = Literal["none", "int4"]
 
 
 class ServingOptions(ApiModel):
@@ -134,6 +135,14 @@ class ServingOptions(ApiModel):
             "fp32 and bf16 force one."
         ),
     ] = "auto"
+    quantize: Annotated[
+        Quantize,
+        Field(
+            description="int4: weight-only 4-bit linear layers on CPU serving pods (1/8 of fp32's bytes per "
+            "token; lossless for a base dequantized from a Q4_1 GGUF, lossy for others: the pod logs the "
+            "error); none: weights in `precision`."
+        ),
+    ] = "none"
     merge_single_adapter: Annotated[
         bool,
         Field(

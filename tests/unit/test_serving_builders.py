@@ -212,15 +212,16 @@ def test_review_thresholds_reach_the_servers_queue(tmp_path: Path) -> None:
         adep(monitoring={"freshData": {**fresh, "review": {"marginThreshold": 1.5}}})
 
 
-def test_queue_bound_and_truncation_reach_the_server(tmp_path: Path) -> None:
-    """spec.serving.maxQueued / truncate -> the ConfigMap -> what `kubetune serve` reads."""
-    ad, owner = adep(serving={"maxQueued": 7, "truncate": False})
+def test_queue_bound_truncation_and_merging_reach_the_server(tmp_path: Path) -> None:
+    """spec.serving.maxQueued / truncate / mergeSingleAdapter -> the ConfigMap -> what `kubetune serve`
+    reads."""
+    ad, owner = adep(serving={"maxQueued": 7, "truncate": False, "mergeSingleAdapter": False})
     resolved = resolve_adapter(ad, ftj(), [])
     assert isinstance(resolved, ResolvedAdapter)
     config = served_config(tmp_path, build_serve_config_map(ad, owner, resolved))
-    assert (config.max_queued, config.truncate) == (7, False)
+    assert (config.max_queued, config.truncate, config.merge_single_adapter) == (7, False, False)
     default, _ = adep()
     config = served_config(tmp_path, build_serve_config_map(default, owner, resolved))
-    assert (config.max_queued, config.truncate) == (64, True)
+    assert (config.max_queued, config.truncate, config.merge_single_adapter) == (64, True, True)
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         adep(serving={"maxQueued": 0})

@@ -133,6 +133,7 @@ def serve_config(
         truncate=opts.truncate,
         port=opts.port,
         precision=opts.precision,
+        quantize=opts.quantize,
         merge_single_adapter=opts.merge_single_adapter,
         monitoring=ServeMonitoring(
             window_size=ad.spec.monitoring.window_size,

@@ -33,6 +33,7 @@ from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from kubetune_trainer.serve.errors import AdapterLoadError, ModelNotFoundError
 from kubetune_trainer.serve.merging import Folded
 from kubetune_trainer.serve.precision import serving_dtype
+from kubetune_trainer.serve.quantize import heads, quantize_int4
 
 log = logging.getLogger("kubetune.serve")
 WEIGHTS = "adapter_model.safetensors"
@@ -124,6 +125,8 @@ class AdapterRegistry:
         # Padding stays as the base expects (BERT: right, or position ids shift); generate_rows left-pads
         # by hand.
         self.model.to(self.dtype).eval()
+        if self.config.quantize == "int4":
+            quantize_int4(self.model, keep=heads(self.model, self.config.task))
         self.labels = tuple(labels)
 
     def _labels_from_first_adapter(self) -> list[str]:
@@ -142,7 +145,7 @@ class AdapterRegistry:
         labels = tuple(meta.get("labels") or self.labels)
         self._check_compatible(spec, folder, meta, labels)
         key = f"kt{next(self._keys)}"
-        self._unfold()  # peft adds adapters to unmerged layers; the next step folds again if it can
+        self.unfold()  # peft adds adapters to unmerged layers; the next step folds again if it can
         before = self.parameter_count()
         try:
             if hasattr(self.model, "peft_config"):
@@ -211,7 +214,7 @@ class AdapterRegistry:
         if self._pinned[key] > 0:
             self._doomed.add(key)
             return
-        self._unfold()  # deleting a merged adapter would leave its delta in the base weights
+        self.unfold()  # deleting a merged adapter would leave its delta in the base weights
         if set(self.model.peft_config) == {key}:
             # peft cannot run a PeftModel with no adapter left; unload() restores the plain base.
             self.model = self.model.unload()
@@ -268,21 +271,30 @@ class AdapterRegistry:
                 self.model(**batch, **self.route([target]))
 
     def route(self, targets: list[Target]) -> dict[str, Any]:
-        """The forward-pass kwargs that give each row its adapter. Rows of one adapter, when it is the
-        only one loaded (and mergeSingleAdapter is on), run with it folded into the base weights
-        (merging.py); any other mix unfolds it and routes per row with peft's `adapter_names`."""
+        """The forward-pass kwargs that give each row its adapter. Rows all of one adapter run it as
+        peft's active adapter, folded into the base weights when it is the only one loaded
+        (mergeSingleAdapter, not with quantize; merging.py); a mix or base rows route per row with
+        peft's `adapter_names`."""
         if not hasattr(self.model, "peft_config"):
             return {}
         keys = {t.peft_name for t in targets}
         only = next(iter(keys)) if len(keys) == 1 else None
-        if self.config.merge_single_adapter and only != PEFT_BASE and set(self.model.peft_config) == {only}:
+        if only is None or only == PEFT_BASE:
+            self.unfold()
+            return {"adapter_names": [t.peft_name for t in targets]}
+        foldable = self.config.merge_single_adapter and self.config.quantize == "none"  # 4 bits: not exact
+        if foldable and set(self.model.peft_config) == {only}:
             if self._folded is None:
                 self._folded = Folded(self.model, only, self.dtype)
             return {}
-        self._unfold()
-        return {"adapter_names": [t.peft_name for t in targets]}
+        self.unfold()
+        if self.model.active_adapter != only:
+            self.model.set_adapter(only)  # peft's one-adapter path: no per-row gather and scatter
+        return {}
 
-    def _unfold(self) -> None:
+    def unfold(self) -> None:
+        """Take a folded adapter out of the base weights (the next one-adapter step folds it again);
+        for callers that drive `self.model` with peft's `adapter_names` themselves."""
         if self._folded is not None:
             self._folded.unfold()
             self._folded = None

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
-from kubetune.api.adapterdeployment import Precision, ReviewSpec
+from kubetune.api.adapterdeployment import Precision, Quantize, ReviewSpec
 from kubetune.api.common import DNS1123_LABEL, ApiModel
 from kubetune.api.finetunejob import BaseModelSpec
 from kubetune.api.loading import ConfigError, format_validation_error
@@ -165,6 +165,14 @@ class ServeConfig(TaskServing):
             "fp32), else fp32."
         ),
     ] = "auto"
+    quantize: Annotated[
+        Quantize,
+        Field(
+            description="int4: weight-only 4-bit linears (groups of 32, CPU kernel; lossless for a base "
+            "dequantized from a Q4_1 GGUF, lossy otherwise: the load logs the error); none: the serving "
+            "precision's weights."
+        ),
+    ] = "none"
     merge_single_adapter: Annotated[
         bool,
         Field(
