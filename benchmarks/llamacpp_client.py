@@ -6,7 +6,6 @@ one JSON line per request: {"start", "first", "end", "tokens"} (perf_counter sec
 """
 
 import json
-import resource
 import sys
 import time
 
@@ -24,4 +23,7 @@ for prompt in job["prompts"]:
     print(
         json.dumps({"start": start, "first": first, "end": time.perf_counter(), "tokens": tokens}), flush=True
     )
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over execve, so it would report the parent's peak
+with open("/proc/self/status") as status:
+    hwm = next(line for line in status if line.startswith("VmHWM:"))
+print(json.dumps({"peak_rss_mb": int(hwm.split()[1]) / 1024}), flush=True)

@@ -126,13 +126,16 @@ def server_process(config: ServeConfig, workdir: Path) -> Iterator[tuple[str, Ca
         status = Path(f"/proc/{proc.pid}/status").read_text()
         return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
 
+    log = workdir / f"serve-{config.port}.log"
     try:
         wait_for(lambda: is_ready(url) or proc.poll() is not None, 600, "the server's /readyz")
-        assert proc.poll() is None, (workdir / f"serve-{config.port}.log").read_text()[-2000:]
+        assert proc.poll() is None, log.read_text()[-2000:]
         yield url, peak_rss
     finally:
         proc.terminate()
         proc.wait(60)
+        if "Traceback" in log.read_text():  # a failed request: show why before the log is gone
+            print(f"server log ({url}):\n{log.read_text()[-4000:]}", file=sys.stderr, flush=True)
 
 
 def prompt_of(tokenizer: Any, i: int) -> str:
@@ -343,8 +346,8 @@ cores, torch {torch.__version__}, {torch.get_num_threads()} threads, no GPU. `up
 naive: one forward per request (peft adapter unmerged), one at a time, `concurrency` clients queueing for
 it; ours: `kubetune serve` over HTTP, `/v1/classify`, dynamic batching (max batch 32, 5 ms window),
 one adapter loaded (so folded into the base: mergeSingleAdapter); the drift monitor is idle (these
-made-up adapters have no reference statistics; drift_overhead.py measures it). The HTTP client runs
-in the same process as the server (one GIL), as it does for the SmolLM2 rows.
+made-up adapters have no reference statistics; drift_overhead.py measures it). The server runs in
+a process of its own; the HTTP client in the benchmark process.
 
 {table(result["rows"], "inputs")}
 Adapter overhead at batch 1 (ms per request, best of {ROUNDS} interleaved): adapter off {o["off"]:.1f},

@@ -159,6 +159,10 @@ def test_monitor_exports_every_kind_and_the_window_size_and_mmd_off_the_request_
     monitor._background.submit = spy  # type: ignore[method-assign]
     for _ in range(4):
         monitor.observe("m", "v1", ["c"] * 10, [0.4] * 10, [90] * 10, [-ref.centroid] * 10)
+    assert gauge(metrics, "kubetune_drift_score", adapter="m", version="v1", kind="label_psi") is None
+    assert not called_from, "nothing is scored on the request path"
+    metrics.before_render.append(monitor.refresh)
+    assert b'kind="label_psi"' in metrics.render()  # a scrape scores the window and starts the MMD
     monitor._background.shutdown(wait=True)
     for kind in ("label_psi", "length_psi", "confidence_drop", "embedding_cosine", "embedding_mmd"):
         value = gauge(metrics, "kubetune_drift_score", adapter="m", version="v1", kind=kind)

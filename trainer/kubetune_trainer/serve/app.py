@@ -181,14 +181,14 @@ def monitoring_parts(config: ServeConfig, metrics: ServeMetrics) -> dict[str, An
     monitoring = config.monitoring
     if config.task != "sequence-classification" or not monitoring.enabled:
         return {}
-    parts: dict[str, Any] = {
-        "drift": DriftMonitor(
-            metrics.drift_score,
-            metrics.drift_window,
-            monitoring.window_size,
-            mmd_every=max(10, monitoring.window_size // 5),
-        )
-    }
+    drift = DriftMonitor(
+        metrics.drift_score,
+        metrics.drift_window,
+        monitoring.window_size,
+        mmd_every=max(10, monitoring.window_size // 5),
+    )
+    metrics.before_render.append(drift.refresh)
+    parts: dict[str, Any] = {"drift": drift}
     if monitoring.fresh_data_uri:
         parts["fresh"] = FreshDataWriter(
             Path(config.locate(monitoring.fresh_data_uri)), monitoring.fresh_max_rows

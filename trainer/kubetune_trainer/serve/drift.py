@@ -6,10 +6,11 @@ Scores (names from kubetune.api.telemetry.DRIFT_KINDS), per adapter version:
   confidence_drop   reference mean max-probability minus the window's (both read off the same bins)
   embedding_cosine  cosine distance of the window's mean-pooled embedding centroid from the reference's
   embedding_mmd     squared MMD (RBF kernel, median heuristic) between a window sample and the reference
-                    sample; computed every `mmd_every` inputs on a background thread, never inline
+                    sample; on a background thread, never inline, at a scrape after `mmd_every` inputs
 
-Inline work per input is O(1) (running counts and an embedding sum); scoring is O(bins + dim). The
-embeddings come from the forward pass the server already does (inference.classify_rows).
+Inline work per input is O(1) (running counts and an embedding sum); scoring, O(bins + dim), runs
+when /metrics is scraped (`refresh`). The embeddings come from the forward pass the server already
+does (inference.classify_rows).
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class Window:
     confidence_counts: np.ndarray = field(init=False)
     embedding_sum: np.ndarray | None = None
     seen: int = 0
+    mmd_seen: int = 0  # `seen` when the last MMD started
 
     def __post_init__(self) -> None:
         self.labels, self.lengths = deque(), deque()
@@ -215,6 +217,7 @@ class DriftMonitor:
         self._lock = threading.Lock()  # load/unload on the model thread, observe on the event loop
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubetune-mmd")
         self._mmd_running: set[tuple[str, str]] = set()
+        self._changed: set[tuple[str, str]] = set()  # windows whose gauges are behind (event loop)
 
     def load_reference(self, adapter: str, version: str, adapter_dir: Path) -> bool:
         """Start watching a loaded version; a missing or unreadable reference disables drift for it."""
@@ -260,18 +263,31 @@ class DriftMonitor:
         lengths: Sequence[int],
         embeddings: Sequence[np.ndarray | None],
     ) -> None:
-        """Add one request's inputs to the window and refresh the gauges."""
+        """Add one request's inputs to the window; the gauges follow at the next `refresh`."""
         window = self._windows.get((adapter, version))
         if window is None:
             return
-        before = window.seen
         for row in zip(labels, confidences, lengths, embeddings, strict=True):
             window.add(*row)
-        for kind, value in window.scores().items():
-            self.score.labels(adapter, version, kind).set(value)
-        self.window_gauge.labels(adapter, version).set(len(window.labels))
-        if window.seen // self.mmd_every > before // self.mmd_every:
-            self._schedule_mmd(adapter, version, window)
+        self._changed.add((adapter, version))
+
+    def refresh(self) -> None:
+        """Set the gauges of every window that took inputs since the last call, and start its MMD
+        once `mmd_every` inputs came in since the last one. /metrics calls it before each scrape, so
+        the monitor's cost follows the scrape rate, not the traffic: scoring every request, and an
+        MMD (12.6 ms of numpy on 2 cores) every 100 inputs, cost MiniLM's /v1/classify +2.7 % p50 at
+        one client and +6.7 % at eight on 2 cores (issue 12)."""
+        changed, self._changed = self._changed, set()
+        for adapter, version in changed:
+            window = self._windows.get((adapter, version))
+            if window is None:
+                continue
+            for kind, value in window.scores().items():
+                self.score.labels(adapter, version, kind).set(value)
+            self.window_gauge.labels(adapter, version).set(len(window.labels))
+            if window.seen - window.mmd_seen >= self.mmd_every:
+                window.mmd_seen = window.seen
+                self._schedule_mmd(adapter, version, window)
 
     def _schedule_mmd(self, adapter: str, version: str, window: Window) -> None:
         key = (adapter, version)

@@ -15,7 +15,7 @@ Model thread only (see batching.py), like everything that touches the weights.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -44,7 +44,7 @@ def _adapted_weights(model: Any, key: str) -> list[torch.Tensor]:
     from peft.tuners.lora import LoraLayer
 
     return [
-        m.get_base_layer().weight
+        cast(torch.Tensor, m.get_base_layer().weight)
         for m in model.modules()
         if isinstance(m, LoraLayer) and (key in m.lora_A or key in m.lora_embedding_A)
     ]

@@ -8,7 +8,7 @@ Requests whose model is unknown count under adapter="unknown", version="".
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -26,6 +26,7 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.before_render: list[Callable[[], None]] = []  # gauges computed per scrape (drift scores)
         r = self.registry
         self.requests = Counter(names.REQUESTS_TOTAL, "Inference requests.", LABELS, registry=r)
         self.errors = Counter(names.ERRORS_TOTAL, "Requests answered with an error.", LABELS, registry=r)
@@ -79,4 +80,6 @@ class ServeMetrics:
             self.in_flight.labels(*labels).dec()
 
     def render(self) -> bytes:
+        for refresh in self.before_render:
+            refresh()
         return generate_latest(self.registry)

@@ -39,6 +39,9 @@ class Int4Linear(torch.nn.Linear):
     A subclass of nn.Linear so that peft wraps it like any Linear; `weight` is an empty tensor of the
     serving dtype (peft reads its dtype and device for the adapter's weights)."""
 
+    packed: torch.Tensor
+    scales_zeros: torch.Tensor
+
     def __init__(self, linear: torch.nn.Linear) -> None:
         torch.nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -52,13 +55,15 @@ class Int4Linear(torch.nn.Linear):
     def _apply(self, fn: Any, recurse: bool = True) -> Int4Linear:
         """`model.to(...)` moves the scales like any buffer, but they stay in the kernel's dtype."""
         scales = self.scales_zeros
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         self.scales_zeros = fn(scales).to(KERNEL_DTYPE)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_zeros)
+        out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            flat, self.packed, GROUP, self.scales_zeros
+        )
         out = out.to(x.dtype)
         if self.bias is not None:
             out = out + self.bias
