@@ -1,6 +1,7 @@
-"""`serving.precision` fp32 vs bf16: does halving the weights move what the models answer? (issue 12)
+"""`serving.precision` fp32 vs bf16, or fp32 vs `quantize: int4` (`--against int4`): do cheaper weights
+move what the models answer? (issue 12)
 
-Not a test. Both models are loaded twice, fp32 then bf16, by the server's own code (AdapterRegistry:
+Not a test. Both models are loaded twice, fp32 then the other arm, by the server's own code (AdapterRegistry:
 load_base + load, which casts base and adapter to serving_dtype) and answered by the server's own
 batcher (batching.Batcher on a ModelWorker thread: classify_rows / RunningBatch continuous batching),
 one request per ticket, every request queued at once, so both precisions start from the same batches
@@ -19,7 +20,8 @@ one request per ticket, every request queued at once, so both precisions start f
 Every rate has a 95 % Wilson interval, every paired change an exact McNemar p and a 95 % upper
 bound on how often a prediction flips, so "beyond noise" is judged against the sample size.
 
-    python benchmarks/precision_accuracy.py [--tickets 124] [--new-tokens 64] [--json out.json]  # ~7 min
+    python benchmarks/precision_accuracy.py [--against bf16|int4] [--tickets 124] [--new-tokens 64]
+        [--json out.json]  # ~7 min
 """
 
 from __future__ import annotations
@@ -59,7 +61,14 @@ INTENT_SETS = {
     "boundary test": DATA / "support-intents-boundary" / "test.jsonl",
     "es-en mix": DATA / "support-intents-es-mixed" / "test.jsonl",
 }
-PRECISIONS = ("fp32", "bf16")
+# Each arm: the ServeConfig fields it sets. fp32 is the reference; `--against` picks the other arm.
+ARMS: dict[str, dict[str, str]] = {
+    "fp32": {"precision": "fp32"},
+    "bf16": {"precision": "bf16"},
+    "int4": {"precision": "fp32", "quantize": "int4"},  # 4-bit linears, bf16 kernel inputs
+}
+OTHER = "bf16"  # set by main() from --against
+PRECISIONS = ("fp32", OTHER)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -115,16 +124,16 @@ def flip_upper(k: int, n: int) -> float:
     return 1.0 if k >= n else float(beta.ppf(0.95, k + 1, n - k))
 
 
-def paired(fp32_ok: list[bool], bf16_ok: list[bool], changed: int) -> dict[str, Any]:
-    """Discordant pairs (b: only fp32 right, c: only bf16 right), exact McNemar p, flip bound."""
-    b = sum(f and not g for f, g in zip(fp32_ok, bf16_ok, strict=True))
-    c = sum(g and not f for f, g in zip(fp32_ok, bf16_ok, strict=True))
+def paired(fp32_ok: list[bool], other_ok: list[bool], changed: int) -> dict[str, Any]:
+    """Discordant pairs (b: only fp32 right, c: only the other arm right), exact McNemar p, flip bound."""
+    b = sum(f and not g for f, g in zip(fp32_ok, other_ok, strict=True))
+    c = sum(g and not f for f, g in zip(fp32_ok, other_ok, strict=True))
     n = len(fp32_ok)
     return {
         "n": n,
         "changed": changed,
         "only_fp32_right": b,
-        "only_bf16_right": c,
+        "only_other_right": c,
         "mcnemar_p": float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0,
         "flip_rate_upper95": flip_upper(changed, n),
         "one_ticket_pp": 100.0 / n,
@@ -147,7 +156,7 @@ def classify_config(out: Path, precision: str) -> ServeConfig:
         batch_wait_ms=5,
         max_input_tokens=128,
         truncate=True,
-        precision=precision,  # type: ignore[arg-type]
+        **ARMS[precision],  # type: ignore[arg-type]
     )
 
 
@@ -177,13 +186,13 @@ def run_classifier(out: Path) -> dict[str, Any]:
         ok = {p: [a == t for a, t in zip(pred[p], truth, strict=True)] for p in PRECISIONS}
         diffs = [
             abs(a - b)
-            for qa, qb in zip(probs[name]["fp32"], probs[name]["bf16"], strict=True)
+            for qa, qb in zip(probs[name]["fp32"], probs[name][OTHER], strict=True)
             for a, b in zip(qa, qb, strict=True)
         ]
-        changed = sum(a != b for a, b in zip(pred["fp32"], pred["bf16"], strict=True))
+        changed = sum(a != b for a, b in zip(pred["fp32"], pred[OTHER], strict=True))
         results["sets"][name] = {
             **{p: rate(sum(ok[p]), len(rows)) for p in PRECISIONS},
-            "paired": paired(ok["fp32"], ok["bf16"], changed),
+            "paired": paired(ok["fp32"], ok[OTHER], changed),
             "max_abs_prob_diff": max(diffs),
             "mean_abs_prob_diff": sum(diffs) / len(diffs),
         }
@@ -201,7 +210,7 @@ def triage_config(adapter: Path | None, precision: str, new_tokens: int) -> Serv
         max_batch_size=8,
         max_input_tokens=1024,
         max_new_tokens=new_tokens,
-        precision=precision,  # type: ignore[arg-type]
+        **ARMS[precision],  # type: ignore[arg-type]
     )
 
 
@@ -222,7 +231,7 @@ def priority_shifts(answers: dict[str, list[str]]) -> dict[str, int]:
     """How the priority moved on tickets whose priority differs, e.g. {"normal -> low": 11}: noise
     that tips near-ties goes both ways, a bias one way."""
     shifts: Counter[str] = Counter()
-    for a, b in zip(answers["fp32"], answers["bf16"], strict=True):
+    for a, b in zip(answers["fp32"], answers[OTHER], strict=True):
         pa, pb = parse_json_object(a.strip()), parse_json_object(b.strip())
         was, now = (pa or {}).get("priority"), (pb or {}).get("priority")
         if was != now:
@@ -275,19 +284,19 @@ def run_triage(out: Path, tickets: int, new_tokens: int) -> dict[str, Any]:
         assert abs(scores["json_validity"] - sum(ok[precision]["json_valid"]) / len(rows)) < 1e-9
         assert abs(scores["intent_exact_match"] - sum(ok[precision]["intent_match"]) / len(rows)) < 1e-9
         result[precision] = {m: rate(sum(v), len(rows)) for m, v in ok[precision].items()}
-    identical = sum(a == b for a, b in zip(answers["fp32"], answers["bf16"], strict=True))
+    identical = sum(a == b for a, b in zip(answers["fp32"], answers[OTHER], strict=True))
     result["identical"] = rate(identical, len(rows))
     result["paired"] = {
         m: paired(
             ok["fp32"][m],
-            ok["bf16"][m],
-            sum(a != b for a, b in zip(ok["fp32"][m], ok["bf16"][m], strict=True)),
+            ok[OTHER][m],
+            sum(a != b for a, b in zip(ok["fp32"][m], ok[OTHER][m], strict=True)),
         )
         for m in ok["fp32"]
     }
     result["examples_differing"] = [
-        {"ticket": i, "fp32": a, "bf16": b}
-        for i, (a, b) in enumerate(zip(answers["fp32"], answers["bf16"], strict=True))
+        {"ticket": i, "fp32": a, OTHER: b}
+        for i, (a, b) in enumerate(zip(answers["fp32"], answers[OTHER], strict=True))
         if a != b
     ]
     result["priority_shifts"] = priority_shifts(answers)
@@ -304,42 +313,42 @@ def pct(r: dict[str, Any]) -> str:
 def paired_cells(p: dict[str, Any]) -> str:
     return (
         f"{p['changed']} (≤ {100 * p['flip_rate_upper95']:.1f}% at 95%) | "
-        f"{p['only_fp32_right']} / {p['only_bf16_right']} | {p['mcnemar_p']:.2f} "
+        f"{p['only_fp32_right']} / {p['only_other_right']} | {p['mcnemar_p']:.2f} "
         f"| {p['one_ticket_pp']:.2f} pp"
     )
 
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| model / set | metric | fp32 (95% CI) | bf16 (95% CI) | changed (of n) "
-        "| only fp32 / only bf16 right | McNemar p | 1 ticket |",
+        f"| model / set | metric | fp32 (95% CI) | {OTHER} (95% CI) | changed (of n) "
+        f"| only fp32 / only {OTHER} right | McNemar p | 1 ticket |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in results["classifier"]["sets"].items():
         p = s["paired"]
         lines.append(
-            f"| MiniLM / {name} | accuracy | {pct(s['fp32'])} | {pct(s['bf16'])} | {paired_cells(p)} |"
+            f"| MiniLM / {name} | accuracy | {pct(s['fp32'])} | {pct(s[OTHER])} | {paired_cells(p)} |"
         )
     t = results["triage"]
     for metric in ("json_valid", "schema_valid", "intent_match", "priority_match"):
         p = t["paired"][metric]
         lines.append(
-            f"| SmolLM2 triage | {metric} | {pct(t['fp32'][metric])} | {pct(t['bf16'][metric])} "
+            f"| SmolLM2 triage | {metric} | {pct(t['fp32'][metric])} | {pct(t[OTHER][metric])} "
             f"| {paired_cells(p)} |"
         )
     lines.append("")
     for name, s in results["classifier"]["sets"].items():
         lines.append(
-            f"- MiniLM / {name}: max |p_fp32 - p_bf16| {s['max_abs_prob_diff']:.4f}, "
+            f"- MiniLM / {name}: max |p_fp32 - p_{OTHER}| {s['max_abs_prob_diff']:.4f}, "
             f"mean {s['mean_abs_prob_diff']:.5f} (over every class of every ticket)"
         )
     lines.append(
         f"- SmolLM2 triage ({t['model']}): byte-identical answers {pct(t['identical'])}; "
-        f"wall fp32 {t['seconds']['fp32']:.0f} s, bf16 {t['seconds']['bf16']:.0f} s; "
-        f"priority fp32 -> bf16 where it differs: {t['priority_shifts'] or 'none'}"
+        f"wall fp32 {t['seconds']['fp32']:.0f} s, {OTHER} {t['seconds'][OTHER]:.0f} s; "
+        f"priority fp32 -> {OTHER} where it differs: {t['priority_shifts'] or 'none'}"
     )
     c = results["classifier"]["seconds"]
-    lines.append(f"- MiniLM wall (all sets): fp32 {c['fp32']:.1f} s, bf16 {c['bf16']:.1f} s")
+    lines.append(f"- MiniLM wall (all sets): fp32 {c['fp32']:.1f} s, {OTHER} {c[OTHER]:.1f} s")
     return "\n".join(lines)
 
 
@@ -355,7 +364,10 @@ def main() -> int:
     )
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--against", choices=["bf16", "int4"], default="bf16", help="the arm beside fp32")
     args = parser.parse_args()
+    global OTHER, PRECISIONS
+    OTHER, PRECISIONS = args.against, ("fp32", args.against)
     hf_logging.set_verbosity_error()  # load reports and progress bars would bury the table
     hf_logging.disable_progress_bar()
     if not (args.out_dir / "support-intents" / "adapter" / "adapter_config.json").is_file():
@@ -366,6 +378,7 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, native bf16: {native_bf16()}",
         "torch": f"{torch.__version__}, {torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "arms": {arm: ARMS[arm] for arm in PRECISIONS},
         "load_start": load_start,
         "classifier": run_classifier(args.out_dir),
         "triage": run_triage(args.out_dir, args.tickets, args.new_tokens),
@@ -377,7 +390,7 @@ def main() -> int:
     )
     print(markdown(results))
     for example in results["triage"]["examples_differing"][:20]:
-        print(f"  ticket {example['ticket']}: fp32 {example['fp32']!r}\n{'':13}bf16 {example['bf16']!r}")
+        print(f"  ticket {example['ticket']}: fp32 {example['fp32']!r}\n{'':13}{OTHER} {example[OTHER]!r}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -301,7 +301,7 @@ class AdapterRegistry:
 
     @property
     def folded(self) -> str | None:
-        """The peft key merged into the base weights now (for tests and /metrics)."""
+        """The peft key merged into the base weights now, if any."""
         return self._folded.key if self._folded else None
 
     # ---- lookups (any thread) ---------------------------------------------------------------------
