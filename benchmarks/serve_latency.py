@@ -37,9 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integrat
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_generation as gen
 from kubetune_trainer.models import package_model_dir
-from kubetune_trainer.serve.adapters import AdapterRegistry
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
-from test_serve_helpers import LABELS, MINILM, SMOLLM, free_port, is_ready, make_adapters, wait_for
+from test_serve_helpers import (
+    LABELS,
+    MINILM,
+    SMOLLM,
+    free_port,
+    is_ready,
+    loaded_registry,
+    make_adapters,
+    wait_for,
+)
 
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
 CONCURRENCY = (1, 8, 32)
@@ -157,9 +165,7 @@ def bench_smollm(
         precision=precision,  # type: ignore[arg-type]
         adapters=[AdapterSpec(name="support", version="v1", uri=str(folder))],
     )
-    registry = AdapterRegistry(config)
-    registry.load_base()
-    registry.load(config.adapters[0])
+    registry = loaded_registry(config)
     registry.unfold()  # the baselines run peft unmerged; the server (its own registry) folds
     tok = registry.tokenizer
     ids = [tok(prompt_of(tok, i)).input_ids[:PROMPT_TOKENS] for i in range(64)]
@@ -254,9 +260,7 @@ def bench_minilm(workdir: Path, quick: bool) -> dict[str, Any]:
         batch_wait_ms=5,
         adapters=[AdapterSpec(name="triage", version="v1", uri=str(folder))],
     )
-    registry = AdapterRegistry(config)
-    registry.load_base()
-    registry.load(config.adapters[0])
+    registry = loaded_registry(config)
     registry.unfold()
     tok = registry.tokenizer
     texts = [

@@ -15,7 +15,7 @@ from kubetune_trainer.serve.adapters import AdapterRegistry
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from kubetune_trainer.serve.decode import RunningBatch
 from kubetune_trainer.serve.inference import GenerationRow
-from test_serve_helpers import SMOLLM, make_adapters, running_server
+from test_serve_helpers import SMOLLM, loaded_registry, make_adapters, running_server
 
 PROMPTS = [
     "Write one word about the sea:",
@@ -35,11 +35,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> AdapterRegistry:
         precision="fp32",
         adapters=[AdapterSpec(name=n, version="v1", uri=str(p)) for n, p in folders.items()],
     )
-    reg = AdapterRegistry(config)
-    reg.load_base()
-    for spec in config.adapters:
-        reg.load(spec)
-    return reg
+    return loaded_registry(config)
 
 
 def row(reg: AdapterRegistry, i: int, tokens: int) -> GenerationRow:

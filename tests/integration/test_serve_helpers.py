@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import torch
 from kubetune_trainer import models
-from kubetune_trainer.serve.adapters import ModelSource
+from kubetune_trainer.serve.adapters import AdapterRegistry, ModelSource
 from kubetune_trainer.serve.config import ServeConfig
 from kubetune_trainer.serve.main import DrainingServer, make_server
 
@@ -59,6 +59,16 @@ def make_adapters(
         folders[name] = folder
         base_model = peft_model.unload()
     return folders
+
+
+def loaded_registry(config: ServeConfig) -> AdapterRegistry:
+    """What the server's start-up does on its model thread, without the server: the base, then every
+    declared adapter (each warmed up)."""
+    registry = AdapterRegistry(config)
+    registry.load_base()
+    for spec in config.adapters:
+        registry.load(spec)
+    return registry
 
 
 def free_port() -> int:

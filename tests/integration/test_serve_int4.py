@@ -14,7 +14,7 @@ from kubetune_trainer.serve.decode import RunningBatch
 from kubetune_trainer.serve.inference import GenerationRow
 from kubetune_trainer.serve.quantize import Int4Linear
 from test_serve_decode import PROMPTS, run_until_done
-from test_serve_helpers import SMOLLM, make_adapters
+from test_serve_helpers import SMOLLM, loaded_registry, make_adapters
 
 MODELS = ["pirate", "poet", "base", "pirate"]
 
@@ -27,11 +27,7 @@ def registry_of(folders: dict[str, Path], quantize: str) -> AdapterRegistry:
         quantize=quantize,  # type: ignore[arg-type]
         adapters=[AdapterSpec(name=n, version="v1", uri=str(p)) for n, p in folders.items()],
     )
-    reg = AdapterRegistry(config)
-    reg.load_base()
-    for spec in config.adapters:
-        reg.load(spec)
-    return reg
+    return loaded_registry(config)
 
 
 @pytest.fixture(scope="module")

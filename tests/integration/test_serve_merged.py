@@ -13,7 +13,7 @@ from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from kubetune_trainer.serve.decode import RunningBatch
 from kubetune_trainer.serve.inference import GenerationRow
 from test_serve_decode import PROMPTS, run_until_done
-from test_serve_helpers import SMOLLM, make_adapters
+from test_serve_helpers import SMOLLM, loaded_registry, make_adapters
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,7 @@ def one_adapter(folders: dict[str, Path], precision: str = "fp32") -> AdapterReg
         precision=precision,  # type: ignore[arg-type]
         adapters=[AdapterSpec(name="pirate", version="v1", uri=str(folders["pirate"]))],
     )
-    reg = AdapterRegistry(config)
-    reg.load_base()
-    reg.load(config.adapters[0])
-    return reg
+    return loaded_registry(config)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from kubetune_trainer.evaluate import linear_probe
 from kubetune_trainer.serve.adapters import AdapterRegistry, ModelSource
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from kubetune_trainer.serve.inference import ClassifyRow, classify_rows
-from test_serve_helpers import MINILM
+from test_serve_helpers import MINILM, loaded_registry
 
 from kubetune.api.finetunejob import LoraSpec, TaskSpec
 
@@ -87,9 +87,7 @@ def served(adapter: Path, precision: str, texts: list[str]) -> tuple[AdapterRegi
         max_input_tokens=MAX_TOKENS,
         adapters=[AdapterSpec(name="intents", version="v1", uri=str(adapter))],
     )
-    registry = AdapterRegistry(config)
-    registry.load_base()
-    registry.load(config.adapters[0])
+    registry = loaded_registry(config)
     rows = [ClassifyRow(registry.resolve("intents"), text) for text in texts]
     classify_rows(registry, rows, MAX_TOKENS)
     assert all(r.error is None for r in rows)
