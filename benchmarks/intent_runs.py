@@ -1,5 +1,5 @@
 """Shared by benchmarks/recipe_auto.py and benchmarks/active_learning.py: run the real trainer on a
-variant of examples/finetunejob-support-intents.yaml, and score a trained adapter on a row file.
+variant of examples/k8s/finetunejob-support-intents.yaml, and score a trained adapter on a row file.
 
 Each run goes through `kubetune train` (a subprocess, exactly the path a training pod takes); the
 outputs land under benchmarks/.runs/ (git-ignored), one folder per run, and a finished run is reused

@@ -37,9 +37,22 @@ def _cmd_crds(args: argparse.Namespace) -> int:
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
+    if args.standalone and (args.peering is not None or args.priority is not None):
+        print(
+            "kubetune operator: --peering/--priority join Kopf peering; --standalone runs without it",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     from kubetune_operator.main import run
 
-    return run(namespaces=args.namespace, all_namespaces=args.all_namespaces, standalone=args.standalone)
+    flags = {
+        "trainer_image": args.trainer_image,
+        "server_image": args.server_image,
+        "peering_name": args.peering,
+        "peering_priority": args.priority,
+    }
+    overrides = {field: value for field, value in flags.items() if value is not None}
+    return run(args.namespace, args.all_namespaces, args.standalone, overrides)
 
 
 def _load_train_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -127,7 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     op = sub.add_parser("operator", help="run the Kopf operator")
     op.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace")
     op.add_argument("-A", "--all-namespaces", action="store_true")
-    op.add_argument("--standalone", action="store_true", help="no peering (single replica, tests)")
+    op.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no Kopf peering (one replica); refuses to start while another kubetune operator is active "
+        "for these namespaces",
+    )
+    op.add_argument("--trainer-image", help="image of training pods (default: $KUBETUNE_TRAINER_IMAGE)")
+    op.add_argument("--server-image", help="image of serving pods (default: $KUBETUNE_SERVER_IMAGE)")
+    op.add_argument("--peering", help="Kopf peering to join (default: $KUBETUNE_PEERING_NAME, kubetune)")
+    op.add_argument(
+        "--priority",
+        type=int,
+        help="Kopf peering priority; 1073741824 outranks the chart's replicas, which pause while this runs",
+    )
     op.set_defaults(func=_cmd_operator)
 
     train = sub.add_parser("train", help="fine-tune (locally or as the pod entrypoint)")

@@ -1,8 +1,9 @@
 """`kubetune launch -- torchrun ...`: run a multi-process launcher and keep the trainer's exit code.
 
 torchrun exits 1 whenever a worker fails, which would hide the trainer's meaning (3 invalid data,
-4 gate failed, 143 preempted) from the Job's podFailurePolicy. Rank 0 writes its TrainResult to the
-termination log with a reason prefix; this wrapper maps that prefix back to the exit code.
+4 gate failed, 5 model load, 143 preempted) from the Job's podFailurePolicy. Rank 0 writes its
+TrainResult to the termination log with a reason prefix; this wrapper maps that prefix back to the
+exit code.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from kubetune.api import exitcodes
 
 REASON_PREFIX_CODES = {
     "InvalidData:": exitcodes.INVALID_DATA,
+    "InvalidConfig:": exitcodes.INVALID_DATA,
+    "ModelLoad:": exitcodes.MODEL_LOAD,
     "GateFailed:": exitcodes.GATE_FAILED,
     "Preempted:": exitcodes.PREEMPTED,
 }

@@ -28,6 +28,7 @@ class Operator:
         log_path: Path,
         extra_env: dict[str, str] | None = None,
         standalone: bool = True,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
@@ -36,6 +37,7 @@ class Operator:
         # Standalone: no peering (one replica). Without it, one of several replicas, Kopf's peering
         # electing the active one (the chart's Deployment with replicas > 1).
         self.standalone = standalone
+        self.args = args  # more `kubetune operator` flags (--peering, --trainer-image, ...)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -57,7 +59,7 @@ class Operator:
         log = self.log_path.open("ab")
         standalone = ["--standalone"] if self.standalone else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.cli", "operator", *standalone, "-n", self.namespace],
+            [sys.executable, "-m", "kubetune.cli", "operator", *standalone, "-n", self.namespace, *self.args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -18,7 +18,7 @@ from kubetune.api.common import (
     check_resource_name,
     object_name,
 )
-from kubetune.api.finetunejob import BaseModelSpec, FineTuneJobSpec, TaskType
+from kubetune.api.finetunejob import BaseModelSpec, EvalMetric, FineTuneJobSpec, TaskType
 from kubetune.api.rules import Checked, Rule, single_line
 from kubetune.api.scheduling import CpuQuantity, GpuResource, MemoryQuantity, NodeSelector, Toleration
 from kubetune.api.telemetry import DRIFT_KINDS, DriftKind
@@ -58,7 +58,10 @@ class AdapterSource(ApiModel):
 
     fine_tune_job_ref: Annotated[
         FineTuneJobRef | None,
-        Field(description="Serve the adapter this FineTuneJob produced; a new successful run rolls out."),
+        Field(
+            description="Serve the adapter this FineTuneJob produced; a new successful run rolls out "
+            "(only when not worse, with rollout.requireImprovement)."
+        ),
     ] = None
     uri: AdapterUri | None = None
     version: Annotated[
@@ -169,6 +172,14 @@ class RolloutSpec(ApiModel):
     steps: Annotated[
         list[RolloutStep], Field(description="Canary steps, increasing weights.", max_length=10)
     ] = []
+    require_improvement: Annotated[
+        bool,
+        Field(
+            description="A new successful run of adapter.fineTuneJobRef rolls out only when its gate metric "
+            "is not worse (>=) than the serving version's; a worse one is recorded in status.history as "
+            "Skipped (event RolloutSkipped) and can still be pinned with adapter.version."
+        ),
+    ] = False
 
     model_config = {
         "json_schema_extra": {
@@ -335,7 +346,7 @@ class RetrainingSpec(ApiModel):
         float,
         Field(
             description="The challenger must beat the champion's gate metric on the same held-out rows by "
-            "at least this much to be promoted.",
+            "at least this much, and by more than chance on that many rows, to be promoted.",
             ge=0,
             le=1,
         ),
@@ -347,7 +358,9 @@ class RetrainingSpec(ApiModel):
         FineTuneJobSpec | None,
         Field(
             description="The retraining recipe; default: the spec of adapter.fineTuneJobRef. Fresh data is "
-            "added as dataset.extra."
+            "added as dataset.extra; when the fresh hold-out replaces dataset.validation, "
+            "evaluation.minAccuracy is dropped (it was set for the recipe's own validation rows) and the "
+            "gate is the champion scored on the same hold-out rows."
         ),
     ] = None
 
@@ -533,15 +546,37 @@ class ServedTask(ApiModel):
     accuracy: Annotated[float | None, Field(description="Its evaluation score.")] = None
 
 
+HistoryOutcome = Literal["RolledOut", "Skipped"]
+
+
 class HistoryEntry(ApiModel):
-    """A version that was rolled out (bounded list, newest last)."""
+    """A version that was rolled out, or skipped by rollout.requireImprovement (bounded, newest last).
+
+    Every version has its own URI (a run never writes over another's adapter) and the digest the
+    servers check before they serve it, so pinning a version (rollback) serves exactly those weights."""
 
     version: str
     uri: str
     digest: str | None = None
     fine_tune_job: str | None = None
     accuracy: float | None = None
-    deployed_at: Annotated[str | None, Field(json_schema_extra={"format": "date-time"})] = None
+    deployed_at: Annotated[
+        str | None, Field(description="When it rolled out.", json_schema_extra={"format": "date-time"})
+    ] = None
+    outcome: Annotated[
+        HistoryOutcome,
+        Field(description="RolledOut (served), or Skipped (scored worse than the serving version)."),
+    ] = "RolledOut"
+    reason: Annotated[
+        str | None,
+        Field(description="Why it was skipped, e.g. accuracy 0.983 < serving 0.992.", max_length=512),
+    ] = None
+    skipped_at: Annotated[
+        str | None, Field(description="When it was skipped.", json_schema_extra={"format": "date-time"})
+    ] = None
+
+
+RetrainOutcome = Literal["Pending", "Running", "Promoted", "Rejected", "Inconclusive", "Failed"]
 
 
 class RetrainRecord(ApiModel):
@@ -551,9 +586,15 @@ class RetrainRecord(ApiModel):
     created_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
     trigger: Annotated[str, Field(description="Which trigger fired, with its values.")]
     outcome: Annotated[
-        Literal["Pending", "Running", "Promoted", "Rejected", "Failed"] | None,
-        Field(description="Promoted (beat the champion), Rejected (did not), Failed (job failed)."),
+        RetrainOutcome | None,
+        Field(
+            description="Promoted (beat the champion by more than chance), Rejected (clearly not better by "
+            "minImprovement), Inconclusive (within chance on this many rows: the champion keeps serving, "
+            "the next retrain has more labels), Failed (the job failed)."
+        ),
     ] = "Pending"
+    metric: Annotated[EvalMetric | None, Field(description="The gate metric compared.")] = None
+    rows: Annotated[int | None, Field(description="Held-out rows both adapters were scored on.", ge=0)] = None
     challenger: Annotated[float | None, Field(description="The new adapter's gate metric.")] = None
     champion: Annotated[float | None, Field(description="The serving adapter's gate metric, same rows.")] = (
         None
@@ -597,7 +638,11 @@ class AdapterDeploymentStatus(ApiModel):
     updated_replicas: Annotated[int, Field(description="Pods on the current template.", ge=0)] = 0
     history: Annotated[
         list[HistoryEntry],
-        Field(description=f"Last {HISTORY_LIMIT} versions rolled out.", max_length=HISTORY_LIMIT),
+        Field(
+            description=f"Last {HISTORY_LIMIT} versions rolled out or skipped, each with its own URI and "
+            "digest.",
+            max_length=HISTORY_LIMIT,
+        ),
     ] = []
     drift: Annotated[float | None, Field(description="Latest drift score of the watched kind.")] = None
     accuracy: Annotated[float | None, Field(description="Latest rolling accuracy from feedback.")] = None

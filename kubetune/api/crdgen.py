@@ -176,6 +176,8 @@ def finetunejob_crd() -> dict[str, Any]:
             {"name": "Loss", "type": "number", "jsonPath": ".status.loss"},
             {"name": "Accuracy", "type": "number", "jsonPath": ".status.accuracy"},
             {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel.name", "priority": 1},
+            # -o wide: why a Pending job waits (a stuck pod's own reason) without a describe.
+            {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
         rules=[RESOURCE_NAME_RULE, _immutability_rule()],

@@ -283,7 +283,12 @@ class EvaluationSpec(ApiModel):
     ] = None
     min_accuracy: Annotated[
         float | None,
-        Field(description="Fail the job when the gate metric ends below this value (0..1).", ge=0, le=1),
+        Field(
+            description="Fail the job when the gate metric ends below this value (0..1) on its validation "
+            "rows. A retrain judged on fresh hold-out rows drops it and is gated against the champion.",
+            ge=0,
+            le=1,
+        ),
     ] = None
     max_samples: Annotated[
         int,
@@ -441,6 +446,10 @@ class TrainResult(ApiModel):
     metrics: Annotated[
         dict[str, float], Field(description="Final metrics (before_* and after_* values, baseline_*).")
     ] = {}
+    validation_rows: Annotated[
+        int | None,
+        Field(description="Validation rows the after_* and champion_* metrics were computed on.", ge=0),
+    ] = None
     reason: Annotated[
         str | None, Field(description="Why the trainer failed, when it did.", max_length=4096)
     ] = None
@@ -454,7 +463,11 @@ class FineTuneJobStatus(ApiModel):
     observed_generation: Annotated[int | None, Field(description="Generation last acted on.", ge=0)] = None
     conditions: Annotated[
         list[Condition],
-        Field(description="Ready, SpecValid, DataValidated, Running, Suspended, Succeeded, Failed."),
+        Field(
+            description="Ready, SpecValid, DataValidated, PodsHealthy (False with the stuck pod's own "
+            "reason, e.g. Unschedulable, ImagePullBackOff, CreateContainerConfigError), Running, "
+            "Suspended, Succeeded, Failed."
+        ),
     ] = []
     job_name: Annotated[str | None, Field(description="The batch/v1 Job that trains.")] = None
     start_time: Annotated[
@@ -478,8 +491,19 @@ class FineTuneJobStatus(ApiModel):
         ),
     ] = 0
     progress: Annotated[str | None, Field(description="step/total, for printer columns.")] = None
-    loss: Annotated[float | None, Field(description="Latest training loss.")] = None
-    accuracy: Annotated[float | None, Field(description="Gate metric after training.")] = None
+    loss: Annotated[
+        float | None,
+        Field(
+            description="Training loss to 4 significant digits: the latest streamed step while "
+            "training, the trainer's final loss (result.metrics.train_loss) once finished."
+        ),
+    ] = None
+    accuracy: Annotated[
+        float | None,
+        Field(
+            description="Gate metric after training, to 4 significant digits (full value in result.metrics)."
+        ),
+    ] = None
     last_checkpoint: Annotated[CheckpointInfo | None, Field(description="Newest complete checkpoint.")] = None
     result: Annotated[TrainResult | None, Field(description="The trainer's final report.")] = None
 

@@ -16,8 +16,9 @@ from kubetune.api.finetunejob import TERMINAL_PHASES
 from kubetune.kubectl_plugin import pods, render, versions
 from kubetune.kubectl_plugin.args import ADEP_ALIASES, FTJ_ALIASES
 from kubetune.kubectl_plugin.errors import NotFound, PluginError, UsageError
-from kubetune.kubectl_plugin.explain import EXPLAINED_PHASES, explain_failure
+from kubetune.kubectl_plugin.explain import explain_failure, trouble
 from kubetune.kubectl_plugin.kubectl import ADEP, FTJ, Kubectl
+from kubetune.kubectl_plugin.unreconciled import unreconciled
 
 KIND = {FTJ: "FineTuneJob", ADEP: "AdapterDeployment"}
 
@@ -77,6 +78,10 @@ def cmd_get(args: argparse.Namespace, kubectl: Kubectl) -> int:
     if found.get(ADEP):
         sections.append(render.adapterdeployment_table(found[ADEP], namespaces))
     print("\n\n".join(sections))
+    # Like kubectl's own warnings: on stderr, so a script reading the table is not disturbed.
+    for obj in (*found.get(FTJ, []), *found.get(ADEP, [])):
+        if (hint := unreconciled(obj, now)) is not None:
+            print(f"Warning: {hint}", file=sys.stderr)
     return 0
 
 
@@ -180,9 +185,11 @@ def cmd_rollback(args: argparse.Namespace, kubectl: Kubectl) -> int:
     adep = _get(kubectl, ADEP, args.name)
     version = versions.rollback_target(adep, args.version)
     _pin(kubectl, adep, version)
+    entry = versions.pinned_entry(adep, version)
     print(
         f"adapterdeployment {args.name}: rolled back to {version} "
-        f"(was {versions.active_version(adep) or 'none'}); `promote --clear` unpins"
+        f"(was {versions.active_version(adep) or 'none'}); serving {entry.get('uri', '?')} "
+        f"digest {entry.get('digest') or 'unrecorded'}; `promote --clear` unpins"
     )
     return 0
 
@@ -192,7 +199,9 @@ def cmd_explain_failure(args: argparse.Namespace, kubectl: Kubectl) -> int:
     job = _get(kubectl, FTJ, args.name)
     events: list[dict[str, Any]] = []
     termination = None
-    if _phase(job) in EXPLAINED_PHASES:
+    now = _now()
+    hint = unreconciled(job, now)
+    if hint is None and trouble(job) is not None:
         selector = f"involvedObject.name={args.name},involvedObject.kind=FineTuneJob"
         events = kubectl.list("events", field_selector=selector)
         for component in (pods.TRAIN, pods.VALIDATE):
@@ -200,5 +209,5 @@ def cmd_explain_failure(args: argparse.Namespace, kubectl: Kubectl) -> int:
             if failed is not None:
                 termination = pods.termination_of(failed)
                 break
-    print(explain_failure(job, events, termination, _now()))
+    print(explain_failure(job, events, termination, now, hint))
     return 0

@@ -1,4 +1,5 @@
-"""``explain-failure`` in one view: phase, message, conditions, events, the trainer's exit report (pure)."""
+"""``explain-failure`` in one view: phase, message, why (failed, stuck pod, retried attempt), conditions,
+events, the trainer's exit report (pure)."""
 
 from __future__ import annotations
 
@@ -71,30 +72,62 @@ def _indent(text: str) -> list[str]:
     return [f"  {line}" for line in text.splitlines()]
 
 
+def stuck_condition(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The operator's ``PodsHealthy=False`` condition: a pod that cannot be scheduled or started."""
+    return next(
+        (
+            c
+            for c in status.get("conditions") or []
+            if c.get("type") == "PodsHealthy" and c.get("status") == "False"
+        ),
+        None,
+    )
+
+
+def trouble(job: dict[str, Any]) -> str | None:
+    """Why a FineTuneJob needs explaining (failed, stuck, retrying a failed attempt), or None."""
+    status = job.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    if phase in EXPLAINED_PHASES:
+        return f"it {phase.lower()}"
+    if (stuck := stuck_condition(status)) is not None:
+        reason = stuck.get("reason") or "PodsHealthy=False"
+        return f"it is stuck ({reason}): {stuck.get('message') or ''}".strip()
+    ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    if ready.get("reason") == "Retrying":
+        return f"an attempt failed and is retried: {ready.get('message') or ''}".strip()
+    return None
+
+
 def explain_failure(
     job: dict[str, Any],
     events: Sequence[dict[str, Any]],
     termination: Termination | None,
     now: datetime,
+    unreconciled: str | None = None,
 ) -> str:
-    """Everything that says why a FineTuneJob failed, in the order one reads it."""
+    """Everything that says why a FineTuneJob failed, is stuck or retries, in the order one reads it;
+    ``unreconciled`` is the warning for an object no operator has looked at."""
     meta, status = job.get("metadata", {}), job.get("status") or {}
     phase = status.get("phase") or "Pending"
     title = f"FineTuneJob {meta.get('namespace', 'default')}/{meta.get('name', '?')}: {phase}"
     lines = [title, f"  {status.get('message') or '(no message)'}"]
-    if phase not in EXPLAINED_PHASES:
-        lines.append(f"The job has not failed (phase {phase}); nothing to explain.")
+    if unreconciled is not None:
+        lines.append(unreconciled)
         return "\n".join(lines)
-    lines += ["", "Conditions:"]
+    why = trouble(job)
+    if why is None:
+        lines.append(f"The job has not failed (phase {phase}) and nothing is stuck; nothing to explain.")
+        return "\n".join(lines)
+    lines += ["", f"Why: {why}", "", "Conditions:"]
     conditions = status.get("conditions") or []
     lines += _indent(conditions_table(conditions)) if conditions else ["  (none)"]
     lines += ["", "Events:"]
     lines += _indent(events_table(events, now)) if events else ["  (none; events expire after an hour)"]
-    lines.append("")
     if termination is not None:
-        lines += termination_block(termination, now)
-    else:
-        lines.append("Trainer termination message: no failed pod left (deleted or garbage-collected)")
+        lines += ["", *termination_block(termination, now)]
+    elif phase in EXPLAINED_PHASES:
+        lines += ["", "Trainer termination message: no failed pod left (deleted or garbage-collected)"]
         result = status.get("result") or {}
         if result.get("reason"):
             lines.append(f"  status.result.reason: {result['reason']}")

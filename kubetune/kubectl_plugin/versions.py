@@ -2,6 +2,9 @@
 
 The operator resolves ``spec.adapter.version`` only against ``status.history`` (a pin to anything else
 leaves the AdapterDeployment Pending with UnknownVersion), so both commands accept history versions only.
+A pin serves the URI and digest recorded there: every version has its own folder, and a server refuses
+weights whose digest differs. ``promote`` may pin a version rollout.requireImprovement skipped (a person
+rolls forward on purpose); ``rollback`` without --version goes to the last version that was served.
 """
 
 from __future__ import annotations
@@ -15,6 +18,22 @@ def history_versions(adep: dict[str, Any]) -> list[str]:
     """Versions rolled out, oldest first (the operator appends the newest last)."""
     history = adep.get("status", {}).get("history") or []
     return [str(entry["version"]) for entry in history if isinstance(entry, dict) and entry.get("version")]
+
+
+def served_versions(adep: dict[str, Any]) -> list[str]:
+    """History versions that were rolled out (not Skipped by rollout.requireImprovement), oldest first."""
+    history = adep.get("status", {}).get("history") or []
+    return [
+        str(entry["version"])
+        for entry in history
+        if isinstance(entry, dict) and entry.get("version") and entry.get("outcome", "RolledOut") != "Skipped"
+    ]
+
+
+def pinned_entry(adep: dict[str, Any], version: str) -> dict[str, Any]:
+    """The history entry a pin of ``version`` serves (its uri and digest)."""
+    history = adep.get("status", {}).get("history") or []
+    return next((e for e in history if isinstance(e, dict) and e.get("version") == version), {})
 
 
 def active_version(adep: dict[str, Any]) -> str | None:
@@ -46,7 +65,7 @@ def rollback_target(adep: dict[str, Any], version: str | None = None) -> str:
     """``version`` if given (it must be in history), else the history entry before the active one."""
     if version is not None:
         return check_promotable(adep, version)
-    known = history_versions(adep)
+    known = served_versions(adep)
     active = active_version(adep)
     if active is None:
         raise PluginError(f"AdapterDeployment {_name(adep)} serves no adapter yet; nothing to roll back")

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.adapterdeployment import (
-    HISTORY_LIMIT,
     ActiveAdapter,
     AdapterDeployment,
     AdapterDeploymentStatus,
@@ -18,6 +17,7 @@ from kubetune.api.adapterdeployment import (
 )
 from kubetune.api.common import ConditionStatus
 from kubetune.api.finetunejob import FineTuneJob, TaskType
+from kubetune_operator.adapter_history import append_history, history_entry
 from kubetune_operator.builders.serving import (
     EXTRA_VERSIONS_ANNOTATION,
     VERSION_ANNOTATION,
@@ -103,7 +103,15 @@ def _from_job(name: str, ftj: dict[str, Any] | None) -> ResolvedAdapter | Unreso
         )
     digest = result.digest
     version = f"{name}-{digest.removeprefix('sha256:')[:8]}" if digest else name
-    return ResolvedAdapter(version, result.adapter_uri, job.spec.task.type, digest, name, job.status.accuracy)
+    return ResolvedAdapter(
+        version,
+        result.adapter_uri,
+        job.spec.task.type,
+        digest,
+        name,
+        job.status.accuracy,
+        job.spec.gate_metric,
+    )
 
 
 def resolve_extra_tasks(
@@ -196,8 +204,9 @@ def derive_adapter_status(
         conds = set_condition(
             conds, "Available", _bool(status.phase == "Available"), reason, status.message or "", now, gen
         )
+        was = prev.active_adapter
         if status.phase == "Available" and (
-            prev.active_adapter is None or prev.active_adapter.version != resolved.version
+            was is None or (was.version, was.uri) != (resolved.version, resolved.uri)
         ):
             status.active_adapter = ActiveAdapter(
                 version=resolved.version,
@@ -206,18 +215,9 @@ def derive_adapter_status(
                 fine_tune_job=resolved.fine_tune_job,
                 accuracy=resolved.accuracy,
             )
-            entry = HistoryEntry(
-                version=resolved.version,
-                uri=resolved.uri,
-                digest=resolved.digest,
-                fine_tune_job=resolved.fine_tune_job,
-                accuracy=resolved.accuracy,
-                deployed_at=now,
-            )
-            history = [h for h in status.history if h.version != resolved.version] + [entry]
-            status.history = history[-HISTORY_LIMIT:]
-            was = prev.active_adapter.version if prev.active_adapter else "none"
-            events.append(Event("Normal", "RolledOut", f"serving adapter {resolved.version} (was {was})"))
+            status.history = append_history(status.history, history_entry(resolved, now))
+            before = "none" if was is None else was.version if was.version != resolved.version else was.uri
+            events.append(Event("Normal", "RolledOut", f"serving adapter {resolved.version} (was {before})"))
         if status.phase == "Available" and served_tasks(extras) != prev.extra_tasks:
             status.extra_tasks = served_tasks(extras)
             served = ", ".join(f"{t.name} {t.version}" for t in status.extra_tasks) or "none"

@@ -1,8 +1,8 @@
 """The operator's controller: what Kopf's watch events turn into, and the one place that writes status.
 
 Kopf watches FineTuneJobs, AdapterDeployments and (server-side filtered by our labels) the Jobs,
-training Pods and Deployments we own; it keeps the children in indices (watches.py) and calls our
-event handlers, which only ask for a reconcile of the *owner* here. Each kind has a coalescing
+validation and training Pods and Deployments we own; it keeps the children in indices (watches.py)
+and calls our event handlers, which only ask for a reconcile of the *owner* here. Each kind has a coalescing
 work queue (workqueue.py): one reconcile per object at a time, on the newest copy of the object, its
 children from the indices, then one status patch. The object itself is the newest of its watch events
 and our own patches' answers (no GET per reconcile). Nothing polls on a timer except a slow safety
@@ -43,10 +43,10 @@ ADEP = ("kubetune.dev/v1alpha1", "AdapterDeployment")
 
 @dataclass(frozen=True)
 class Children:
-    """A FineTuneJob's Jobs and training Pods, from the watch cache (Kopf indices)."""
+    """A FineTuneJob's Jobs and their Pods (validation and training), from the watch cache (Kopf indices)."""
 
     jobs: list[dict[str, Any]] = field(default_factory=list)
-    train_pods: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _path(kind: tuple[str, str], key: Key) -> str:

@@ -30,11 +30,12 @@ FINETUNEJOB_PHASE = Gauge(
     ["namespace", "name", "phase"],
 )
 
-RetrainOutcome = Literal["Triggered", "Promoted", "Rejected", "Failed"]
+RetrainOutcome = Literal["Triggered", "Promoted", "Rejected", "Inconclusive", "Failed"]
 RETRAINS = Counter(
     "kubetune_retrains",
     "Retraining events of an AdapterDeployment: Triggered when the FineTuneJob is created, then one "
-    "of Promoted, Rejected (not better than the champion) or Failed.",
+    "of Promoted, Rejected (not better than the champion), Inconclusive (within chance: waits for more "
+    "labels) or Failed.",
     ["namespace", "adapterdeployment", "outcome"],
 )
 

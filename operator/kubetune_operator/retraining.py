@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from kubetune.api.adapterdeployment import (
     AdapterDeployment,
     MonitoringSpec,
     RetrainingSpec,
+    RetrainOutcome,
     RetrainRecord,
     fresh_data_uris,
 )
@@ -123,6 +125,9 @@ def build_retrain_job(
             ExtraSource(uri=train_uri, weight=retraining.fresh_data_weight),
         ]
         spec.dataset.validation = DataSource(uri=holdout_uri)
+        # The template's absolute minimum was set for its own validation rows; on fresh drifted rows the
+        # champion itself may score below it, so the gate is the champion on the same rows (judge()).
+        spec.evaluation.min_accuracy = None
     spec.evaluation.champion_uri = active.uri
     spec.output.uri = f"{template.output.uri.rstrip('/')}/{name}"
     spec.suspend = retraining.approval == "manual"
@@ -151,19 +156,79 @@ def build_retrain_job(
     }
 
 
-def judge(
-    status: FineTuneJobStatus, metric: str, min_improvement: float
-) -> tuple[Literal["Pending", "Running", "Promoted", "Rejected", "Failed"], float | None, float | None]:
-    """Outcome of a retraining job: promote only a challenger that beats the champion on the same rows."""
+Verdict = Literal["Promoted", "Rejected", "Inconclusive"]
+
+
+def chance_margin(rows: int, challenger: float, champion: float) -> float:
+    """How far two scores on the same ``rows`` rows can land apart by chance alone: one standard error
+    of the difference of two proportions at their pooled rate (the scores read as shares of rows).
+
+    Both adapters answer the same rows and agree on most, so this overstates the paired error: a gate
+    on it errs toward waiting for labels. Issue #23 replaces it with a bootstrap interval."""
+    pooled = (challenger + champion) / 2
+    return math.sqrt(max(2 * pooled * (1 - pooled), 0.0) / rows) if rows > 0 else 0.0
+
+
+def compare(rows: int | None, challenger: float, champion: float, min_improvement: float) -> Verdict:
+    """Champion vs challenger on the same held-out rows.
+
+    Promoted: better by more than chance and by at least ``min_improvement``. Rejected: not better by
+    ``min_improvement`` even at the top of the chance band. Inconclusive otherwise (a tie or a small
+    win or loss on few rows): more labels decide. Unknown ``rows`` judges the scores as they are.
+
+    Example, 28 rows, champion 23/28: 23/28 and 24/28 are Inconclusive (±0.10), 26/28 is Promoted.
+    """
+    delta = challenger - champion
+    margin = chance_margin(rows, challenger, champion) if rows is not None else 0.0
+    if delta - margin > 0 and delta >= min_improvement:
+        return "Promoted"
+    if delta + margin <= min_improvement:
+        return "Rejected"
+    return "Inconclusive"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What became of a retraining job, with the numbers behind it."""
+
+    outcome: RetrainOutcome
+    challenger: float | None = None
+    champion: float | None = None
+    rows: int | None = None
+    margin: float | None = None
+
+
+def judge(status: FineTuneJobStatus, metric: str, min_improvement: float) -> Judgement:
+    """Outcome of a retraining job from what its trainer reported: the challenger and the champion
+    scored on the same validation rows (a failed job keeps its scores, when it had any)."""
+    result = status.result
+    metrics = result.metrics if result is not None else {}
+    challenger, champion = metrics.get(f"after_{metric}"), metrics.get(f"champion_{metric}")
+    rows = result.validation_rows if result is not None else None
     if status.phase in ("Failed", "Cancelled"):
-        return "Failed", None, None
-    if status.phase != "Succeeded" or status.result is None:
-        return ("Running" if status.phase in ("ValidatingData", "Running") else "Pending"), None, None
-    metrics = status.result.metrics
-    challenger = metrics.get(f"after_{metric}")
-    champion = metrics.get(f"champion_{metric}")
+        return Judgement("Failed", challenger, champion, rows)
+    if status.phase != "Succeeded" or result is None:
+        return Judgement("Running" if status.phase in ("ValidatingData", "Running") else "Pending")
     if challenger is None:
-        return "Failed", None, champion
-    if champion is None or challenger >= champion + min_improvement:
-        return "Promoted", challenger, champion
-    return "Rejected", challenger, champion
+        return Judgement("Failed", None, champion, rows)
+    if champion is None:  # no champion was scored: nothing to beat
+        return Judgement("Promoted", challenger, None, rows)
+    margin = chance_margin(rows, challenger, champion) if rows is not None else None
+    return Judgement(compare(rows, challenger, champion, min_improvement), challenger, champion, rows, margin)
+
+
+def judgement_message(job: str, metric: str, j: Judgement, min_improvement: float) -> str:
+    """One line a user reads in events and conditions: the verdict, its rows and both scores."""
+
+    def score(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    on = f"on {j.rows} held-out rows" if j.rows is not None else "on the held-out rows"
+    band = f" (chance ±{j.margin:.3f})" if j.margin is not None else ""
+    numbers = f"{metric} challenger {score(j.challenger)} vs champion {score(j.champion)} {on}{band}"
+    why = {
+        "Promoted": "beats the champion",
+        "Rejected": f"not better than the champion by minImprovement {min_improvement}",
+        "Inconclusive": "within chance: the champion keeps serving; the next retrain has more labels",
+    }.get(j.outcome, j.outcome.lower())
+    return f"{job}: {numbers}: {why}"

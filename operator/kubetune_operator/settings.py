@@ -7,14 +7,27 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Replicas without KUBETUNE_PEERING_PRIORITY draw a random priority below this; an operator started
+# with it (`kubetune operator --peering=<chart's> --priority=TAKEOVER_PRIORITY`) outranks them all, and
+# Kopf pauses them while it runs (the way to debug beside the chart's operator).
+TAKEOVER_PRIORITY = 2**30
+
 
 class OperatorSettings(BaseSettings):
     """Everything the operator needs that is not in a custom resource."""
 
     model_config = SettingsConfigDict(env_prefix="KUBETUNE_", extra="ignore")
 
-    trainer_image: str = Field("ghcr.io/kubetune/trainer:0.1.0", description="Image of training pods.")
-    server_image: str = Field("ghcr.io/kubetune/trainer:0.1.0", description="Image of serving pods.")
+    trainer_image: str = Field(
+        "ghcr.io/kubetune/trainer:0.1.0",
+        min_length=1,
+        description="Image of validation and training pods (`kubetune operator --trainer-image`).",
+    )
+    server_image: str = Field(
+        "ghcr.io/kubetune/trainer:0.1.0",
+        min_length=1,
+        description="Image of serving pods (`kubetune operator --server-image`).",
+    )
     image_pull_policy: str = Field("IfNotPresent", description="Pull policy of trainer/server pods.")
     trainer_service_account: str = Field(
         "kubetune-trainer", description="ServiceAccount of training pods (no RBAC bindings, no token)."
@@ -50,11 +63,14 @@ class OperatorSettings(BaseSettings):
         60.0, gt=0, description="Longest wait before reopening a trainer log stream that ended or failed."
     )
     log_tail_lines: int = Field(50, ge=1, description="Trainer log lines re-read when a log stream opens.")
-    peering_name: str = Field("kubetune", description="Kopf peering name (leader election).")
+    peering_name: str = Field(
+        "kubetune", min_length=1, description="Kopf peering name (leader election; `--peering`)."
+    )
     peering_priority: int | None = Field(
         None,
         ge=0,
-        description="Kopf peering priority; unset: random, so replicas never tie (a tie pauses all).",
+        description="Kopf peering priority (`--priority`); unset: random below TAKEOVER_PRIORITY, so "
+        "replicas never tie (a tie pauses all).",
     )
     peering_lifetime_seconds: int = Field(
         60,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kubetune.api.common import ConditionStatus
+from kubetune.api.common import Condition, ConditionStatus
 from kubetune.api.finetunejob import (
     TERMINAL_PHASES,
     CheckpointInfo,
@@ -19,7 +19,15 @@ from kubetune.api.finetunejob import (
     FineTuneJobStatus,
     Phase,
 )
-from kubetune_operator.conditions import set_condition
+from kubetune_operator.attempts import (
+    Retry,
+    failure_count,
+    job_condition,
+    preemption_count,
+    retry_of,
+)
+from kubetune_operator.conditions import get_condition, set_condition
+from kubetune_operator.pod_problems import PodProblem, first_problem, problem_family
 from kubetune_operator.progress import Progress
 from kubetune_operator.termination import newest_result
 
@@ -66,27 +74,12 @@ class Event:
     message: str
 
 
-def job_condition(job: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
-    for cond in (job or {}).get("status", {}).get("conditions", []) or []:
-        if cond.get("type") == type_ and cond.get("status") == "True":
-            return dict(cond)
-    return None
+SIGNIFICANT_DIGITS = 4
 
 
-def is_disrupted(pod: dict[str, Any]) -> bool:
-    """Preempted, evicted or drained: the pod carries a DisruptionTarget condition."""
-    return any(
-        c.get("type") == "DisruptionTarget" and c.get("status") == "True"
-        for c in pod.get("status", {}).get("conditions", []) or []
-    )
-
-
-def preemption_count(pods: list[dict[str, Any]]) -> int:
-    return sum(1 for p in pods if is_disrupted(p))
-
-
-def failure_count(pods: list[dict[str, Any]]) -> int:
-    return sum(1 for p in pods if p.get("status", {}).get("phase") == "Failed" and not is_disrupted(p))
+def significant(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """``value`` to ``digits`` significant digits, as printer columns show it (0.9166666 -> 0.9167)."""
+    return float(f"{value:.{digits}g}")
 
 
 @dataclass
@@ -94,6 +87,11 @@ class _Verdict:
     phase: Phase
     reason: str
     message: str
+    problem: PodProblem | None = None  # a pod that cannot run, in the scheduler's or kubelet's words
+
+
+def _stuck(phase: Phase, problem: PodProblem) -> _Verdict:
+    return _Verdict(phase, problem.reason, problem.text, problem)
 
 
 def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
@@ -114,6 +112,10 @@ def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
         if job_condition(vjob, "Complete") is None:
             if suspended:
                 return _Verdict("Suspended", "Suspended", "spec.suspend is true")
+            if problem := first_problem(obs.validate_pods):
+                return _stuck("Pending", problem)
+            if retry := retry_of(vjob, obs.validate_pods):
+                return _Verdict("ValidatingData", "Retrying", f"data validation {retry.message}")
             # A pod that has ended while the Job controller has not yet given its verdict is still
             # validating (else the phase would flap back to Pending for that moment).
             if _job_started(vjob):
@@ -161,12 +163,17 @@ def _verdict(obs: Observed, prev: FineTuneJobStatus) -> _Verdict:
                 "Pending", "Queued", f"waiting for Kueue admission in queue {spec.resources.queue_name}"
             )
         return _Verdict("Pending", "Resuming", "resuming the training Job")
+    if problem := first_problem(obs.train_pods):
+        return _stuck("Pending", problem)
+    retry = retry_of(job, obs.train_pods)
     running = [p for p in obs.train_pods if p.get("status", {}).get("phase") == "Running"]
     succeeded = [p for p in obs.train_pods if p.get("status", {}).get("phase") == "Succeeded"]
     # A pod that succeeded before the Job controller marks the Job Complete: still Running, not
     # back to PodsPending for that moment.
     if ((job.get("status", {}).get("active") or 0) > 0 and running) or succeeded:
-        return _Verdict("Running", "Training", _running_message(obs.progress))
+        return _Verdict("Running", "Training", _running_message(obs.progress, retry))
+    if retry is not None:
+        return _Verdict("Pending", "Retrying", retry.message)
     return _Verdict("Pending", "PodsPending", "waiting for training pods to be scheduled")
 
 
@@ -193,14 +200,15 @@ def _success_message(result: Any, spec: FineTuneJobSpec) -> str:
     return text
 
 
-def _running_message(progress: Progress) -> str:
-    if progress.fraction is None:
-        return "training"
-    text = f"step {progress.fraction}"
-    if progress.loss is not None:
+def _running_message(progress: Progress, retry: Retry | None) -> str:
+    text = "training" if progress.fraction is None else f"step {progress.fraction}"
+    if progress.fraction is not None and progress.loss is not None:
         text += f", loss {progress.loss:.4f}"
-    if progress.eta_seconds is not None:
+    if progress.fraction is not None and progress.eta_seconds is not None:
         text += f", ETA {int(progress.eta_seconds)}s"
+    if retry is not None:
+        text += f" (attempt {retry.failed + 1}/{retry.attempts}; attempt {retry.failed} failed"
+        text += f": {retry.detail})" if retry.detail else ")"
     return text
 
 
@@ -244,6 +252,10 @@ def derive_status(obs: Observed, prev: FineTuneJobStatus, now: str) -> tuple[Fin
             now,
             gen,
         )
+    if obs.spec is not None and verdict.phase not in TERMINAL_PHASES:
+        # A finished job keeps the last word on its pods: a deadline that ran out on a stuck pod
+        # still shows why it was stuck.
+        conds = _set_pods_healthy(conds, verdict.problem, now, gen)
     conds = set_condition(
         conds,
         "Running",
@@ -302,7 +314,10 @@ def derive_status(obs: Observed, prev: FineTuneJobStatus, now: str) -> tuple[Fin
             status.result = result
             metric = obs.spec.gate_metric if obs.spec else "accuracy"
             value = result.metrics.get(f"after_{metric}", result.metrics.get(metric))
-            status.accuracy = value if value is not None else status.accuracy
+            status.accuracy = significant(value) if value is not None else status.accuracy
+            # The trainer's own last loss, not the last step the log follower happened to stream.
+            final_loss = result.metrics.get("train_loss")
+            status.loss = significant(final_loss) if final_loss is not None else status.loss
         if verdict.phase == "Succeeded" and status.progress and "/" in status.progress:
             total = status.progress.split("/", 1)[1]
             status.progress = f"{total}/{total}"
@@ -324,14 +339,40 @@ def _apply_progress(status: FineTuneJobStatus, progress: Progress) -> None:
     if progress.fraction is not None:
         status.progress = progress.fraction
     if progress.loss is not None:
-        status.loss = round(progress.loss, 6)
+        status.loss = significant(progress.loss)
     if progress.checkpoint_step is not None:
         status.last_checkpoint = CheckpointInfo(step=progress.checkpoint_step, time=progress.checkpoint_time)
 
 
+def _set_pods_healthy(
+    conds: list[Condition], problem: PodProblem | None, now: str, gen: int | None
+) -> list[Condition]:
+    """PodsHealthy: False with the stuck pod's own reason and message, True when no pod is stuck."""
+    if problem is None:
+        return set_condition(conds, "PodsHealthy", "True", "Healthy", "", now, gen)
+    return set_condition(conds, "PodsHealthy", "False", problem.reason, problem.text, now, gen)
+
+
+def _new_problem(prev: FineTuneJobStatus, problem: PodProblem | None) -> bool:
+    """A stuck pod whose problem was not reported yet (one event per distinct problem, not per pass)."""
+    if problem is None:
+        return False
+    before = get_condition(prev.conditions, "PodsHealthy")
+    return (
+        before is None
+        or before.status != "False"
+        or problem_family(before.reason or "") != problem_family(problem.reason)
+    )
+
+
 def _events(prev: FineTuneJobStatus, new: FineTuneJobStatus, verdict: _Verdict) -> list[Event]:
     events: list[Event] = []
-    if new.phase != prev.phase:
+    if _new_problem(prev, verdict.problem):
+        # The pod's own reason, as a Warning: this is what `kubectl describe` and explain-failure show.
+        events.append(Event("Warning", verdict.reason, verdict.message))
+    elif verdict.reason == "Retrying" and verdict.message != prev.message:
+        events.append(Event("Warning", "Retrying", verdict.message))
+    elif new.phase != prev.phase:
         kind: EventType = "Warning" if new.phase in ("Failed", "Cancelled") else "Normal"
         events.append(Event(kind, verdict.reason, f"{prev.phase or 'New'} -> {new.phase}: {verdict.message}"))
     if new.preemptions > prev.preemptions:

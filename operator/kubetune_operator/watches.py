@@ -2,10 +2,10 @@
 
 The API server filters the streams by our labels (``settings.watching.label_selectors``), so the
 operator never sees other teams' Jobs, Pods, Deployments, ConfigMaps, Services or PDBs. Kopf indices
-keep a slim copy of each Job and training Pod per owning FineTuneJob (the reconcile reads its children
-there, not from the API server), and Kopf starts no handler before every index has its initial list:
-a restarted operator never mistakes "not listed yet" for "deleted". The serving children go to the
-child client's cache (``Kube.observe``).
+keep a slim copy of each Job and of its validation and training Pods per owning FineTuneJob (the
+reconcile reads its children there, not from the API server), and Kopf starts no handler before
+every index has its initial list: a restarted operator never mistakes "not listed yet" for
+"deleted". The serving children go to the child client's cache (``Kube.observe``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ DEPLOYMENTS = ("apps", "v1", "deployments")
 CONFIGMAPS = ("", "v1", "configmaps")
 SERVICES = ("", "v1", "services")
 PDBS = ("policy", "v1", "poddisruptionbudgets")
-TRAIN_PODS = f"{LABEL_FINETUNEJOB},{LABEL_COMPONENT}=train"
+# Validation and training pods: a pod the scheduler cannot place or the kubelet cannot start is seen
+# at once, whichever Job it belongs to.
+POD_COMPONENTS = ("validate-data", "train")
+FTJ_PODS = f"{LABEL_FINETUNEJOB},{LABEL_COMPONENT} in ({','.join(POD_COMPONENTS)})"
 _META = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "labels", "ownerReferences")
 
 
@@ -41,9 +44,18 @@ def slim(body: kopf.Body | dict[str, Any], spec_fields: tuple[str, ...] = ()) ->
     }
 
 
+def _one_of(values: tuple[str, ...]) -> Callable[..., bool]:
+    """A Kopf label filter: the label's value is one of ``values``."""
+
+    def matches(value: str | None, **_: Any) -> bool:
+        return value in values
+
+    return matches
+
+
 def server_side_filters(settings: kopf.OperatorSettings) -> None:
     settings.watching.label_selectors[JOBS[0], JOBS[2]] = LABEL_FINETUNEJOB
-    settings.watching.label_selectors[PODS[0], PODS[2]] = TRAIN_PODS
+    settings.watching.label_selectors[PODS[0], PODS[2]] = FTJ_PODS
     for serving in (DEPLOYMENTS, CONFIGMAPS, SERVICES, PDBS):
         settings.watching.label_selectors[serving[0], serving[2]] = LABEL_ADAPTERDEPLOYMENT
 
@@ -53,9 +65,12 @@ def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Cont
 
     @kopf.index(*JOBS, labels=owned, registry=registry, id="ftj_jobs")
     def ftj_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-        return {(namespace, labels[LABEL_FINETUNEJOB]): slim(body, ("suspend", "activeDeadlineSeconds"))}
+        fields = ("suspend", "activeDeadlineSeconds", "backoffLimit")
+        return {(namespace, labels[LABEL_FINETUNEJOB]): slim(body, fields)}
 
-    @kopf.index(*PODS, labels={**owned, LABEL_COMPONENT: "train"}, registry=registry, id="ftj_pods")
+    pods: dict[str, Any] = {**owned, LABEL_COMPONENT: _one_of(POD_COMPONENTS)}
+
+    @kopf.index(*PODS, labels=pods, registry=registry, id="ftj_pods")
     def ftj_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[LABEL_FINETUNEJOB]): slim(body)}
 
@@ -74,9 +89,7 @@ def register(registry: kopf.OperatorRegistry, ctl_of: Callable[[kopf.Memo], Cont
         ctl.finetunejobs.kick((namespace, labels[LABEL_FINETUNEJOB]), ctl.settings.child_settle_seconds)
 
     kopf.on.event(*JOBS, labels=owned, registry=registry, id="job-changed")(finetunejob_child)
-    kopf.on.event(*PODS, labels={**owned, LABEL_COMPONENT: "train"}, registry=registry, id="pod-changed")(
-        finetunejob_child
-    )
+    kopf.on.event(*PODS, labels=pods, registry=registry, id="pod-changed")(finetunejob_child)
 
     def serving_child(api_version: str, kind: str) -> Callable[..., Any]:
         async def changed(

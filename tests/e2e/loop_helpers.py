@@ -46,7 +46,7 @@ def adep(cluster: Cluster) -> dict[str, Any]:
 
 def train_example_job(cluster: Cluster, w: Any) -> None:
     """The example FineTuneJob trains for real on a small budget, in a Job the real controller ran."""
-    ftj = yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())
+    ftj = yaml.safe_load((ROOT / "examples/k8s/finetunejob-support-intents.yaml").read_text())
     # 2 cores shared: a few steps on top of the linear-probe head init (LP-FT) are enough here.
     training = {k: v for k, v in ftj["spec"]["training"].items() if k != "epochs"}
     ftj["spec"]["training"] = {**training, "maxSteps": 40, "checkpointEvery": 1000}
@@ -152,12 +152,12 @@ def serve(cluster: Cluster, kubelet: Kubelet, w: Any, manifest: str) -> tuple[st
 
 
 def retrain_judged(w: Any, cluster: Cluster) -> dict[str, Any]:
-    """The first retrain record once the gate has judged it (Promoted, Rejected or Failed)."""
+    """The first retrain record once the gate has judged it (Promoted, Rejected, Inconclusive, Failed)."""
     return dict(
         w(
             lambda: (
                 (r := (adep(cluster).get("retrains") or [{}])[0]).get("outcome")
-                in ("Promoted", "Rejected", "Failed")
+                in ("Promoted", "Rejected", "Inconclusive", "Failed")
                 and r
             ),
             "retrain judged",

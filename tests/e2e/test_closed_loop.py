@@ -66,7 +66,7 @@ def test_drift_retrains_promotes_and_recovers_accuracy(
     train_example_job(cluster, w)
 
     # 2. The AdapterDeployment serves it, watched by Prometheus, retraining on.
-    ad = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents.yaml").read_text())
+    ad = yaml.safe_load((ROOT / "examples/k8s/adapterdeployment-support-intents.yaml").read_text())
     ad["spec"]["replicas"] = 1
     ad["spec"]["monitoring"] = {
         "prometheusUrl": prom.url,

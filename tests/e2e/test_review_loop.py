@@ -101,7 +101,8 @@ def test_reviewed_boundary_tickets_retrain_and_get_better(
     train_example_job(cluster, w)
 
     # 2. The review example serves it: admin token from a Secret, review thresholds from the spec.
-    ad = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents-review.yaml").read_text())
+    ad = yaml.safe_load((ROOT / "examples/k8s/adapterdeployment-support-intents-review.yaml").read_text())
+    ad["metadata"]["name"] = ADAPTER  # the example has a name of its own; here it is the only one
     spec = ad["spec"]
     spec["replicas"] = 1
     spec["monitoring"].update(prometheusUrl=prom.url, intervalSeconds=5)

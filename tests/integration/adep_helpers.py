@@ -10,7 +10,10 @@ from typing import Any
 import yaml
 from controlplane import Cluster
 from ftj_helpers import INTENTS, TIMEOUT, apply, finish_job, wait_job
+from kubetune_trainer.artifacts import adapter_uri
 from operator_process import Operator
+
+from kubetune.api.trainconfig import TrainConfig
 
 ADEP = "support-intents"
 STABLE, CANARY = "support-intents-server", "support-intents-canary"
@@ -24,7 +27,7 @@ def succeeded_finetunejob(
     """(Re)run the FineTuneJob of ``manifest`` (default support-intents; ``spec``: fields to override)
     through the operator to Succeeded with ``digest``: its validate and training pods end as a
     kubelet would report it, the real Job controller completes the Jobs, the operator reads the
-    trainer's termination message (adapter at pvc://kubetune-output/<name>)."""
+    trainer's termination message (adapter where this run's TrainConfig says: run_adapter_uri)."""
     name = yaml.safe_load(manifest.read_text())["metadata"]["name"]
     if cluster.get("ftj", cluster.ns, name) is not None:
         # Foreground: kubectl returns once the garbage collector removed the old Jobs, so the next
@@ -33,7 +36,7 @@ def succeeded_finetunejob(
     apply(cluster, manifest, **spec)
     finish_job(cluster, wait_job(cluster, f"{name}-validate")["metadata"]["name"])
     result = {
-        "adapterUri": f"pvc://kubetune-output/{name}",
+        "adapterUri": run_adapter_uri(cluster, name),
         "digest": digest,
         "metrics": {"after_accuracy": accuracy},
     }
@@ -43,6 +46,14 @@ def succeeded_finetunejob(
         timeout=TIMEOUT,
         message="FineTuneJob Succeeded",
     )
+
+
+def run_adapter_uri(cluster: Cluster, name: str) -> str:
+    """Where the trainer of FineTuneJob ``name``'s current run writes its adapter, as the trainer
+    computes it from the TrainConfig the operator wrote into the pods' ConfigMap."""
+    config_map = cluster.get("configmaps", cluster.ns, f"{name}-config")
+    assert config_map is not None, f"ConfigMap {name}-config missing"
+    return adapter_uri(TrainConfig.model_validate(yaml.safe_load(config_map["data"]["train-config.yaml"])))
 
 
 def deployment(cluster: Cluster, name: str = STABLE) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from controlplane import Cluster
 from operator_process import Operator
 
 ROOT = Path(__file__).resolve().parents[2]
-INTENTS = ROOT / "examples/finetunejob-support-intents.yaml"
-TRIAGE = ROOT / "examples/finetunejob-support-triage.yaml"
+INTENTS = ROOT / "examples/k8s/finetunejob-support-intents.yaml"
+TRIAGE = ROOT / "examples/k8s/finetunejob-support-triage.yaml"
 TIMEOUT = 30
 CLAIMS = ("kubetune-data", "kubetune-output")
 

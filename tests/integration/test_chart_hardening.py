@@ -259,10 +259,10 @@ def pod_of(template_owner: Obj, namespace: str) -> Peer:
 
 def serving_deployment(namespace: str) -> Obj:
     """The serving Deployment the operator's builder makes for the shipped example."""
-    doc = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/k8s/adapterdeployment-support-intents.yaml").read_text())
     doc["metadata"].update(namespace=namespace, uid="u-1", generation=1)
     ad = AdapterDeployment.model_validate(doc)
-    ftj = yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())
+    ftj = yaml.safe_load((ROOT / "examples/k8s/finetunejob-support-intents.yaml").read_text())
     ftj["status"] = {
         "phase": "Succeeded",
         "result": {"adapterUri": "pvc://kubetune-output/support-intents", "digest": DIGEST},

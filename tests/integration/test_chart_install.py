@@ -28,6 +28,7 @@ from tools import helm
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubetune"
 RELEASE, NAMESPACE, TEAM = "kubetune", "kubetune", "team-a"
+FINETUNEJOB = ROOT / "examples" / "k8s" / "finetunejob-support-intents.yaml"
 IMAGES = [
     "--set",
     "operator.image.repository=registry.example/kubetune-operator",
@@ -67,17 +68,21 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         yield fresh
 
 
+def helm_env(plane: ControlPlane) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KUBECONFIG": str(plane.admin_kubeconfig),
+        "HELM_CACHE_HOME": str(plane.workdir / "helm"),
+    }
+
+
 def run_helm(plane: ControlPlane, *args: str) -> str:
     result = subprocess.run(
         [helm(), *args],
         capture_output=True,
         text=True,
         timeout=300,
-        env={
-            **os.environ,
-            "KUBECONFIG": str(plane.admin_kubeconfig),
-            "HELM_CACHE_HOME": str(plane.workdir / "helm"),
-        },
+        env=helm_env(plane),
     )
     assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -88,13 +93,8 @@ def helm_while_probing(plane: ControlPlane, workdir: Path, *args: str) -> str:
     kwok runs no container, so a pod with a readinessProbe turns Ready only when the test says so,
     and a rolling update replaces one pod after the other as each new one becomes Ready."""
     view = Cluster(plane, NAMESPACE, workdir)
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(plane.admin_kubeconfig),
-        "HELM_CACHE_HOME": str(plane.workdir / "helm"),
-    }
     proc = subprocess.Popen(
-        [helm(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        [helm(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=helm_env(plane)
     )
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
@@ -125,8 +125,10 @@ def stored_schema(plane: ControlPlane, crd: str) -> Any:
 
 def test_install_upgrade_uninstall_keep_the_finetunejobs(plane: ControlPlane, tmp_path: Path) -> None:
     old_version, old_chart = previous_chart(tmp_path)
-    run_helm(
+    # Charts since 0.3.0 give the operator a readiness probe: --wait needs the prober played.
+    helm_while_probing(
         plane,
+        tmp_path / "install-view",
         "install",
         RELEASE,
         str(old_chart),
@@ -155,7 +157,7 @@ def test_install_upgrade_uninstall_keep_the_finetunejobs(plane: ControlPlane, tm
     assert len(pods) == 2 and all(p["spec"]["nodeName"].startswith("kwok-cpu-") for p in pods), pods
 
     plane.kubectl("create", "namespace", TEAM)
-    plane.kubectl("apply", "-n", TEAM, "-f", str(ROOT / "examples" / "finetunejob-support-intents.yaml"))
+    plane.kubectl("apply", "-n", TEAM, "-f", str(FINETUNEJOB))
     stored = get(plane, "ftj", "support-intents", "-n", TEAM)
 
     new_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]

@@ -1,7 +1,7 @@
 """Every shipped manifest meets the real API server, and the chart's RBAC gives exactly what is needed.
 
-- every manifest under examples/ and examples/argocd/ is admitted (Argo CD's own CRDs are installed,
-  so Applications meet their real schema too);
+- every manifest under examples/k8s/, examples/tour/ and examples/argocd/ is admitted (Argo CD's own
+  CRDs are installed, so Applications meet their real schema too);
 - the trainer's ServiceAccount can do nothing (`kubectl auth can-i --as`), the operator's can do
   what the operator does and nothing it doesn't (no Secrets, no pods/exec, no RBAC).
 """
@@ -15,7 +15,8 @@ import yaml
 from controlplane import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted(ROOT.glob("examples/*.yaml")) + sorted(ROOT.glob("examples/argocd/**/*.yaml"))
+EXAMPLES = sorted(ROOT.glob("examples/k8s/**/*.yaml")) + sorted(ROOT.glob("examples/tour/*.yaml"))
+EXAMPLES += sorted(ROOT.glob("examples/argocd/**/*.yaml"))
 OPERATOR_SA = "system:serviceaccount:kubetune-system:kubetune"
 
 

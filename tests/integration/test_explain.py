@@ -92,7 +92,7 @@ def columns(crd: dict[str, Any], wide: bool = False) -> list[str]:
 
 
 def create(cluster: Cluster, example: str, status: dict[str, Any]) -> str:
-    doc = yaml.safe_load((ROOT / "examples" / example).read_text())
+    doc = yaml.safe_load((ROOT / "examples" / "k8s" / example).read_text())
     created = cluster.create(doc)
     name = created["metadata"]["name"]
     cluster.patch_status(created["kind"], cluster.ns, name, status)
@@ -109,7 +109,13 @@ def test_kubectl_get_ftj_prints_the_printer_columns(cluster: Cluster) -> None:
     name = create(
         cluster,
         "finetunejob-support-intents.yaml",
-        {"phase": "Running", "progress": "40/120", "loss": 0.5123, "accuracy": 0.9125},
+        {
+            "phase": "Running",
+            "progress": "40/120",
+            "loss": 0.5123,
+            "accuracy": 0.9125,
+            "message": "step 40/120",
+        },
     )
     header, *rows = table(cluster, "ftj")
     assert header == columns(finetunejob_crd())
@@ -117,10 +123,11 @@ def test_kubectl_get_ftj_prints_the_printer_columns(cluster: Cluster) -> None:
 
     wide_header, *wide_rows = table(cluster, "ftj", "-o", "wide")
     assert wide_header == columns(finetunejob_crd(), wide=True)
-    model = yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())["spec"][
+    model = yaml.safe_load((ROOT / "examples/k8s/finetunejob-support-intents.yaml").read_text())["spec"][
         "baseModel"
     ]
     assert wide_rows[0][wide_header.index("MODEL")] == model["name"]
+    assert wide_rows[0][wide_header.index("MESSAGE")] == "step 40/120"
 
 
 def test_kubectl_get_adep_prints_the_printer_columns(cluster: Cluster) -> None:

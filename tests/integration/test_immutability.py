@@ -12,7 +12,7 @@ import yaml
 from controlplane import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = ROOT / "examples/finetunejob-support-intents.yaml"
+MANIFEST = ROOT / "examples/k8s/finetunejob-support-intents.yaml"
 
 
 def apply(cluster: Cluster, **spec: Any) -> Any:

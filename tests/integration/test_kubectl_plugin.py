@@ -65,7 +65,7 @@ def create_with_status(
 ) -> None:
     """Create the example under ``name``, then write its status as the operator would (the server
     ignores ``status`` on create: it is a subresource)."""
-    doc = yaml.safe_load((ROOT / "examples" / example).read_text())
+    doc = yaml.safe_load((ROOT / "examples" / "k8s" / example).read_text())
     doc["metadata"] = {"name": name, "namespace": namespace}
     created = cluster.create(doc, namespace)
     cluster.patch_status(created["kind"], namespace, name, status)
@@ -326,6 +326,7 @@ def test_rollback_and_promote_pin_spec_adapter_version(cluster: Cluster) -> None
     rolled = plugin(cluster, "rollback", "support-intents")
     assert rolled.returncode == 0, rolled.stderr
     assert "rolled back to v2 (was v3)" in rolled.stdout
+    assert "serving pvc://kubetune-output/support-intents/v2 digest unrecorded" in rolled.stdout
     assert spec_of(cluster, "adep", "support-intents")["adapter"]["version"] == "v2"
 
     promoted = plugin(cluster, "promote", "support-intents", "--version", "v3")

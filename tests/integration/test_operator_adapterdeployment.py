@@ -5,6 +5,9 @@ the kubelet (how pods end, whether their readiness probe passes)."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import yaml
 from adep_helpers import (
     ADEP,
@@ -20,10 +23,10 @@ from adep_helpers import (
     wait_template_version,
 )
 from controlplane import Cluster
-from ftj_helpers import ROOT, TIMEOUT, bind_claims
+from ftj_helpers import ROOT, TIMEOUT, apply, bind_claims
 from operator_process import SERVER_IMAGE, Operator
 
-EXAMPLE = ROOT / "examples/adapterdeployment-support-intents.yaml"
+EXAMPLE = ROOT / "examples/k8s/adapterdeployment-support-intents.yaml"
 DIGEST_A, DIGEST_B = "sha256:" + "aa" * 32, "sha256:" + "bb" * 32
 VERSION_A, VERSION_B = "support-intents-aaaaaaaa", "support-intents-bbbbbbbb"
 
@@ -36,6 +39,7 @@ def test_adapterdeployment_serves_the_finetunejob_adapter(cluster: Cluster, oper
     assert cluster.get("deployments.apps", cluster.ns, STABLE) is None
 
     succeeded_finetunejob(cluster, DIGEST_A)
+    uri_a = run_uri(cluster)
     dep = wait_deployment(cluster)
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -47,8 +51,7 @@ def test_adapterdeployment_serves_the_finetunejob_adapter(cluster: Cluster, oper
     config_map = cluster.get("configmaps", cluster.ns, "support-intents-serve-config")
     assert config_map is not None
     config = yaml.safe_load(config_map["data"]["serve-config.yaml"])
-    assert config["adapters"][0]["uri"] == "pvc://kubetune-output/support-intents"
-    assert config["adapters"][0]["version"] == VERSION_A
+    assert config["adapters"] == [{"name": ADEP, "version": VERSION_A, "uri": uri_a, "digest": DIGEST_A}]
     service = cluster.get("services", cluster.ns, ADEP)
     assert service is not None
     # The Service selects both tracks (stable + canary); the Deployment only its own.
@@ -70,6 +73,8 @@ def test_adapterdeployment_serves_the_finetunejob_adapter(cluster: Cluster, oper
     # A new successful run of the job rolls out a new version; the old one serves meanwhile
     # (maxUnavailable 0: the real controller keeps both old pods until a new one is ready).
     succeeded_finetunejob(cluster, DIGEST_B)
+    uri_b = run_uri(cluster)
+    assert uri_b != uri_a  # a re-run never writes over the adapter that serves
     wait_template_version(cluster, VERSION_B)
     rolling = wait_adep(cluster, operator, lambda s: s.get("phase") == "Progressing", "rolling out B")
     assert active_version(rolling) == VERSION_A and VERSION_B in rolling["message"]
@@ -81,7 +86,10 @@ def test_adapterdeployment_serves_the_finetunejob_adapter(cluster: Cluster, oper
         lambda s: active_version(s) == VERSION_B and s.get("phase") == "Available",
         "B active",
     )
-    assert [h["version"] for h in live["history"]] == [VERSION_A, VERSION_B]
+    assert [(h["version"], h["uri"], h["digest"]) for h in live["history"]] == [
+        (VERSION_A, uri_a, DIGEST_A),
+        (VERSION_B, uri_b, DIGEST_B),
+    ]
     # The real Deployment controller scaled the old ReplicaSet down and deleted its pods.
     cluster.wait_for(
         lambda: len(cluster.list("pods", cluster.ns, label_selector="kubetune.dev/track=stable")) == 2,
@@ -90,14 +98,7 @@ def test_adapterdeployment_serves_the_finetunejob_adapter(cluster: Cluster, oper
     )
 
     # Roll back by pinning the previous version.
-    cluster.kubectl(
-        "patch",
-        "adep",
-        ADEP,
-        "--type=merge",
-        "-p",
-        f'{{"spec": {{"adapter": {{"version": "{VERSION_A}"}}}}}}',
-    )
+    pin_version(cluster, VERSION_A)
     wait_template_version(cluster, VERSION_A)
     ready_pods(cluster)
     live = wait_adep(
@@ -106,7 +107,13 @@ def test_adapterdeployment_serves_the_finetunejob_adapter(cluster: Cluster, oper
         lambda s: active_version(s) == VERSION_A and s.get("phase") == "Available",
         "rollback active",
     )
-    assert live["activeAdapter"]["digest"] == DIGEST_A
+    assert live["activeAdapter"]["digest"] == DIGEST_A and live["activeAdapter"]["uri"] == uri_a
+    assert serve_config(cluster)["adapters"][0] == {
+        "name": ADEP,
+        "version": VERSION_A,
+        "uri": uri_a,
+        "digest": DIGEST_A,
+    }
 
     # A pod's readiness probe starts failing after the rollout: Degraded, with a Warning event.
     cluster.wait_for(
@@ -130,6 +137,74 @@ def test_adapterdeployment_serves_the_finetunejob_adapter(cluster: Cluster, oper
     table = cluster.kubectl("get", "adep").stdout
     assert VERSION_A in table and "Degraded" in table, table
     assert {"RolledOut", "Degraded"} <= reasons(cluster)
+
+
+def pin_version(cluster: Cluster, version: str) -> None:
+    """What a person (or `kubectl kubetune rollback|promote`) does: pin spec.adapter.version."""
+    patch = {"spec": {"adapter": {"version": version}}}
+    cluster.kubectl("patch", "adep", ADEP, "--type=merge", "-p", json.dumps(patch))
+
+
+def run_uri(cluster: Cluster) -> str:
+    """The adapter URI of the FineTuneJob's current run, which its folder names (a run is a uid)."""
+    job = cluster.get("ftj", cluster.ns, "support-intents")
+    assert job is not None
+    uri = str(job["status"]["result"]["adapterUri"])
+    assert uri == f"pvc://kubetune-output/support-intents/support-intents/{job['metadata']['uid']}/adapter"
+    return uri
+
+
+def serve_config(cluster: Cluster) -> dict[str, Any]:
+    config_map = cluster.get("configmaps", cluster.ns, "support-intents-serve-config")
+    assert config_map is not None
+    return dict(yaml.safe_load(config_map["data"]["serve-config.yaml"]))
+
+
+def test_a_worse_run_is_not_rolled_out_with_require_improvement(cluster: Cluster, operator: Operator) -> None:
+    bind_claims(cluster)
+    succeeded_finetunejob(cluster, DIGEST_A, accuracy=0.992)
+    apply(cluster, EXAMPLE, rollout={"strategy": "Rolling", "requireImprovement": True})
+    wait_deployment(cluster)
+    ready_pods(cluster)
+    wait_adep(cluster, operator, lambda s: active_version(s) == VERSION_A, "A serving")
+
+    # A re-run scores lower: recorded as Skipped with its own URI, an event says why, A keeps serving.
+    succeeded_finetunejob(cluster, DIGEST_B, accuracy=0.983)
+    uri_b = run_uri(cluster)
+    skipped = wait_adep(
+        cluster,
+        operator,
+        lambda s: any(h.get("outcome") == "Skipped" for h in s.get("history", [])),
+        "B recorded as skipped",
+    )
+    (entry,) = [h for h in skipped["history"] if h.get("outcome") == "Skipped"]
+    assert (entry["version"], entry["uri"], entry["digest"]) == (VERSION_B, uri_b, DIGEST_B)
+    assert entry["reason"] == f"accuracy 0.983 < serving 0.992 ({VERSION_A})"
+    assert active_version(skipped) == VERSION_A and skipped["phase"] == "Available"
+    assert template_version(deployment(cluster)) == VERSION_A
+    assert serve_config(cluster)["adapters"][0]["version"] == VERSION_A
+    events = cluster.wait_for(
+        lambda: [e for e in cluster.events(cluster.ns, ADEP) if e["reason"] == "RolloutSkipped"],
+        timeout=TIMEOUT,
+        message="a RolloutSkipped event",
+    )
+    assert [e["message"] for e in events] == [f"{VERSION_B} accuracy 0.983 < serving 0.992 ({VERSION_A})"]
+
+    # A person may still roll forward on purpose: pin the skipped version.
+    pin_version(cluster, VERSION_B)
+    wait_template_version(cluster, VERSION_B)
+    ready_pods(cluster)
+    live = wait_adep(cluster, operator, lambda s: active_version(s) == VERSION_B, "B pinned and serving")
+    assert serve_config(cluster)["adapters"][0] == {
+        "name": ADEP,
+        "version": VERSION_B,
+        "uri": uri_b,
+        "digest": DIGEST_B,
+    }
+    assert [(h["version"], h.get("outcome")) for h in live["history"]] == [
+        (VERSION_A, "RolledOut"),
+        (VERSION_B, "RolledOut"),
+    ]
 
 
 def serving_version_a(cluster: Cluster, operator: Operator) -> None:

@@ -40,7 +40,7 @@ def start_with_champion(cluster: Cluster, operator: Operator, prometheus: Promet
     )
     bind_claims(cluster)
     succeeded_finetunejob(cluster, "sha256:" + "aa" * 32)
-    doc = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/k8s/adapterdeployment-support-intents.yaml").read_text())
     doc["spec"]["replicas"] = 4
     doc["spec"]["rollout"] = {
         "strategy": "Canary",

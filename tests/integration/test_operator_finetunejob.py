@@ -95,11 +95,18 @@ def test_finetunejob_runs_to_succeeded_with_the_trainer_result(cluster: Cluster,
         "adapterUri": "pvc://kubetune-output/support-intents/adapter",
         "digest": "sha256:" + "c" * 64,
         "datasetDigest": "sha256:" + "d" * 64,
-        "metrics": {"before_accuracy": 0.125, "baseline_accuracy": 0.93, "after_accuracy": 0.9583},
+        "metrics": {
+            "before_accuracy": 0.125,
+            "baseline_accuracy": 0.93,
+            "after_accuracy": 23 / 24,
+            "train_loss": 0.0812345678,
+        },
     }
     finish_job(cluster, tjob["metadata"]["name"], 0, result)
     done = wait_phase(cluster, name, "Succeeded", operator)["status"]
-    assert done["accuracy"] == pytest.approx(0.9583)
+    # Printer columns: 4 significant digits, and the trainer's final loss, not the last streamed step's.
+    assert (done["accuracy"], done["loss"]) == (0.9583, 0.08123)
+    assert done["result"]["metrics"]["after_accuracy"] == 23 / 24
     assert (
         done["result"]["adapterUri"] == result["adapterUri"] and done["result"]["digest"] == result["digest"]
     )
@@ -117,7 +124,8 @@ def test_finetunejob_runs_to_succeeded_with_the_trainer_result(cluster: Cluster,
         message=f"events {expected_reasons}",
     )
     table = cluster.kubectl("get", "ftj", name).stdout
-    assert "Succeeded" in table and "0.9583" in table and "120/120" in table, table
+    row = table.splitlines()[1].split()
+    assert row[1:5] == ["Succeeded", "120/120", "0.08123", "0.9583"], table
 
 
 def test_training_failure_reports_job_and_trainer_reason(cluster: Cluster, operator: Operator) -> None:
@@ -317,7 +325,7 @@ def test_deleting_the_finetunejob_deletes_its_children(cluster: Cluster, operato
 
 def test_bad_manifest_is_rejected_by_kubectl_apply(cluster: Cluster) -> None:
     result = cluster.kubectl(
-        "apply", "-f", str(ROOT / "examples/bad/both-epochs-and-max-steps.yaml"), check=False
+        "apply", "-f", str(ROOT / "tests/data/bad/both-epochs-and-max-steps.yaml"), check=False
     )
     assert result.returncode != 0
     assert "set exactly one of training.epochs and training.maxSteps" in result.stderr

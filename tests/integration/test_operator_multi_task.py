@@ -1,4 +1,4 @@
-"""Two tasks behind one URL (examples/adapterdeployment-multi-task.yaml): a classifier adapter and a
+"""Two tasks behind one URL (examples/k8s/adapterdeployment-multi-task.yaml): a classifier adapter and a
 causal-LM adapter, each from its own FineTuneJob, served by one Deployment whose ConfigMap the
 server's own loader reads as two tasks — the real operator against the real control plane. The test
 plays only the kubelet (how the trainers' pods end, whether the serving pods' readiness passes)."""
@@ -14,7 +14,7 @@ from ftj_helpers import ROOT, TIMEOUT, TRIAGE, bind_claims
 from kubetune_trainer.serve.config import load_serve_config
 from operator_process import Operator
 
-EXAMPLE = ROOT / "examples/adapterdeployment-multi-task.yaml"
+EXAMPLE = ROOT / "examples/k8s/adapterdeployment-multi-task.yaml"
 ADEP, SERVER, CONFIG = "support-desk", "support-desk-server", "support-desk-serve-config"
 DIGEST_A, DIGEST_B, DIGEST_C = ("sha256:" + c * 64 for c in "abc")
 EXTRA_VERSIONS = "kubetune.dev/extra-adapter-versions"

@@ -8,6 +8,7 @@ them (adapter_config.json + adapter_model.safetensors + kubetune.json).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -59,6 +60,16 @@ def make_adapters(
         folders[name] = folder
         base_model = peft_model.unload()
     return folders
+
+
+def admin_config(**fields: Any) -> ServeConfig:
+    """A ServeConfig whose /admin API takes ADMIN_TOKEN; like a pod, it reads the token from the
+    environment only."""
+    os.environ["KUBETUNE_ADMIN_TOKEN"] = ADMIN_TOKEN
+    try:
+        return ServeConfig(**fields)
+    finally:
+        del os.environ["KUBETUNE_ADMIN_TOKEN"]
 
 
 def loaded_registry(config: ServeConfig) -> AdapterRegistry:

@@ -293,7 +293,9 @@ def test_champion_is_scored_on_the_same_rows(workspace: Path) -> None:
     second = kubetune_train(workspace, manifest, out="b")
     stdout, _ = second.communicate(timeout=300)
     assert second.returncode == 0, stdout[-2000:]
-    metrics = TrainResult.model_validate_json((workspace / "b.termination").read_text()).metrics
+    result = TrainResult.model_validate_json((workspace / "b.termination").read_text())
+    metrics = result.metrics
+    assert result.validation_rows == 9  # maxSamples: the rows both adapters were scored on
     for name in ("accuracy", "macro_f1"):
         assert metrics[f"champion_{name}"] == pytest.approx(champion[f"after_{name}"], abs=1e-6)
     report = json.loads((workspace / "b" / "tiny" / "metrics.json").read_text())

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus, ServedTask
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples/adapterdeployment-multi-task.yaml"
+EXAMPLE = ROOT / "examples/k8s/adapterdeployment-multi-task.yaml"
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 INTENTS_DIGEST, TRIAGE_DIGEST = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
 
@@ -49,7 +49,7 @@ def multi(**spec: Any) -> tuple[AdapterDeployment, dict[str, Any]]:
 
 
 def ftj(name: str, phase: str = "Succeeded", digest: str = INTENTS_DIGEST) -> dict[str, Any]:
-    doc = yaml.safe_load((ROOT / f"examples/finetunejob-{name}.yaml").read_text())
+    doc = yaml.safe_load((ROOT / f"examples/k8s/finetunejob-{name}.yaml").read_text())
     doc["status"] = {
         "phase": phase,
         "accuracy": 0.9,

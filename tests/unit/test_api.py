@@ -16,7 +16,7 @@ from kubetune.api.crdgen import all_crds, render
 from kubetune.api.finetunejob import FineTuneJob, FineTuneJobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-GOOD = yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())["spec"]
+GOOD = yaml.safe_load((ROOT / "examples/k8s/finetunejob-support-intents.yaml").read_text())["spec"]
 
 
 def with_(path: str, value: Any) -> dict[str, Any]:
@@ -115,6 +115,6 @@ def test_crd_schema_is_structural_and_documented() -> None:
 
 
 def test_whole_manifest_parses() -> None:
-    doc = yaml.safe_load((ROOT / "examples/finetunejob-support-triage.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/k8s/finetunejob-support-triage.yaml").read_text())
     job = FineTuneJob.model_validate(doc)
     assert job.spec.gate_metric == "intent_exact_match" and job.spec.task.causal_format == "messages"

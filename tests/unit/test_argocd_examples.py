@@ -101,8 +101,8 @@ def test_chart_app_turns_on_the_argocd_keys_with_valid_values(apps: dict[str, Ob
 
 def test_workload_is_the_repository_examples_plus_a_wave(workload: dict[str, Obj]) -> None:
     originals = {
-        "FineTuneJob": load(ROOT / "examples/finetunejob-support-intents.yaml"),
-        "AdapterDeployment": load(ROOT / "examples/adapterdeployment-support-intents.yaml"),
+        "FineTuneJob": load(ROOT / "examples/k8s/finetunejob-support-intents.yaml"),
+        "AdapterDeployment": load(ROOT / "examples/k8s/adapterdeployment-support-intents.yaml"),
     }
     for kind, obj in workload.items():
         stripped = copy.deepcopy(obj)

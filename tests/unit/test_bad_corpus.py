@@ -21,8 +21,7 @@ from kubetune.api.finetunejob import FineTuneJob
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = sorted((ROOT / "tests" / "data" / "bad").glob("*.yaml"))
-OLD_BAD = sorted((ROOT / "examples" / "bad").glob("*.yaml"))
-EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*.yaml") if "bad" not in p.relative_to(ROOT).parts)
+EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
 CRDS = {crd["spec"]["names"]["kind"]: crd for crd in all_crds().values()}
 MODELS: dict[str, type[BaseModel]] = {"FineTuneJob": FineTuneJob, "AdapterDeployment": AdapterDeployment}
 
@@ -46,7 +45,7 @@ def test_corpus_is_large_covers_both_kinds_and_names_every_expectation() -> None
     assert all(expected_messages(path) for path in CORPUS), "every bad manifest names its expected message"
 
 
-@pytest.mark.parametrize("path", CORPUS + OLD_BAD, ids=[p.stem for p in CORPUS + OLD_BAD])
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
 def test_schema_refuses_the_manifest_with_its_message(path: Path) -> None:
     doc = yaml.safe_load(path.read_text())
 
@@ -57,7 +56,7 @@ def test_schema_refuses_the_manifest_with_its_message(path: Path) -> None:
         assert message in verdict.text
 
 
-@pytest.mark.parametrize("path", CORPUS + OLD_BAD, ids=[p.stem for p in CORPUS + OLD_BAD])
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
 def test_pydantic_model_refuses_the_manifest_too(path: Path) -> None:
     doc = yaml.safe_load(path.read_text())
 

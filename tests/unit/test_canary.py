@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def canary_adep() -> AdapterDeployment:
-    doc = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/k8s/adapterdeployment-support-intents.yaml").read_text())
     doc["spec"]["rollout"] = {
         "strategy": "Canary",
         "steps": [{"weight": 25, "pauseSeconds": 60}, {"weight": 50, "pauseSeconds": 120}],

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from kubetune_operator.conditions import get_condition
 from kubetune_operator.progress import Progress, parse_progress
@@ -15,7 +16,7 @@ from kubetune.api.finetunejob import FineTuneJob, FineTuneJobStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = FineTuneJob.model_validate(
-    yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())
+    yaml.safe_load((ROOT / "examples/k8s/finetunejob-support-intents.yaml").read_text())
 ).spec
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
@@ -239,3 +240,192 @@ def test_progress_parser_ignores_noise() -> None:
         'plain text\n{"event":"step","step":"x"}\n{bad json\n[1,2]\n{"event":"step","step":5,"totalSteps":9}'
     )
     assert parse_progress(text) == Progress(step=5, total_steps=9)
+
+
+# -- a pod that cannot run is shown in its own words ----------------------------------------------
+PVC_MISSING = (
+    '0/6 nodes are available: persistentvolumeclaim "kubetune-data" not found. '
+    "preemption: 0/6 nodes are available: 6 Preemption is not helpful for scheduling."
+)
+STUCK = [
+    ("Unschedulable", PVC_MISSING, None),
+    ("Unschedulable", "0/6 nodes are available: pod has unbound immediate PersistentVolumeClaims.", None),
+    ("CreateContainerConfigError", 'secret "hf-token" not found', "waiting"),
+    ("ErrImagePull", 'failed to pull image "registry.example/trainer:9"', "waiting"),
+    ("ImagePullBackOff", 'Back-off pulling image "registry.example/trainer:9"', "waiting"),
+    ("InvalidImageName", 'Failed to apply default image tag "Bad:Image:": invalid reference', "waiting"),
+    ("CrashLoopBackOff", "back-off 40s restarting failed container=trainer", "waiting"),
+    ("RunContainerError", "exec: kubetune: executable file not found in $PATH", "waiting"),
+]
+
+
+def stuck_pod(name: str, reason: str, message: str, where: str | None, created: str = T0) -> dict[str, Any]:
+    """A pod as the scheduler (PodScheduled=False) or the kubelet (a waiting container) left it."""
+    status: dict[str, Any] = {"phase": "Pending", "conditions": []}
+    if where is None:
+        status["conditions"].append(
+            {"type": "PodScheduled", "status": "False", "reason": reason, "message": message}
+        )
+    else:
+        status["conditions"].append({"type": "PodScheduled", "status": "True"})
+        status["containerStatuses"] = [
+            {"name": "trainer", "state": {"waiting": {"reason": reason, "message": message}}}
+        ]
+    return {"metadata": {"name": name, "creationTimestamp": created}, "status": status}
+
+
+def pods_healthy(status: FineTuneJobStatus):
+    return get_condition(status.conditions, "PodsHealthy")
+
+
+@pytest.mark.parametrize(("reason", "message", "where"), STUCK)
+@pytest.mark.parametrize("stage", ["validate", "train"])
+def test_a_stuck_pod_shows_its_own_reason_once(
+    stage: str, reason: str, message: str, where: str | None
+) -> None:
+    stuck = stuck_pod(f"support-intents-{stage}-abc", reason, message, where)
+    if stage == "validate":
+        obs = Observed(1, SPEC, validate_job=job(active=1), validate_pods=[stuck])
+        before, _ = step(Observed(1, SPEC, validate_job=job(active=1)))
+    else:
+        obs = Observed(1, SPEC, validate_job=COMPLETE, train_job=job(active=1), train_pods=[stuck])
+        before, _ = step(Observed(1, SPEC, validate_job=COMPLETE, train_job=job(active=1)))
+    assert pods_healthy(before).status == "True"
+
+    status, events = step(obs, before)
+    assert status.phase == "Pending"
+    assert f"pod support-intents-{stage}-abc: " in status.message and message in status.message
+    assert "waiting for" not in status.message and "validating" not in status.message
+    cond = pods_healthy(status)
+    assert (cond.status, cond.reason, cond.message) == ("False", reason, status.message)
+    assert [(e.type, e.reason, e.message) for e in events] == [("Warning", reason, status.message)]
+    # The next passes see the same stuck pod: no status change, no second event.
+    again, events = step(obs, status)
+    assert again == status and events == []
+
+
+def test_stuck_events_follow_distinct_problems_and_healthy_again_clears_the_condition() -> None:
+    def observed(*pods: dict[str, Any]) -> Observed:
+        return Observed(1, SPEC, validate_job=COMPLETE, train_job=job(active=1), train_pods=list(pods))
+
+    pulling, _ = step(observed(stuck_pod("p", "ErrImagePull", "pull failed", "waiting")))
+    # The kubelet alternates ErrImagePull and ImagePullBackOff: one problem, no event per flip.
+    backoff, events = step(observed(stuck_pod("p", "ImagePullBackOff", "back-off", "waiting")), pulling)
+    assert pods_healthy(backoff).reason == "ImagePullBackOff" and events == []
+    config, events = step(
+        observed(stuck_pod("p", "CreateContainerConfigError", 'secret "x" not found', "w")), backoff
+    )
+    assert [e.reason for e in events] == ["CreateContainerConfigError"]
+    # A normal wait (the image is being pulled) is not stuck.
+    creating = stuck_pod("p", "ContainerCreating", "", "waiting")
+    healthy, events = step(observed(creating), config)
+    assert (
+        pods_healthy(healthy).status == "True"
+        and healthy.message == "waiting for training pods to be scheduled"
+    )
+    # A retry's newer pod speaks for the Job; a pod that ended is never stuck.
+    old = stuck_pod("old", "ImagePullBackOff", "old", "waiting", created=T0)
+    old["status"]["phase"] = "Failed"
+    new = stuck_pod("new", "Unschedulable", PVC_MISSING, None, created=T1)
+    status, _ = step(observed(old, new))
+    assert status.message == f"pod new: {PVC_MISSING}"
+
+
+def test_a_finished_job_keeps_the_last_word_on_its_stuck_pod() -> None:
+    stuck = stuck_pod("p", "Unschedulable", PVC_MISSING, None)
+    pending, _ = step(Observed(1, SPEC, validate_job=COMPLETE, train_job=job(active=1), train_pods=[stuck]))
+    failed, _ = step(
+        Observed(1, SPEC, validate_job=COMPLETE, train_job=job([("Failed", "DeadlineExceeded")])), pending
+    )
+    assert failed.phase == "Failed" and pods_healthy(failed).reason == "Unschedulable"
+
+
+# -- a failed attempt that will be retried says so -------------------------------------------------
+def failed_pod(name: str, message: str, finished: str) -> dict[str, Any]:
+    state = {"terminated": {"exitCode": 1, "reason": "Error", "message": message, "finishedAt": finished}}
+    return {
+        "metadata": {"name": name, "creationTimestamp": T0},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": state}]},
+    }
+
+
+def retrying_job(
+    failed: int, backoff_limit: int = 3, conditions: list[tuple[str, str]] = ()
+) -> dict[str, Any]:
+    tjob = job(conditions, active=1)
+    tjob["spec"]["backoffLimit"] = backoff_limit
+    tjob["status"]["failed"] = failed
+    return tjob
+
+
+def test_a_failed_attempt_that_will_be_retried_says_so() -> None:
+    crashed = failed_pod(
+        "t-1", "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA out of memory", T1
+    )
+    waiting = {"metadata": {"name": "t-2", "creationTimestamp": T1}, "status": {"phase": "Pending"}}
+    obs = Observed(1, SPEC, validate_job=COMPLETE, train_job=retrying_job(1), train_pods=[crashed, waiting])
+    status, events = step(obs)
+    assert (status.phase, status.failures) == ("Pending", 1)
+    assert status.message == "attempt 1/4 failed: RuntimeError: CUDA out of memory; retrying"
+    ready = get_condition(status.conditions, "Ready")
+    assert (ready.reason, ready.message) == ("Retrying", status.message)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "Retrying")]
+    assert step(obs, status) == (status, [])  # said once
+
+    running = {**waiting, "status": {"phase": "Running"}}
+    obs2 = Observed(1, SPEC, validate_job=COMPLETE, train_job=retrying_job(1), train_pods=[crashed, running])
+    status2, _ = step(obs2, status)
+    assert status2.phase == "Running"
+    assert status2.message == "training (attempt 2/4; attempt 1 failed: RuntimeError: CUDA out of memory)"
+
+    # A second failure: the newest failed pod's message, attempt 2/4.
+    oom = failed_pod("t-2", "", "2026-01-01T00:09:00Z")
+    oom["status"]["containerStatuses"][0]["state"]["terminated"].update(exitCode=137, reason="OOMKilled")
+    obs3 = Observed(1, SPEC, validate_job=COMPLETE, train_job=retrying_job(2), train_pods=[crashed, oom])
+    status3, events3 = step(obs3, status2)
+    assert status3.message == "attempt 2/4 failed: trainer exited with code 137 (OOMKilled); retrying"
+    assert [e.reason for e in events3] == ["Retrying"]
+
+
+def test_no_retry_once_the_job_controller_has_given_up() -> None:
+    crashed = failed_pod("t-1", "bad config", T1)
+    for tjob in (retrying_job(1, conditions=[("FailureTarget", "PodFailurePolicy")]), retrying_job(4, 3)):
+        status, _ = step(Observed(1, SPEC, validate_job=COMPLETE, train_job=tjob, train_pods=[crashed]))
+        assert status.phase == "Pending" and "retrying" not in (status.message or "")
+
+
+def test_a_failed_validation_attempt_that_will_be_retried_says_so() -> None:
+    vjob = retrying_job(1, backoff_limit=2)
+    crashed = failed_pod("v-1", "cannot open pvc://kubetune-data/train.jsonl: permission denied", T1)
+    status, _ = step(Observed(1, SPEC, validate_job=vjob, validate_pods=[crashed]))
+    assert status.phase == "ValidatingData"
+    assert status.message == (
+        "data validation attempt 1/3 failed: cannot open pvc://kubetune-data/train.jsonl: permission denied; "
+        "retrying"
+    )
+
+
+# -- printer columns: short numbers, the final loss ----------------------------------------------
+def test_accuracy_and_loss_are_rounded_and_the_final_loss_is_the_trainers() -> None:
+    streamed = parse_progress('{"event":"step","step":110,"totalSteps":120,"loss":0.5123456789}')
+    running, _ = step(
+        Observed(
+            1,
+            SPEC,
+            validate_job=COMPLETE,
+            train_job=job(active=1),
+            train_pods=[pod("Running")],
+            progress=streamed,
+        )
+    )
+    assert running.loss == 0.5123
+    result = {"metrics": {"after_accuracy": 11 / 12, "train_loss": 0.0123456789}}
+    done, _ = step(
+        Observed(
+            1, SPEC, validate_job=COMPLETE, train_job=COMPLETE,
+            train_pods=[pod("Succeeded", json.dumps(result))], progress=streamed,
+        ),
+        running,
+    )  # fmt: skip
+    assert (done.accuracy, done.loss) == (0.9167, 0.01235)
+    assert done.result.metrics["after_accuracy"] == 11 / 12  # the full value stays in the result

@@ -13,6 +13,7 @@ from kubetune.kubectl_plugin.args import build_parser, duration_seconds
 from kubetune.kubectl_plugin.errors import PluginError
 from kubetune.kubectl_plugin.explain import explain_failure
 from kubetune.kubectl_plugin.pods import failed_pod, newest_pod, termination_of
+from kubetune.kubectl_plugin.unreconciled import unreconciled
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -282,3 +283,82 @@ def test_global_flags_are_accepted_before_and_after_the_subcommand() -> None:
     for args in (before, after):
         assert (args.context, args.namespace, args.what) == ("prod", "ml", ["ftj"])
     assert duration_seconds("500ms") == 0.5 and duration_seconds("2m") == 120 and duration_seconds("3") == 3
+
+
+PVC_MESSAGE = (
+    'pod support-intents-validate-x: 0/6 nodes are available: persistentvolumeclaim "kubetune-data" not found'
+)
+STUCK = ftj(
+    "support-intents",
+    {
+        "phase": "Pending",
+        "observedGeneration": 1,
+        "message": PVC_MESSAGE,
+        "conditions": [
+            cond("PodsHealthy", "False", "Unschedulable", PVC_MESSAGE),
+            cond("Ready", "False", "Unschedulable"),
+        ],
+    },
+)
+
+
+def test_explain_failure_of_a_stuck_job_shows_the_pods_reason_and_events() -> None:
+    event = {
+        "type": "Warning",
+        "reason": "Unschedulable",
+        "message": PVC_MESSAGE,
+        "lastTimestamp": "2026-01-01T11:59:00Z",
+    }
+    text = explain_failure(STUCK, [event], None, NOW)
+    assert f"Why: it is stuck (Unschedulable): {PVC_MESSAGE}" in text
+    assert any(line.split()[:3] == ["PodsHealthy", "False", "Unschedulable"] for line in text.splitlines())
+    assert any(line.split()[:3] == ["60s", "Warning", "Unschedulable"] for line in text.splitlines())
+    assert "no failed pod left" not in text  # nothing failed: no termination message to look for
+
+
+def test_explain_failure_of_a_retried_attempt_shows_the_termination_message() -> None:
+    message = "attempt 1/4 failed: RuntimeError: CUDA out of memory; retrying"
+    retrying = ftj(
+        "support-intents",
+        {
+            "phase": "Pending",
+            "observedGeneration": 1,
+            "message": message,
+            "conditions": [cond("Ready", "False", "Retrying", message)],
+        },
+    )
+    pod = trainer_pod(
+        "support-intents-train-a", "2026-01-01T11:00:00Z",
+        {"exitCode": 1, "reason": "Error", "finishedAt": "2026-01-01T11:58:00Z",
+         "message": "RuntimeError: CUDA out of memory"},
+        "Failed",
+    )  # fmt: skip
+    text = explain_failure(retrying, [], termination_of(pod), NOW)
+    assert f"Why: an attempt failed and is retried: {message}" in text
+    assert (
+        "pod support-intents-train-a, exit code 1, Error" in text
+        and "RuntimeError: CUDA out of memory" in text
+    )
+
+
+def test_an_object_no_operator_reconciled_is_called_out_after_a_grace_period() -> None:
+    fresh = ftj("support-intents", {}, created="2026-01-01T11:59:55Z")
+    assert unreconciled(fresh, NOW) is None  # an operator gets a moment first
+    old = ftj("support-intents", {}, created="2026-01-01T11:58:00Z")
+    old["metadata"]["namespace"] = "team-a"
+    hint = unreconciled(old, NOW)
+    assert hint is not None and hint.startswith(
+        "FineTuneJob team-a/support-intents: no kubetune operator has reconciled it in 2m"
+    )
+    assert "does it watch namespace team-a?" in hint and "watchNamespaces" in hint and "-n team-a" in hint
+    assert unreconciled({**old, "status": {"observedGeneration": 1}}, NOW) is None
+    adep_hint = unreconciled(
+        {
+            **adep({}),
+            "metadata": {"name": "a", "namespace": "n", "creationTimestamp": "2026-01-01T11:00:00Z"},
+        },
+        NOW,
+    )
+    assert adep_hint is not None and adep_hint.startswith("AdapterDeployment n/a: no kubetune operator")
+    text = explain_failure(old, [], None, NOW, hint)
+    assert text.splitlines()[-1] == hint and "Conditions" not in text

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from kubetune_operator.prometheus import trigger_queries
 from kubetune_operator.retraining import (
@@ -13,21 +14,26 @@ from kubetune_operator.retraining import (
     Breach,
     Readings,
     build_retrain_job,
+    chance_margin,
+    compare,
     find_breach,
     judge,
+    judgement_message,
     retrain_blocker,
     retrain_name,
 )
+from kubetune_trainer.entrypoint import gate_failure
 
 from kubetune.api.adapterdeployment import ActiveAdapter, AdapterDeployment, MonitoringSpec, RetrainRecord
 from kubetune.api.finetunejob import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus, TrainResult
+from kubetune.api.trainconfig import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = "2026-11-22T12:00:00Z"
 
 
 def adep(**spec: Any) -> tuple[AdapterDeployment, dict[str, Any]]:
-    doc = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/k8s/adapterdeployment-support-intents.yaml").read_text())
     doc["metadata"].update(namespace="ml", uid="u-9", generation=2)
     doc["spec"].update(spec)
     return AdapterDeployment.model_validate(doc), doc
@@ -102,7 +108,7 @@ def test_retrain_name_is_deterministic_per_version_and_attempt() -> None:
 def test_retrain_job_adds_fresh_data_champion_and_owner() -> None:
     ad, owner = loop(approval="manual", freshDataWeight=3)
     template = FineTuneJob.model_validate(
-        yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())
+        yaml.safe_load((ROOT / "examples/k8s/finetunejob-support-intents.yaml").read_text())
     ).spec
     active = ActiveAdapter(version="v1", uri="pvc://kubetune-output/support-intents")
     job = build_retrain_job(
@@ -128,17 +134,113 @@ def test_retrain_job_adds_fresh_data_champion_and_owner() -> None:
     assert trigger["drift"] == 0.4 and trigger["champion"] == "v1"
 
 
-def test_champion_challenger() -> None:
-    def done(after: float, champion: float | None) -> FineTuneJobStatus:
-        metrics = {"after_accuracy": after} | (
-            {"champion_accuracy": champion} if champion is not None else {}
-        )
-        return FineTuneJobStatus(phase="Succeeded", result=TrainResult(metrics=metrics))
+def done(after: float, champion: float | None, rows: int | None = None) -> FineTuneJobStatus:
+    """A retraining FineTuneJob that succeeded with what its trainer reported."""
+    metrics = {"after_accuracy": after} | ({"champion_accuracy": champion} if champion is not None else {})
+    return FineTuneJobStatus(phase="Succeeded", result=TrainResult(metrics=metrics, validation_rows=rows))
 
-    assert judge(done(0.90, 0.80), "accuracy", 0.02)[0] == "Promoted"
-    assert judge(done(0.81, 0.80), "accuracy", 0.02)[0] == "Rejected"
-    assert judge(FineTuneJobStatus(phase="Failed"), "accuracy", 0.0)[0] == "Failed"
-    assert judge(FineTuneJobStatus(phase="Running"), "accuracy", 0.0)[0] == "Running"
+
+def test_champion_challenger() -> None:
+    assert judge(done(0.90, 0.80), "accuracy", 0.02).outcome == "Promoted"
+    assert judge(done(0.81, 0.80), "accuracy", 0.02).outcome == "Rejected"
+    assert judge(done(0.80, 0.80), "accuracy", 0.0).outcome == "Rejected"  # a tie is no win
+    assert judge(done(0.90, None), "accuracy", 0.0).outcome == "Promoted"  # nothing to beat
+    assert judge(FineTuneJobStatus(phase="Failed"), "accuracy", 0.0).outcome == "Failed"
+    assert judge(FineTuneJobStatus(phase="Running"), "accuracy", 0.0).outcome == "Running"
+    assert judge(FineTuneJobStatus(phase="Pending"), "accuracy", 0.0).outcome == "Pending"
+
+
+# Issue #26: 28 fresh held-out rows; the champion gets 23 right (0.82), below the template's
+# minAccuracy 0.85. The best retrain tied it, a second seed got one more row right.
+HOLDOUT, CHAMPION = 28, 23 / 28
+
+
+def test_a_tie_or_one_row_on_a_small_holdout_waits_for_labels() -> None:
+    tie = judge(done(23 / 28, CHAMPION, HOLDOUT), "accuracy", 0.0)
+    assert (tie.outcome, tie.rows, tie.challenger, tie.champion) == ("Inconclusive", 28, 23 / 28, 23 / 28)
+    assert tie.margin == pytest.approx(0.102, abs=1e-3)  # one standard error: ~3 rows of 28
+    assert judge(done(24 / 28, CHAMPION, HOLDOUT), "accuracy", 0.0).outcome == "Inconclusive"
+    assert judge(done(22 / 28, CHAMPION, HOLDOUT), "accuracy", 0.0).outcome == "Inconclusive"
+    # A clear winner (3 rows more) is promoted; a clear loser (4 rows fewer) is rejected.
+    assert judge(done(26 / 28, CHAMPION, HOLDOUT), "accuracy", 0.0).outcome == "Promoted"
+    assert judge(done(19 / 28, CHAMPION, HOLDOUT), "accuracy", 0.0).outcome == "Rejected"
+    # The issue's retrains scored on all 160 drifted tickets: 136..146 right vs the champion's 133.
+    assert judge(done(146 / 160, 133 / 160, 160), "accuracy", 0.0).outcome == "Promoted"
+    assert judge(done(136 / 160, 133 / 160, 160), "accuracy", 0.0).outcome == "Inconclusive"
+
+
+def test_min_improvement_is_asked_of_the_score_and_the_band_decides_the_rest() -> None:
+    assert compare(1000, 0.93, 0.90, 0.02) == "Promoted"  # margin ~0.013: clearly better by 0.03
+    assert compare(1000, 0.905, 0.90, 0.02) == "Rejected"  # 0.005 ± 0.013: clearly not better by 0.02
+    assert compare(100, 0.91, 0.90, 0.02) == "Inconclusive"  # 0.01 ± 0.041 may still be 0.02
+    assert compare(100, 0.95, 0.90, 0.08) == "Inconclusive"  # 0.05 ± 0.037 may still be 0.08
+    assert compare(100, 0.95, 0.90, 0.10) == "Rejected"  # ... but not 0.10
+    assert compare(None, 0.91, 0.90, 0.0) == "Promoted"  # rows unknown: the scores as they are
+    assert compare(500, 1.0, 1.0, 0.0) == "Rejected"  # no band at 100%: a tie is a tie
+    assert chance_margin(0, 0.5, 0.5) == 0.0
+
+
+def test_a_failed_job_keeps_its_scores() -> None:
+    status = FineTuneJobStatus(
+        phase="Failed",
+        result=TrainResult(
+            metrics={"after_accuracy": 0.82, "champion_accuracy": 0.82},
+            validation_rows=28,
+            reason="GateFailed: accuracy 0.8214 is below evaluation.minAccuracy 0.8500",
+        ),
+    )
+    failed = judge(status, "accuracy", 0.0)
+    assert (failed.outcome, failed.challenger, failed.champion, failed.rows) == ("Failed", 0.82, 0.82, 28)
+
+
+def test_the_verdict_names_its_rows_and_both_scores() -> None:
+    j = judge(done(23 / 28, CHAMPION, HOLDOUT), "accuracy", 0.0)
+    text = judgement_message("si-retrain-1", "accuracy", j, 0.0)
+    assert text == (
+        "si-retrain-1: accuracy challenger 0.821 vs champion 0.821 on 28 held-out rows (chance ±0.102): "
+        "within chance: the champion keeps serving; the next retrain has more labels"
+    )
+    rejected = judge(done(0.81, 0.80), "accuracy", 0.02)
+    assert judgement_message("x", "accuracy", rejected, 0.02) == (
+        "x: accuracy challenger 0.810 vs champion 0.800 on the held-out rows: "
+        "not better than the champion by minImprovement 0.02"
+    )
+
+
+def _retrain_spec(ad: AdapterDeployment, owner: dict[str, Any]) -> FineTuneJobSpec:
+    template = FineTuneJob.model_validate(
+        yaml.safe_load((ROOT / "examples/k8s/finetunejob-support-intents.yaml").read_text())
+    ).spec
+    assert template.evaluation.min_accuracy == 0.85
+    active = ActiveAdapter(version="v1", uri="pvc://kubetune-output/support-intents")
+    job = build_retrain_job(ad, owner, template, active, Breach("manual", "m"), Readings(), "r-1", NOW)
+    return FineTuneJobSpec.model_validate(job["spec"])
+
+
+def test_a_retrain_on_the_fresh_holdout_is_not_held_to_the_templates_absolute_minimum() -> None:
+    """Issue #26 before/after through the trainer's own gate: the template's minAccuracy 0.85 failed a
+    challenger that tied a 0.82 champion on 28 fresh rows (exit 4); the retrain now carries no
+    absolute minimum there, only the champion to be scored on the same rows."""
+    spec = _retrain_spec(*loop())
+    assert spec.evaluation.min_accuracy is None
+    assert spec.evaluation.champion_uri == "pvc://kubetune-output/support-intents"
+    assert spec.dataset.validation.uri.endswith("/holdout.jsonl")
+    config = TrainConfig.from_spec("r-1", spec, {})
+    template_config = config.model_copy(
+        update={"evaluation": spec.evaluation.model_copy(update={"min_accuracy": 0.85})}
+    )
+    tie = {"accuracy": 23 / 28}
+    assert gate_failure(template_config, tie) == (
+        "GateFailed: accuracy 0.8214 is below evaluation.minAccuracy 0.8500"
+    )
+    assert gate_failure(config, tie) is None
+
+
+def test_without_fresh_data_the_retrain_keeps_the_minimum_on_its_own_validation_rows() -> None:
+    ad, owner = adep(monitoring={"prometheusUrl": "http://prom:9090"}, retraining={"enabled": True})
+    spec = _retrain_spec(ad, owner)
+    assert spec.evaluation.min_accuracy == 0.85
+    assert spec.dataset.validation.uri == "pvc://kubetune-data/support-intents/validation.jsonl"
 
 
 def test_retrain_names_of_a_long_adapterdeployment_fit_the_finetunejob_name_rule() -> None:
@@ -157,7 +259,7 @@ def test_retrain_job_keeps_the_recipe_of_the_template() -> None:
     """training.recipe travels into the retraining FineTuneJob: with auto, the retrain again trains
     probe, LoRA and full on original + fresh data and keeps the best before the champion gate."""
     ad, owner = loop()
-    doc = yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/k8s/finetunejob-support-intents.yaml").read_text())
     doc["spec"]["training"]["recipe"] = "auto"
     template = FineTuneJob.model_validate(doc).spec
     active = ActiveAdapter(version="v1", uri="pvc://kubetune-output/support-intents")

@@ -55,6 +55,11 @@ def test_admin_token_in_file_is_rejected(tmp_path: Path) -> None:
             "listed twice",
         ),
         ({"adapters": [{"name": "base", "version": "v1", "uri": "/x"}]}, "baseModelId"),
+        ({"adapters": [{"name": "a", "version": "v1", "uri": "/x", "digest": "md5:0f"}]}, "digest"),
+        (
+            {"adapters": [{"name": "a", "version": "v1", "uri": "/x", "digest": "sha256:" + "A" * 64}]},
+            "digest",
+        ),
         ({"adapters": [{"name": "Bad_Name", "version": "v1", "uri": "/x"}]}, "name"),
         ({"maxBatchSize": 0}, "maxBatchSize|max_batch_size"),
         ({"task": "causal-lm", "labels": ["a", "b"]}, "labels applies only"),

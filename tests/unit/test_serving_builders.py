@@ -27,18 +27,23 @@ DIGEST = "sha256:" + "ab12cd34" * 8
 
 
 def adep(**spec: Any) -> tuple[AdapterDeployment, dict[str, Any]]:
-    doc = yaml.safe_load((ROOT / "examples/adapterdeployment-support-intents.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/k8s/adapterdeployment-support-intents.yaml").read_text())
     doc["metadata"].update(namespace="ml", uid="u-1", generation=1)
     doc["spec"].update(spec)
     return AdapterDeployment.model_validate(doc), doc
 
 
-def ftj(phase: str = "Succeeded", digest: str = DIGEST) -> dict[str, Any]:
-    doc = yaml.safe_load((ROOT / "examples/finetunejob-support-intents.yaml").read_text())
+def ftj(
+    phase: str = "Succeeded",
+    digest: str = DIGEST,
+    uri: str = "pvc://kubetune-output/support-intents",
+    accuracy: float = 0.96,
+) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "examples/k8s/finetunejob-support-intents.yaml").read_text())
     doc["status"] = {
         "phase": phase,
-        "accuracy": 0.96,
-        "result": {"adapterUri": "pvc://kubetune-output/support-intents", "digest": digest},
+        "accuracy": accuracy,
+        "result": {"adapterUri": uri, "digest": digest},
     }
     return doc
 
@@ -82,6 +87,7 @@ def test_server_manifests_pass_the_kubernetes_schema_and_shape() -> None:
             "name": "support-intents",
             "version": resolved.version,
             "uri": "pvc://kubetune-output/support-intents",
+            "digest": DIGEST,  # the server refuses other weights under this version
         }
     ]
     assert config["pvcMounts"] == {"kubetune-output": "/mnt/kubetune/pvc/kubetune-output"}
@@ -126,12 +132,14 @@ def test_rollout_then_available_then_rollback() -> None:
     assert s2.phase == "Available" and s2.active_adapter.version == v1.version
     assert s2.active_adapter.accuracy == 0.96 and [h.version for h in s2.history] == [v1.version]
     assert any(e.reason == "RolledOut" for e in e2)
-    v2 = resolve_adapter(ad, ftj(digest="sha256:" + "ff" * 32), s2.history)
+    run2 = "pvc://kubetune-output/support-intents/support-intents/uid-2/adapter"  # a re-run's own folder
+    v2 = resolve_adapter(ad, ftj(digest="sha256:" + "ff" * 32, uri=run2), s2.history)
     s3, _ = derive_adapter_status(ad, v2, deployment(v2.version, 2, 2), s2, T1)
     assert s3.active_adapter.version == v2.version and len(s3.history) == 2
     pinned, _ = adep(adapter={"fineTuneJobRef": {"name": "support-intents"}, "version": v1.version})
-    back = resolve_adapter(pinned, ftj(digest="sha256:" + "ff" * 32), s3.history)
+    back = resolve_adapter(pinned, ftj(digest="sha256:" + "ff" * 32, uri=run2), s3.history)
     assert isinstance(back, ResolvedAdapter) and back.version == v1.version and back.digest == DIGEST
+    assert back.uri == v1.uri != v2.uri
     unknown, _ = adep(adapter={"fineTuneJobRef": {"name": "support-intents"}, "version": "nope"})
     assert isinstance(resolve_adapter(unknown, ftj(), s3.history), Unresolved)
 
@@ -225,3 +233,47 @@ def test_queue_bound_truncation_and_merging_reach_the_server(tmp_path: Path) -> 
     assert (config.max_queued, config.truncate, config.merge_single_adapter) == (64, True, True)
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         adep(serving={"maxQueued": 0})
+
+
+def serve_config_adapters(ad: AdapterDeployment, owner: dict[str, Any], adapter: Any) -> list[dict[str, Any]]:
+    config = yaml.safe_load(build_serve_config_map(ad, owner, adapter)["data"]["serve-config.yaml"])
+    return list(config["adapters"])
+
+
+def test_two_runs_keep_two_uris_and_a_rollback_pins_uri_and_digest() -> None:
+    ad, owner = adep()
+    run1 = "pvc://kubetune-output/support-intents/support-intents/uid-1/adapter"
+    run2 = "pvc://kubetune-output/support-intents/support-intents/uid-2/adapter"
+    digest2 = "sha256:" + "ff" * 32
+    v1 = resolve_adapter(ad, ftj(uri=run1), [])
+    assert isinstance(v1, ResolvedAdapter)
+    s1, _ = derive_adapter_status(ad, v1, deployment(v1.version, 2, 2), AdapterDeploymentStatus(), T0)
+    v2 = resolve_adapter(ad, ftj(uri=run2, digest=digest2), s1.history)
+    assert isinstance(v2, ResolvedAdapter)
+    s2, _ = derive_adapter_status(ad, v2, deployment(v2.version, 2, 2), s1, T1)
+    assert [(h.version, h.uri, h.digest) for h in s2.history] == [
+        (v1.version, run1, DIGEST),
+        (v2.version, run2, digest2),
+    ]
+    pinned, _ = adep(adapter={"fineTuneJobRef": {"name": "support-intents"}, "version": v1.version})
+    back = resolve_adapter(pinned, ftj(uri=run2, digest=digest2), s2.history)
+    assert isinstance(back, ResolvedAdapter)
+    assert serve_config_adapters(pinned, owner, back) == [
+        {"name": "support-intents", "version": v1.version, "uri": run1, "digest": DIGEST}
+    ]
+
+
+def test_same_weights_from_a_new_run_move_the_served_uri() -> None:
+    """A re-run that reproduces the weights byte for byte is the same version; the pods then load it
+    from the new run's folder, and status says so (not the old folder, which may be cleaned up)."""
+    ad, _ = adep()
+    old, new = "pvc://kubetune-output/x/uid-1/adapter", "pvc://kubetune-output/x/uid-2/adapter"
+    a = resolve_adapter(ad, ftj(uri=old), [])
+    assert isinstance(a, ResolvedAdapter)
+    s1, _ = derive_adapter_status(ad, a, deployment(a.version, 2, 2), AdapterDeploymentStatus(), T0)
+    b = resolve_adapter(ad, ftj(uri=new), s1.history)
+    assert isinstance(b, ResolvedAdapter) and b.version == a.version
+    s2, events = derive_adapter_status(ad, b, deployment(b.version, 2, 2), s1, T1)
+    assert s2.active_adapter is not None and s2.active_adapter.uri == new
+    assert [(h.version, h.uri) for h in s2.history] == [(a.version, new)]
+    assert any(e.reason == "RolledOut" and old in e.message for e in events)

@@ -1,11 +1,15 @@
 """What a finished run leaves behind, and how it tells the operator.
 
-<output>/adapter/{adapter_model.safetensors, adapter_config.json, kubetune.json}   unmerged LoRA adapter
-<output>/metrics.json          before / baseline / after metrics and the loss of every step
-<output>/README.md             model card
-<output>/loss_curve.png        training loss per step
-<output>/reference_stats.json  drift reference for the server (predictions, confidence, embeddings, lengths)
-/dev/termination-log           TrainResult JSON (<= 4 KiB), read by the operator from the pod status
+<run>/adapter/{adapter_model.safetensors, adapter_config.json, kubetune.json}   unmerged LoRA adapter
+<run>/checkpoints/step-N    checkpoints a resumed pod of the same run continues from
+<run>/metrics.json          before / baseline / after metrics and the loss of every step
+<run>/README.md             model card
+<run>/loss_curve.png        training loss per step
+<run>/reference_stats.json  drift reference for the server (predictions, confidence, embeddings, lengths)
+/dev/termination-log        TrainResult JSON (<= 4 KiB), read by the operator from the pod status
+
+<run> is TrainConfig.run_uri: <output.uri>/<job>/<FineTuneJob uid> in a cluster (one folder per run,
+so an adapter once served is never overwritten), output.uri itself for a local run.
 """
 
 from __future__ import annotations
@@ -33,10 +37,16 @@ HISTOGRAM_BINS = 10
 
 def output_dir(config: TrainConfig) -> Path:
     """pvc:// outputs are written in place; s3:// outputs are staged under cache_dir, then uploaded."""
-    if config.output_uri.startswith("s3://"):
-        staged = config.output_uri[len("s3://") :].rstrip("/").replace("/", "_")
+    uri = config.run_uri
+    if uri.startswith("s3://"):
+        staged = uri[len("s3://") :].rstrip("/").replace("/", "_")
         return Path(os.path.expanduser(config.cache_dir)) / "outputs" / staged
-    return Path(config.locate(config.output_uri))
+    return Path(config.locate(uri))
+
+
+def adapter_uri(config: TrainConfig) -> str:
+    """The adapter's location as the operator and the server address it (reported in TrainResult)."""
+    return config.run_uri.rstrip("/") + "/adapter"
 
 
 def file_digest(path: Path) -> str:
@@ -120,7 +130,6 @@ def model_card(config: TrainConfig, report: dict[str, Any]) -> str:
         if report.get(stage)
     )
     gguf = f" (GGUF `{config.base_model.gguf_file}`)" if config.base_model.gguf_file else ""
-    minimum = config.evaluation.min_accuracy
     return f"""# {config.name} — LoRA adapter
 
 Base model: `{config.base_model.name}`{gguf}
@@ -136,9 +145,18 @@ Training: {report["steps"]} optimizer steps in {report["trainSeconds"]:.0f} s.
 *before* is the base model without the adapter (classification: an untrained head, so about chance);
 *baseline* is logistic regression on frozen mean-pooled embeddings; *after* is base + this adapter;
 *champion* (when evaluation.championUri is set) is that earlier adapter on the same validation rows.
-Gate: {config.gate_metric} ≥ {minimum if minimum is not None else "none"}.
+Gate: {_gate_line(config)}.
 Load with `peft.PeftModel.from_pretrained(base, "adapter")`; labels are in `adapter/kubetune.json`.
 """
+
+
+def _gate_line(config: TrainConfig) -> str:
+    minimum = config.evaluation.min_accuracy
+    if minimum is not None:
+        return f"{config.gate_metric} ≥ {minimum}"
+    if config.evaluation.champion_uri:
+        return f"{config.gate_metric} against the champion on the same rows (the operator's verdict)"
+    return "none"
 
 
 def write_report(

@@ -1,7 +1,8 @@
 """What `kubetune train` and `kubetune validate-data` run, locally and as the pod entrypoint.
 
 Exit codes (the operator reads them with the termination message):
-  0 succeeded · 1 unexpected error · 2 invalid data or config · 3 gate failed (below minAccuracy)
+  0 succeeded · 1 unexpected error · 3 invalid data or config · 4 gate failed (below minAccuracy)
+  5 base model not found or not loadable (deterministic: the Job fails without a retry)
   143 stopped by SIGTERM after writing a checkpoint (preemption: the next pod resumes)
 """
 
@@ -17,6 +18,7 @@ from kubetune_trainer.errors import (
     DataSourceError,
     DataValidationError,
     GateFailedError,
+    ModelLoadError,
     StoppedError,
     TrainerError,
 )
@@ -25,9 +27,10 @@ from kubetune_trainer.recipes import RecipeError
 
 # The contract with the Job's podFailurePolicy lives in kubetune.api.exitcodes.
 EXIT_OK, EXIT_ERROR = exitcodes.OK, 1
-EXIT_INVALID_DATA, EXIT_GATE, EXIT_PREEMPTED = (
+EXIT_INVALID_DATA, EXIT_GATE, EXIT_MODEL_LOAD, EXIT_PREEMPTED = (
     exitcodes.INVALID_DATA,
     exitcodes.GATE_FAILED,
+    exitcodes.MODEL_LOAD,
     exitcodes.PREEMPTED,
 )
 REASON_LIMIT = 3000  # the whole termination message must stay under 4 KiB
@@ -92,6 +95,9 @@ def run_train(config: TrainConfig, log_format: str) -> int:
         return EXIT_INVALID_DATA
     except GateFailedError:
         return EXIT_GATE
+    except ModelLoadError as err:
+        _report_failure(log, f"ModelLoad: {err}", main)
+        return EXIT_MODEL_LOAD
     except StoppedError as err:
         _report_failure(log, f"Preempted: {err}", main)
         return EXIT_PREEMPTED
@@ -254,8 +260,8 @@ def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int
         progress.losses,
         artifacts.reference_stats(after, data.labels, config.training.seed),
     )
-    if config.output_uri.startswith("s3://"):
-        artifacts.upload_to_s3(out, config.output_uri)
+    if config.run_uri.startswith("s3://"):
+        artifacts.upload_to_s3(out, config.run_uri)
 
     metrics = {
         f"{stage}_{k}": float(v)
@@ -272,10 +278,11 @@ def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int
         metrics["train_loss"] = progress.losses[-1]
     reason = gate_failure(config, after.metrics)
     result = TrainResult(
-        adapter_uri=config.output_uri.rstrip("/") + "/adapter",
+        adapter_uri=artifacts.adapter_uri(config),
         digest=digest,
         dataset_digest=data.digest,
         metrics=metrics,
+        validation_rows=len(ctx.val_seqs),
         reason=reason,
     )
     artifacts.write_termination_message(result)

@@ -36,7 +36,8 @@ DRAIN_SECONDS = 5
 
 @dataclass(frozen=True)
 class ResolvedAdapter:
-    """What the operator decided to serve: a concrete URI and version."""
+    """What the operator decided to serve: a concrete URI and version, and the digest the servers
+    check the weights at that URI against (None: an adapter.uri whose digest nobody recorded)."""
 
     version: str
     uri: str
@@ -44,6 +45,7 @@ class ResolvedAdapter:
     digest: str | None = None
     fine_tune_job: str | None = None
     accuracy: float | None = None
+    metric: str | None = None  # what `accuracy` measures (the job's gate metric), for messages
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,12 @@ def _claims(ad: AdapterDeployment, adapter: ResolvedAdapter, extras: Sequence[Re
     return sorted(claims | ({fresh} if fresh else set()))
 
 
+def adapter_spec(name: str, adapter: ResolvedAdapter) -> AdapterSpec:
+    """A resolved adapter as the server loads it: pinned by URI and digest, so a pod never serves
+    other weights under this version (a rollback reloads exactly what was recorded)."""
+    return AdapterSpec(name=name, version=adapter.version, uri=adapter.uri, digest=adapter.digest)
+
+
 def _extra_task(ad: AdapterDeployment, extra: ResolvedTask) -> TaskServing:
     """One of ServeConfig.tasks: batched like the primary task, its own limits, drift computed inline
     but no fresh-data sample (retraining follows the primary adapter only)."""
@@ -104,7 +112,7 @@ def _extra_task(ad: AdapterDeployment, extra: ResolvedTask) -> TaskServing:
     return TaskServing(
         base_model=spec.base_model,
         task=extra.adapter.task,
-        adapters=[AdapterSpec(name=spec.name, version=extra.adapter.version, uri=extra.adapter.uri)],
+        adapters=[adapter_spec(spec.name, extra.adapter)],
         max_batch_size=opts.max_batch_size,
         batch_wait_ms=opts.batch_wait_ms,
         max_input_tokens=spec.max_input_tokens or opts.max_input_tokens,
@@ -124,7 +132,7 @@ def serve_config(
     return ServeConfig(
         base_model=ad.spec.base_model,
         task=adapter.task,
-        adapters=[AdapterSpec(name=ad.metadata.name, version=adapter.version, uri=adapter.uri)],
+        adapters=[adapter_spec(ad.metadata.name, adapter)],
         max_batch_size=opts.max_batch_size,
         batch_wait_ms=opts.batch_wait_ms,
         max_input_tokens=opts.max_input_tokens,

@@ -50,7 +50,12 @@ def train_config(cr: FineTuneJob) -> TrainConfig:
     """The exact TrainConfig the pods read (mount paths filled in for this pod layout)."""
     storage = pod_storage(cr.spec, config_map_name(cr.metadata.name))
     return TrainConfig.from_spec(
-        cr.metadata.name, cr.spec, storage.pvc_mounts, storage.configmap_mounts, cache_dir=CACHE_DIR
+        cr.metadata.name,
+        cr.spec,
+        storage.pvc_mounts,
+        storage.configmap_mounts,
+        cache_dir=CACHE_DIR,
+        run_id=cr.metadata.uid,  # one location per run: a re-run never overwrites a served adapter
     )
 
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus
 from kubetune.api.loading import format_validation_error
+from kubetune_operator.adapter_history import gate_applies, record_skip, shortfall
 from kubetune_operator.adapter_status import (
     Unresolved,
     derive_adapter_status,
@@ -49,6 +50,7 @@ RETRAIN_OUTCOMES = {
     "Retraining": "Triggered",
     "Promoted": "Promoted",
     "NotBetter": "Rejected",
+    "AwaitingLabels": "Inconclusive",
     "RetrainFailed": "Failed",
 }
 if TYPE_CHECKING:
@@ -87,6 +89,16 @@ async def serve(
     champion = champion_of(draft, resolved.task)
     if champion is not None and resolved.version in draft.rolled_back:
         resolved = champion  # a version a canary rejected is never rolled out again
+    if (
+        champion is not None
+        and gate_applies(ad, resolved, champion, draft.promoted)
+        and (reason := shortfall(resolved, champion)) is not None
+    ):  # rollout.requireImprovement: a worse new run is recorded, the serving version stays
+        skipped = record_skip(draft.history, resolved, reason, now)
+        if skipped is not None:
+            draft.history = skipped
+            events.append(Event("Normal", "RolloutSkipped", f"{resolved.version} {reason}"))
+        resolved = champion
     passed = (
         champion is not None
         and champion.version != resolved.version

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from kubetune.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
 from kubetune.api.loading import format_validation_error
-from kubetune_operator.builders.meta import LABEL_COMPONENT, LABEL_FINETUNEJOB
 from kubetune_operator.builders.training import (
     build_config_map,
     build_rendezvous_service,
@@ -102,11 +101,10 @@ async def _observe(
     if tjob is None and prev.job_name and prev.phase not in TERMINAL_PHASES:
         tjob = await kube.get(_job_path(namespace, train_job_name(name)))
         deleted = tjob is None
-    vpods: list[dict[str, Any]] = []
-    if job_condition(vjob, "Failed") is not None:  # only a failed validation needs its pods' report
-        selector = f"{LABEL_FINETUNEJOB}={name},{LABEL_COMPONENT}=validate-data"
-        vpods = await kube.list(collection_path("v1", "Pod", namespace), selector)
-    tpods = _owned_by(children.train_pods, tjob)
+    # Both Jobs' pods are watched: a validation pod that cannot be scheduled or started is as
+    # visible as a training pod.
+    vpods = _owned_by(children.pods, vjob)
+    tpods = _owned_by(children.pods, tjob)
     return Observed(generation, cr.spec, None, vjob, vpods, tjob, tpods, progress, train_job_deleted=deleted)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus, RetrainRecord
+from kubetune.api.common import ConditionStatus
 from kubetune.api.finetunejob import FineTuneJob, FineTuneJobSpec
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.kube import Kube, collection_path
@@ -21,10 +22,20 @@ from kubetune_operator.retraining import (
     build_retrain_job,
     find_breach,
     judge,
+    judgement_message,
     retrain_blocker,
     retrain_name,
 )
-from kubetune_operator.status import Event
+from kubetune_operator.status import Event, EventType
+
+# Judged outcome -> (Promoted condition status, its reason, event type). Inconclusive is no failure:
+# the champion serves on and the next retrain, on more labels, decides.
+JUDGED: dict[str, tuple[ConditionStatus, str, EventType]] = {
+    "Promoted": ("True", "BeatChampion", "Normal"),
+    "Inconclusive": ("False", "AwaitingLabels", "Normal"),
+    "Rejected": ("False", "NotBetter", "Warning"),
+    "Failed": ("False", "RetrainFailed", "Warning"),
+}
 
 
 def ftj_path(namespace: str, name: str) -> str:
@@ -46,31 +57,27 @@ async def judge_retrains(
             )
             continue
         job = FineTuneJob.model_validate(body)
-        outcome, challenger, champion = judge(
-            job.status, job.spec.gate_metric, ad.spec.retraining.min_improvement
+        metric, min_improvement = job.spec.gate_metric, ad.spec.retraining.min_improvement
+        verdict = judge(job.status, metric, min_improvement)
+        record.outcome, record.metric, record.rows = verdict.outcome, metric, verdict.rows
+        record.challenger, record.champion = verdict.challenger, verdict.champion
+        if verdict.outcome in ("Pending", "Running"):
+            continue
+        text = (
+            f"{record.fine_tune_job} failed: {job.status.message}"
+            if verdict.outcome == "Failed"
+            else judgement_message(record.fine_tune_job, metric, verdict, min_improvement)
         )
-        record.outcome, record.challenger, record.champion = outcome, challenger, champion
+        promoted, reason, kind = JUDGED[verdict.outcome]
         gen = ad.metadata.generation
-        text = f"{record.fine_tune_job}: challenger {challenger} vs champion {champion}"
-        if outcome == "Promoted":
+        if verdict.outcome == "Promoted":
             status.promoted = record.fine_tune_job
-            status.conditions = set_condition(
-                status.conditions, "Promoted", "True", "BeatChampion", text, now, gen
-            )
-            status.conditions = set_condition(
-                status.conditions, "Retraining", "False", "Promoted", text, now, gen
-            )
-            events.append(Event("Normal", "Promoted", text))
-        elif outcome in ("Rejected", "Failed"):
-            reason = "NotBetter" if outcome == "Rejected" else "RetrainFailed"
-            detail = text if outcome == "Rejected" else f"{record.fine_tune_job} failed: {job.status.message}"
-            status.conditions = set_condition(
-                status.conditions, "Promoted", "False", reason, detail, now, gen
-            )
-            status.conditions = set_condition(
-                status.conditions, "Retraining", "False", reason, detail, now, gen
-            )
-            events.append(Event("Warning", reason, detail))
+        status.conditions = set_condition(status.conditions, "Promoted", promoted, reason, text, now, gen)
+        retraining_reason = "Promoted" if verdict.outcome == "Promoted" else reason
+        status.conditions = set_condition(
+            status.conditions, "Retraining", "False", retraining_reason, text, now, gen
+        )
+        events.append(Event(kind, retraining_reason, text))
 
 
 async def _read_triggers(ad: AdapterDeployment, version: str) -> Readings:

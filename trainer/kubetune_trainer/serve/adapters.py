@@ -30,7 +30,7 @@ from kubetune_trainer import models
 from kubetune_trainer.artifacts import file_digest
 from kubetune_trainer.fetch import s3_endpoint
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
-from kubetune_trainer.serve.errors import AdapterLoadError, ModelNotFoundError
+from kubetune_trainer.serve.errors import AdapterDigestError, AdapterLoadError, ModelNotFoundError
 from kubetune_trainer.serve.merging import Folded
 from kubetune_trainer.serve.precision import serving_dtype
 from kubetune_trainer.serve.quantize import heads, quantize_int4
@@ -141,6 +141,7 @@ class AdapterRegistry:
         from peft import PeftModel
 
         folder = self.adapter_dir(spec.uri)
+        digest = verified_digest(spec, folder)
         meta = read_adapter_meta(folder)
         labels = tuple(meta.get("labels") or self.labels)
         self._check_compatible(spec, folder, meta, labels)
@@ -161,7 +162,7 @@ class AdapterRegistry:
             name=spec.name,
             version=spec.version,
             uri=spec.uri,
-            digest=file_digest(folder / WEIGHTS),
+            digest=digest,
             key=key,
             labels=labels,
             parameters=self.parameter_count() - before,
@@ -339,6 +340,27 @@ class AdapterRegistry:
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
+
+
+def verified_digest(spec: AdapterSpec, folder: Path) -> str:
+    """The digest of the adapter's weights; AdapterDigestError when the spec names another one (the
+    folder was overwritten or tampered with since that version was recorded)."""
+    actual = file_digest(folder / WEIGHTS)
+    if spec.digest is not None and actual != spec.digest:
+        log.error(
+            "refusing adapter %s@%s from %s: expected digest %s, found %s",
+            spec.name,
+            spec.version,
+            spec.uri,
+            spec.digest,
+            actual,
+        )
+        raise AdapterDigestError(
+            f"{spec.name}@{spec.version}: {spec.uri} holds other weights than this version: expected "
+            f"digest {spec.digest}, found {actual} (the folder was overwritten or modified; refusing to "
+            "serve it)"
+        )
+    return actual
 
 
 def read_adapter_meta(folder: Path) -> dict[str, Any]:

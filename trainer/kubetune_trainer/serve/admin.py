@@ -79,7 +79,7 @@ async def load_adapter(body: AdapterLoadRequest, request: Request) -> dict[str, 
     """Load name@version (warmed up before `name` routes to it); by default unload older versions."""
     authorized(request)
     try:
-        spec = AdapterSpec(name=body.name, version=body.version, uri=body.uri)
+        spec = AdapterSpec(name=body.name, version=body.version, uri=body.uri, digest=body.digest)
     except ValidationError as err:
         raise InvalidRequestError(format_validation_error(err)) from None
     s = await state_for_folder(request, spec.uri)

@@ -17,6 +17,14 @@ from kubetune.api.loading import ConfigError, format_validation_error
 ADMIN_TOKEN_ENV = "KUBETUNE_ADMIN_TOKEN"
 ServeTask = Literal["causal-lm", "sequence-classification"]
 Version = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+Digest = Annotated[
+    str,
+    Field(
+        description="sha256 of adapter_model.safetensors (the trainer's TrainResult.digest): the adapter is "
+        "refused unless the file at `uri` has exactly this digest.",
+        pattern=r"^sha256:[0-9a-f]{64}$",
+    ),
+]
 
 
 class AdapterSpec(ApiModel):
@@ -35,6 +43,7 @@ class AdapterSpec(ApiModel):
             max_length=2048,
         ),
     ]
+    digest: Digest | None = None
 
 
 def _admin_token_from_env() -> SecretStr | None:

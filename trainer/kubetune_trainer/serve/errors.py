@@ -74,6 +74,13 @@ class AdapterLoadError(ServeError):
     code = "adapter_load_failed"
 
 
+class AdapterDigestError(AdapterLoadError):
+    """The weights at an adapter's URI are not the ones its version was recorded with (overwritten or
+    tampered with): serving them under that version would be a lie."""
+
+    code = "adapter_digest_mismatch"
+
+
 class NotReadyError(ServeError):
     status = 503
     type = "server_error"

@@ -95,6 +95,9 @@ class AdapterLoadRequest(_Body):
     name: str
     version: str
     uri: str
+    digest: Annotated[
+        str | None, Field(description="sha256:<hex> the weights must have; refused (422) otherwise.")
+    ] = None
     unload_previous: Annotated[
         bool, Field(alias="unloadPrevious", description="After the swap, unload other versions of `name`.")
     ] = True
