@@ -32,6 +32,7 @@ debootstrap_rootfs() {
   [ -f "${ROOTFS_TAR}" ] && return
   local root
   root=$(mktemp -d /var/tmp/kubetune-rootfs.XXXXXX)
+  trap "rm -rf '${root}'" EXIT  # a failed debootstrap leaves nothing behind
   log "debootstrap bookworm (python3, python3-venv, ca-certificates) from ${DEBIAN_MIRROR}"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "${root}" "${DEBIAN_MIRROR}" >/dev/null
@@ -42,6 +43,7 @@ debootstrap_rootfs() {
     -cf "${ROOTFS_TAR}.part" .
   mv "${ROOTFS_TAR}.part" "${ROOTFS_TAR}"
   rm -rf "${root}"
+  trap - EXIT
 }
 
 offline_base() {

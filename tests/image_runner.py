@@ -20,6 +20,7 @@ import os
 import shlex
 import signal
 import subprocess
+import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,9 +30,11 @@ from typing import IO, Any
 import pytest
 
 BUILDAH = ["buildah", "--storage-driver", "vfs"]
-VERSION = "0.1.0"
-OPERATOR_IMAGE = os.environ.get("KUBETUNE_OPERATOR_IMAGE", f"localhost/kubetune-operator:{VERSION}")
-TRAINER_IMAGE = os.environ.get("KUBETUNE_TRAINER_IMAGE_UNDER_TEST", f"localhost/kubetune-trainer:{VERSION}")
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+VERSION = tomllib.loads(PYPROJECT.read_text())["project"]["version"]
+# scripts/images.sh's default tags (its OPERATOR_IMAGE / TRAINER_IMAGE); other tags via these variables.
+OPERATOR_IMAGE = os.environ.get("KUBETUNE_TEST_OPERATOR_IMAGE", f"localhost/kubetune-operator:{VERSION}")
+TRAINER_IMAGE = os.environ.get("KUBETUNE_TEST_TRAINER_IMAGE", f"localhost/kubetune-trainer:{VERSION}")
 POD_UID = POD_GID = 65532  # what the chart's and the builders' securityContext ask for
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 

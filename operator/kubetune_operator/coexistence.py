@@ -28,8 +28,8 @@ from kubetune_operator.settings import TAKEOVER_PRIORITY, OperatorSettings
 PART_OF = "app.kubernetes.io/part-of=kubetune"
 OPERATOR_DEPLOYMENTS = f"{PART_OF},app.kubernetes.io/component=operator"
 IMAGE_VARIABLES = {"KUBETUNE_TRAINER_IMAGE": "trainer_image", "KUBETUNE_SERVER_IMAGE": "server_image"}
-BUSY_RETRIES = 5
 IMAGE_FLAGS = {"trainer_image": "--trainer-image", "server_image": "--server-image"}
+BUSY_RETRIES = 5  # 429/5xx answers to a list, each after its Retry-After (about 1 s)
 
 log = logging.getLogger("kubetune.coexistence")
 
@@ -210,7 +210,7 @@ async def _list(kube: Kube, path: str, selector: str, loud: bool) -> list[dict[s
         except KubeError as err:
             if err.status != 403:
                 raise
-            log.log(logging.WARNING if loud else logging.INFO, "cannot list %s: not checked (%s)", path, err)
+            log.log(logging.WARNING if loud else logging.DEBUG, "cannot list %s: not checked (%s)", path, err)
             return None
     return None
 

@@ -252,7 +252,7 @@ def derive_status(obs: Observed, prev: FineTuneJobStatus, now: str) -> tuple[Fin
             now,
             gen,
         )
-    if obs.spec is not None and verdict.phase not in TERMINAL_PHASES:
+    if obs.spec is not None and verdict.phase not in TERMINAL_PHASES and _pods_observed(obs, verdict, conds):
         # A finished job keeps the last word on its pods: a deadline that ran out on a stuck pod
         # still shows why it was stuck.
         conds = _set_pods_healthy(conds, verdict.problem, now, gen)
@@ -353,6 +353,18 @@ def _set_pods_healthy(
     return set_condition(conds, "PodsHealthy", "False", problem.reason, problem.text, now, gen)
 
 
+def _pods_observed(obs: Observed, verdict: _Verdict, conds: list[Condition]) -> bool:
+    """Whether this pass has evidence about the pods: no pod in view (a watch cache being re-listed,
+    a pod replaced) says nothing, and must not clear a stuck pod's condition only to report it again."""
+    pods = obs.train_pods if obs.train_job is not None else obs.validate_pods
+    return (
+        bool(pods)
+        or verdict.problem is not None
+        or verdict.phase == "Suspended"  # no pods by design
+        or get_condition(conds, "PodsHealthy") is None
+    )
+
+
 def _new_problem(prev: FineTuneJobStatus, problem: PodProblem | None) -> bool:
     """A stuck pod whose problem was not reported yet (one event per distinct problem, not per pass)."""
     if problem is None:
@@ -367,9 +379,11 @@ def _new_problem(prev: FineTuneJobStatus, problem: PodProblem | None) -> bool:
 
 def _events(prev: FineTuneJobStatus, new: FineTuneJobStatus, verdict: _Verdict) -> list[Event]:
     events: list[Event] = []
-    if _new_problem(prev, verdict.problem):
-        # The pod's own reason, as a Warning: this is what `kubectl describe` and explain-failure show.
-        events.append(Event("Warning", verdict.reason, verdict.message))
+    if verdict.problem is not None:
+        # The pod's own reason, as a Warning, once per problem (a phase change to it says no more):
+        # this is what `kubectl describe` and explain-failure show.
+        if _new_problem(prev, verdict.problem):
+            events.append(Event("Warning", verdict.reason, verdict.message))
     elif verdict.reason == "Retrying" and verdict.message != prev.message:
         events.append(Event("Warning", "Retrying", verdict.message))
     elif new.phase != prev.phase:

@@ -12,6 +12,7 @@ import yaml
 from controlplane import Cluster
 from integration.ftj_helpers import job_condition
 from kubelet import Kubelet
+from kubetune_operator.retraining import compare
 from operator_process import Operator
 from promserver import Prometheus
 
@@ -164,6 +165,23 @@ def retrain_judged(w: Any, cluster: Cluster) -> dict[str, Any]:
             TRAINING_TIMEOUT,
         )
     )
+
+
+def follow_verdict(
+    w: Any, cluster: Cluster, kubelet: Kubelet, champion: str, result: dict[str, Any], min_improvement: float
+) -> tuple[str, str] | None:
+    """The loop's answer to a judged retrain, checked against its own numbers (issue 26): the verdict is
+    the one ``compare`` gives for the recorded rows and scores; Promoted rolls to the new version
+    (-> (version, endpoint)); Inconclusive (both adapters within chance on those rows) keeps the
+    champion serving (-> None). A retrain that failed or lost is an error here."""
+    assert result["outcome"] in ("Promoted", "Inconclusive"), result
+    rows_, challenger, champ = result.get("rows"), result.get("challenger"), result.get("champion")
+    assert rows_ and challenger is not None and champ is not None, result
+    assert result["outcome"] == compare(rows_, challenger, champ, min_improvement), result
+    if result["outcome"] == "Promoted":
+        return rolled_to_new(w, cluster, kubelet, champion)
+    assert (adep(cluster).get("activeAdapter") or {}).get("version") == champion, adep(cluster)
+    return None
 
 
 def rolled_to_new(w: Any, cluster: Cluster, kubelet: Kubelet, champion: str) -> tuple[str, str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tools import tools_bin
+from tools import helm, tools_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "local_cluster.py"
@@ -46,15 +46,35 @@ def tour_block(readme: str) -> str:
 
 def readme_events(readme: str) -> list[str]:
     """The event reasons the README says `kubectl describe ftj` shows."""
-    sentence = readme.split("the events the operator emitted:", 1)[1].split(". ", 1)[0]
+    sentence = readme.split("the events the operator emitted on each transition:", 1)[1].split(". ", 1)[0]
     return re.findall(r"`(\w+)`", sentence)
 
 
-def test_tour_block_and_events_are_found() -> None:
+def test_tour_block_events_and_make_targets_are_found() -> None:
     readme = (ROOT / "README.md").read_text()
     block = tour_block(readme)
     assert "kubectl -n kubetune apply -f examples/tour/finetunejob-support-intents.yaml" in block
     assert len(readme_events(readme)) >= 3
+    # `make cluster` / `make cluster-stop` are this test's entry point (the test calls the script itself,
+    # so that a changed pyproject.toml does not make it reinstall the venv first).
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\t$(PY) scripts/local_cluster.py --dir $(CLUSTER_DIR)\n" in makefile
+    assert "\t$(PY) scripts/local_cluster.py --dir $(CLUSTER_DIR) --stop\n" in makefile
+
+
+def test_chart_notes_give_the_tour_in_the_same_namespace() -> None:
+    """`helm install`'s NOTES repeat the README's tour steps, in the release namespace the README uses
+    (with the full FineTuneJob where the README's block has the short tour one)."""
+    rendered = subprocess.run(
+        [helm(), "install", "kubetune", str(ROOT / "charts" / "kubetune"), "-n", "kubetune",
+         "--dry-run=client"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    steps = rendered.split("NOTES:", 1)[1].split("2. Fine-tune", 1)[1].split("3. ", 1)[0]
+    commands = [line.strip() for line in steps.splitlines() if line.strip().startswith("kubectl")]
+    tour = tour_block((ROOT / "README.md").read_text()).replace("examples/tour/", "examples/k8s/")
+    assert len(commands) >= 6
+    assert all(c in tour for c in commands if c != "kubectl -n kubetune get ftj -w"), commands
 
 
 class LocalCluster:

@@ -32,9 +32,9 @@ from loop_helpers import (
     accuracy,
     adep,
     classify_full,
+    follow_verdict,
     prom_value,
     retrain_judged,
-    rolled_to_new,
     rows,
     serve,
     train_example_job,
@@ -174,19 +174,23 @@ def test_reviewed_boundary_tickets_retrain_and_get_better(
         == f"pvc://kubetune-data/fresh/{ADAPTER}/holdout.jsonl"
     )
     result = retrain_judged(w, cluster)
-    assert result["outcome"] == "Promoted", (result, cluster.get("ftj", cluster.ns, record["fineTuneJob"]))
-
-    # 7. The promoted adapter, once the Service serves it only, on the same tickets.
-    _, url = rolled_to_new(w, cluster, kubelet, champion)
-    after_reviewed, after_test = accuracy(url, reviewed), accuracy(url, test)
-    print(
-        f"labelled {len(picked)} ({len(held)} held out),"
-        f" gate champion {result.get('champion')} challenger {result.get('challenger')};"
-        f" reviewed tickets {before_reviewed:.3f} -> {after_reviewed:.3f},"
-        f" unseen boundary test {before_test:.3f} -> {after_test:.3f}"
+    # Judged on the reviewed tickets' held-out share, which the champion was unsure of: a clear win
+    # rolls out; a result within chance keeps the champion (issue 26) and step 7 does not apply.
+    followed = follow_verdict(
+        w, cluster, kubelet, champion, result, min_improvement=spec["retraining"]["minImprovement"]
     )
-    assert after_reviewed > before_reviewed
-    assert after_test > before_test
+    if followed is not None:
+        # 7. The promoted adapter, once the Service serves it only, on the same tickets.
+        _, url = followed
+        after_reviewed, after_test = accuracy(url, reviewed), accuracy(url, test)
+        print(
+            f"labelled {len(picked)} ({len(held)} held out),"
+            f" gate champion {result.get('champion')} challenger {result.get('challenger')};"
+            f" reviewed tickets {before_reviewed:.3f} -> {after_reviewed:.3f},"
+            f" unseen boundary test {before_test:.3f} -> {after_test:.3f}"
+        )
+        assert after_reviewed > before_reviewed
+        assert after_test > before_test
 
     # 8. What is waiting now (the test tickets the champion answered; nobody labelled them):
     # `kubectl kubetune review` shows the same queue, in the same order, over the real port-forward.

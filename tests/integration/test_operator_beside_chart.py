@@ -4,7 +4,8 @@ The chart's operator (rendered by real `helm template` with `watchNamespaces: [<
 and Deployment applied, one replica run as a process with the Deployment's environment) is active.
 `--standalone` refuses to start and names the way out; `--peering <chart's> --priority <takeover>`
 joins the chart's peering, the chart's replica pauses, and the images given by flag that differ from
-the Deployment's are warned about; once the chart's operator is gone, `--standalone` starts.
+the Deployment's are warned about; once the chart's operator is gone, `--standalone` starts and
+reconciles.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 from controlplane import Cluster
+from fleet_helpers import burst_manifest
 from kubetune_operator.settings import TAKEOVER_PRIORITY
 from operator_process import ROOT, Operator
 from test_chaos_operator import PEERING_CRDS, peering_state
@@ -156,8 +158,11 @@ def test_standalone_refuses_beside_the_charts_operator_and_a_takeover_pauses_it(
     )
     alone.start()
     try:
-        wait(lambda: "no other kubetune operator is active" in alone.logs(), "standalone start", alone)
-        assert alone.proc is not None and alone.proc.poll() is None, alone.logs()
+        cluster.kubectl("apply", "-f", "-", input=burst_manifest(["alone"]))
+        wait(
+            lambda: "created the data-validation Job" in alone.logs(), "the standalone one reconciling", alone
+        )
+        assert f"no other kubetune operator is active for {cluster.ns}" in alone.logs()
         assert "IMAGES DIFFER" not in alone.logs()
     finally:
         alone.stop()

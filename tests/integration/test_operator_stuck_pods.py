@@ -81,8 +81,15 @@ def test_a_missing_pvc_shows_the_schedulers_reason_a_warning_and_explain_failure
     bind_claims(cluster)
     wait_phase(cluster, name, "ValidatingData", operator)
     assert pods_healthy(cluster, name)["status"] == "True"
-    # Every reconcile while stuck and since: one Warning for the one problem.
-    assert len(warnings(cluster, name, "Unschedulable")) == 1
+    # One Warning for the one problem, not one per reconcile: several passes see the stuck pod (the
+    # scheduler's verdict, the Job's status, the message changing as the claims appear: 3-4 here). Under heavy
+    # load a second copy has been seen once in a few runs (suspected: the event POST retried after a
+    # client-side timeout), hence "at most 2", which a per-pass event would still exceed.
+    seen = warnings(cluster, name, "Unschedulable")
+    assert 1 <= len(seen) <= 2, (
+        [(e["message"], e.get("firstTimestamp")) for e in seen],
+        operator.logs()[-4000:],
+    )
 
 
 def test_a_container_that_cannot_start_shows_the_kubelets_reason(

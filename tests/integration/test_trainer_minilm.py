@@ -317,7 +317,8 @@ def test_champion_that_cannot_be_found_fails_before_training(workspace: Path) ->
     )
     proc = kubetune_train(workspace, manifest)
     stdout, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1 and not any(e["event"] == "step" for e in events(stdout))
+    # deterministic: exit 5 (ModelLoad), which the Job's podFailurePolicy does not retry
+    assert proc.returncode == exitcodes.MODEL_LOAD and not any(e["event"] == "step" for e in events(stdout))
     reason = TrainResult.model_validate_json((workspace / "out.termination").read_text()).reason
     assert reason and "no adapter_config.json" in reason
 

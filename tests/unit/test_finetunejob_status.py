@@ -429,3 +429,19 @@ def test_accuracy_and_loss_are_rounded_and_the_final_loss_is_the_trainers() -> N
     )  # fmt: skip
     assert (done.accuracy, done.loss) == (0.9167, 0.01235)
     assert done.result.metrics["after_accuracy"] == 11 / 12  # the full value stays in the result
+
+
+def test_a_pass_that_sees_no_pod_keeps_the_stuck_condition_and_reports_nothing_twice() -> None:
+    # A watch cache being re-listed (or a pod being replaced) shows no pod for a moment: that is no
+    # evidence that the stuck pod got well, so the condition stays and the problem is not re-reported.
+    stuck = stuck_pod("p", "Unschedulable", PVC_MISSING, None)
+    first, events = step(Observed(1, SPEC, validate_job=job(active=1), validate_pods=[stuck]))
+    assert len(events) == 1
+    gap, _ = step(Observed(1, SPEC, validate_job=job(active=1)), first)
+    assert pods_healthy(gap).status == "False" and pods_healthy(gap) == pods_healthy(first)
+    again, events = step(Observed(1, SPEC, validate_job=job(active=1), validate_pods=[stuck]), gap)
+    assert again.message == first.message and events == []
+    # Suspended: no pods by design, nothing is stuck.
+    suspended = SPEC.model_copy(update={"suspend": True})
+    paused, _ = step(Observed(1, suspended, validate_job=job(active=0, suspend=True)), again)
+    assert paused.phase == "Suspended" and pods_healthy(paused).status == "True"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import pytest
 from kubetune_operator.coexistence import (
     Scope,
     conflict_message,
@@ -16,6 +17,8 @@ from kubetune_operator.coexistence import (
     operator_scope,
 )
 from kubetune_operator.settings import TAKEOVER_PRIORITY, OperatorSettings
+
+from kubetune.cli import main
 
 NOW = datetime.datetime(2026, 12, 7, 18, 0, 0, tzinfo=datetime.UTC)
 
@@ -102,3 +105,14 @@ def test_image_differences_and_the_refusal_name_the_fix() -> None:
     join = f"kubetune operator --namespace=team-a --peering=kubetune --priority={TAKEOVER_PRIORITY}"
     assert f"{join} --trainer-image=chart/trainer:2\n" in message
     assert "kubectl scale deployment kubetune -n kubetune --replicas=0" in message
+
+
+def test_cli_refuses_peering_flags_with_standalone_and_bad_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["operator", "--standalone", "--peering", "kubetune"]) == 2
+    assert "--standalone runs without it" in capsys.readouterr().err
+    assert main(["operator", "-n", "a", "--priority", "-1", "--trainer-image", ""]) == 2
+    err = capsys.readouterr().err
+    assert "peering_priority: Input should be greater than or equal to 0" in err
+    assert "trainer_image: String should have at least 1 character" in err
