@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "finetunejob-support-intents.yaml"
+EXAMPLE = ROOT / "examples" / "k8s" / "finetunejob-support-intents.yaml"
 DATA = ROOT / "examples" / "data"
 RUNS = ROOT / "benchmarks" / ".runs"
 

@@ -42,7 +42,7 @@ MIXED = rows(DATA / "support-intents-es-mixed" / "test.jsonl")
 def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The support-intents example trained with recipe probe (no steps): a real 98% adapter."""
     out = tmp_path_factory.mktemp("train")
-    doc = yaml.safe_load((ROOT / "examples" / "finetunejob-support-intents.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples" / "k8s" / "finetunejob-support-intents.yaml").read_text())
     doc["spec"]["training"] = {**doc["spec"]["training"], "recipe": "probe", "maxSteps": 1}
     del doc["spec"]["training"]["epochs"]
     manifest = out / "ftj.yaml"
@@ -220,7 +220,7 @@ def test_kubectl_kubetune_review_prints_the_queue(server: tuple[str, DrainingSer
     url, _, _ = server
     classify(url, [r["text"] for r in BOUNDARY])
     token = base64.b64encode(ADMIN_TOKEN.encode()).decode()
-    adep = yaml.safe_load((ROOT / "examples" / "adapterdeployment-support-intents.yaml").read_text())
+    adep = yaml.safe_load((ROOT / "examples" / "k8s" / "adapterdeployment-support-intents.yaml").read_text())
     adep["spec"]["adminTokenSecretRef"] = {"name": "kubetune-admin", "key": "token"}
     secret = {
         "apiVersion": "v1",

@@ -24,7 +24,7 @@ K8S_VERSION = "1.30.0"
 
 
 def load_example(name: str, **spec_overrides: Any) -> tuple[FineTuneJob, dict[str, Any]]:
-    doc = yaml.safe_load((ROOT / "examples" / name).read_text())
+    doc = yaml.safe_load((ROOT / "examples" / "k8s" / name).read_text())
     doc["metadata"].update(namespace="ml", uid="0000-1111", generation=1)
     for dotted, value in spec_overrides.items():
         node = doc["spec"]
