@@ -161,12 +161,16 @@ Verdict = Literal["Promoted", "Rejected", "Inconclusive"]
 
 def chance_margin(rows: int, challenger: float, champion: float) -> float:
     """How far two scores on the same ``rows`` rows can land apart by chance alone: one standard error
-    of the difference of two proportions at their pooled rate (the scores read as shares of rows).
+    of the difference of two proportions (the scores read as shares of rows), each with one right and
+    one wrong answer added (Agresti-Caffo). The plain Wald error is 0 when both adapters are perfect
+    (5/5 vs 5/5 would be a certain tie, and a tie with minImprovement 0 was Rejected); this one is not.
 
     Both adapters answer the same rows and agree on most, so this overstates the paired error: a gate
     on it errs toward waiting for labels. Issue #23 replaces it with a bootstrap interval."""
-    pooled = (challenger + champion) / 2
-    return math.sqrt(max(2 * pooled * (1 - pooled), 0.0) / rows) if rows > 0 else 0.0
+    if rows <= 0:
+        return 0.0
+    shrunk = [(share * rows + 1) / (rows + 2) for share in (challenger, champion)]
+    return math.sqrt(sum(p * (1 - p) for p in shrunk) / (rows + 2))
 
 
 def compare(rows: int | None, challenger: float, champion: float, min_improvement: float) -> Verdict:

@@ -158,7 +158,7 @@ HOLDOUT, CHAMPION = 28, 23 / 28
 def test_a_tie_or_one_row_on_a_small_holdout_waits_for_labels() -> None:
     tie = judge(done(23 / 28, CHAMPION, HOLDOUT), "accuracy", 0.0)
     assert (tie.outcome, tie.rows, tie.challenger, tie.champion) == ("Inconclusive", 28, 23 / 28, 23 / 28)
-    assert tie.margin == pytest.approx(0.102, abs=1e-3)  # one standard error: ~3 rows of 28
+    assert tie.margin == pytest.approx(0.103, abs=1e-3)  # one standard error: ~3 rows of 28
     assert judge(done(24 / 28, CHAMPION, HOLDOUT), "accuracy", 0.0).outcome == "Inconclusive"
     assert judge(done(22 / 28, CHAMPION, HOLDOUT), "accuracy", 0.0).outcome == "Inconclusive"
     # A clear winner (3 rows more) is promoted; a clear loser (4 rows fewer) is rejected.
@@ -176,7 +176,11 @@ def test_min_improvement_is_asked_of_the_score_and_the_band_decides_the_rest() -
     assert compare(100, 0.95, 0.90, 0.08) == "Inconclusive"  # 0.05 ± 0.037 may still be 0.08
     assert compare(100, 0.95, 0.90, 0.10) == "Rejected"  # ... but not 0.10
     assert compare(None, 0.91, 0.90, 0.0) == "Promoted"  # rows unknown: the scores as they are
-    assert compare(500, 1.0, 1.0, 0.0) == "Rejected"  # no band at 100%: a tie is a tie
+    # Both perfect: a tie, not a loss (the review e2e loop's 5 held-out rows, 5/5 vs 5/5, were Rejected
+    # while the plain Wald band is 0 at 100%); the adjusted band stays open and shrinks with the rows.
+    assert compare(5, 1.0, 1.0, 0.0) == "Inconclusive"
+    assert compare(500, 1.0, 1.0, 0.0) == "Inconclusive"
+    assert chance_margin(5, 1.0, 1.0) > chance_margin(500, 1.0, 1.0) > 0
     assert chance_margin(0, 0.5, 0.5) == 0.0
 
 
@@ -197,7 +201,7 @@ def test_the_verdict_names_its_rows_and_both_scores() -> None:
     j = judge(done(23 / 28, CHAMPION, HOLDOUT), "accuracy", 0.0)
     text = judgement_message("si-retrain-1", "accuracy", j, 0.0)
     assert text == (
-        "si-retrain-1: accuracy challenger 0.821 vs champion 0.821 on 28 held-out rows (chance ±0.102): "
+        "si-retrain-1: accuracy challenger 0.821 vs champion 0.821 on 28 held-out rows (chance ±0.103): "
         "within chance: the champion keeps serving; the next retrain has more labels"
     )
     rejected = judge(done(0.81, 0.80), "accuracy", 0.02)
