@@ -201,11 +201,13 @@ def _success_message(result: Any, spec: FineTuneJobSpec) -> str:
 
 
 def _running_message(progress: Progress, retry: Retry | None) -> str:
-    text = "training" if progress.fraction is None else f"step {progress.fraction}"
-    if progress.fraction is not None and progress.loss is not None:
-        text += f", loss {progress.loss:.4f}"
-    if progress.fraction is not None and progress.eta_seconds is not None:
-        text += f", ETA {int(progress.eta_seconds)}s"
+    text = "training"
+    if progress.fraction is not None:
+        text = f"step {progress.fraction}"
+        if progress.loss is not None:
+            text += f", loss {progress.loss:.4f}"
+        if progress.eta_seconds is not None:
+            text += f", ETA {int(progress.eta_seconds)}s"
     if retry is not None:
         text += f" (attempt {retry.failed + 1}/{retry.attempts}; attempt {retry.failed} failed"
         text += f": {retry.detail})" if retry.detail else ")"
