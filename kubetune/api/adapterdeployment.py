@@ -634,6 +634,18 @@ class AdapterDeploymentStatus(ApiModel):
         list[ServedTask],
         Field(description="The adapters of spec.extraTasks served now.", max_length=EXTRA_TASKS_LIMIT),
     ] = []
+    replicas: Annotated[
+        int,
+        Field(
+            description="Pods of the stable track (the scale subresource's status.replicas; a canary's "
+            "pods come on top).",
+            ge=0,
+        ),
+    ] = 0
+    selector: Annotated[
+        str | None,
+        Field(description="Label selector of the stable track's pods (the scale subresource's selector)."),
+    ] = None
     ready_replicas: Annotated[int, Field(description="Serving pods that are ready.", ge=0)] = 0
     updated_replicas: Annotated[int, Field(description="Pods on the current template.", ge=0)] = 0
     history: Annotated[

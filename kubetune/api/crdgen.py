@@ -85,6 +85,7 @@ def _crd(
     description: str,
     columns: list[dict[str, Any]],
     rules: list[dict[str, Any]] | None = None,
+    scale: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     spec_schema = structural(spec)
     status_schema = structural(status)
@@ -108,7 +109,7 @@ def _crd(
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, **({"scale": scale} if scale else {})},
                     "additionalPrinterColumns": columns,
                     "schema": {
                         "openAPIV3Schema": {
@@ -200,6 +201,13 @@ def adapterdeployment_crd() -> dict[str, Any]:
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
         rules=[RESOURCE_NAME_RULE, EXTRA_NAME_RULE],
+        # kubectl scale, an HPA or a KEDA ScaledObject set spec.replicas; status.replicas and the
+        # selector count the stable track's pods only (a canary adds its share on top of them).
+        scale={
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
     )
 
 

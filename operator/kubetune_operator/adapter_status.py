@@ -24,6 +24,7 @@ from kubetune_operator.builders.serving import (
     ResolvedAdapter,
     ResolvedTask,
     extra_versions,
+    scale_selector,
 )
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.status import Event
@@ -233,6 +234,8 @@ def derive_adapter_status(
         gen,
     )
     status.conditions = conds
+    status.replicas = int(((deployment or {}).get("status") or {}).get("replicas") or 0)
+    status.selector = scale_selector(ad)
     if status.phase != prev.phase:
         kind = "Warning" if status.phase == "Degraded" else "Normal"
         events.insert(0, Event(kind, status.phase or "Pending", status.message or ""))

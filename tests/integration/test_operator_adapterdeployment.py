@@ -265,3 +265,23 @@ def test_a_serving_child_deleted_by_someone_is_put_back_at_once(cluster: Cluster
             message=f"{kind}/{name} created again",
         )
         assert back["metadata"]["ownerReferences"][0]["kind"] == "AdapterDeployment"
+
+
+def test_kubectl_scale_changes_the_serving_pods_through_the_scale_subresource(
+    cluster: Cluster, operator: Operator
+) -> None:
+    serving_version_a(cluster, operator)
+    scale = json.loads(cluster.kubectl("get", "adep", ADEP, "--subresource=scale", "-o", "json").stdout)
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
+    selector = scale["status"]["selector"]
+    assert "kubetune.dev/track=stable" in selector and f"kubetune.dev/adapterdeployment={ADEP}" in selector
+    stable_pods = cluster.list("pods", cluster.ns, label_selector=selector)
+    assert len(stable_pods) == 2
+
+    cluster.kubectl("scale", "adep", ADEP, "--replicas=3")
+    cluster.wait_for(lambda: deployment(cluster)["spec"]["replicas"] == 3, timeout=TIMEOUT, message="3 pods")
+    ready_pods(cluster, count=3)
+    scaled = wait_adep(cluster, operator, lambda s: s.get("replicas") == 3 and s.get("readyReplicas") == 3, "3")
+    assert scaled["phase"] == "Available" and scaled["selector"] == selector
+    scale = json.loads(cluster.kubectl("get", "adep", ADEP, "--subresource=scale", "-o", "json").stdout)
+    assert scale["spec"]["replicas"] == 3 and scale["status"]["replicas"] == 3

@@ -75,6 +75,20 @@ def selector_labels(ad: AdapterDeployment) -> dict[str, str]:
     return {LABEL_ADAPTERDEPLOYMENT: ad.metadata.name, "app.kubernetes.io/component": "server"}
 
 
+def track_selector(ad: AdapterDeployment, track: Track = "stable") -> dict[str, str]:
+    """matchLabels of one track's pods: its Deployment's selector."""
+    return {**selector_labels(ad), LABEL_TRACK: track}
+
+
+def scale_selector(ad: AdapterDeployment) -> str:
+    """status.selector for the scale subresource: the stable track's pods, as a label-selector string.
+
+    An HPA averages its Pods metric over the pods this selects and sizes spec.replicas from their
+    count; the canary's pods are sized from spec.replicas on top of them, so counting them here
+    would make each scale-up feed the next."""
+    return ",".join(f"{k}={v}" for k, v in sorted(track_selector(ad).items()))
+
+
 def _labels(ad: AdapterDeployment, track: Track | None = None) -> dict[str, str]:
     labels = {**common_labels(ad.metadata.name, "server"), **selector_labels(ad)}
     return {**labels, LABEL_TRACK: track} if track else labels
@@ -311,7 +325,7 @@ def build_deployment(
         "metadata": child_metadata(owner, server_name(ad.metadata.name, track), labels),
         "spec": {
             "replicas": ad.spec.replicas if replicas is None else replicas,
-            "selector": {"matchLabels": {**selector_labels(ad), LABEL_TRACK: track}},
+            "selector": {"matchLabels": track_selector(ad, track)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "progressDeadlineSeconds": 1200,
             "template": {
