@@ -18,15 +18,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The real Kubernetes control plane the integration tests run on, built from Go modules (a no-op when current).
+## The real Kubernetes control plane the integration tests run on, built from Go modules (a no-op when current),
+## and the custom-metrics adapter its HorizontalPodAutoscaler reads (prometheus-adapter, its own module).
 control-plane:
 	bash scripts/control-plane.sh
+	bash scripts/prometheus-adapter.sh
 
 ## The main job: fine-tune MiniLM on the shipped support-intents tickets, print before/after.
 demo: $(STAMP)
 	$(VENV)/bin/kubetune train -f examples/k8s/finetunejob-support-intents.yaml \
 	  --pvc kubetune-data=examples/data --pvc kubetune-output=out
 
+## The causal-LM example: SmolLM2-135M answers each ticket with JSON {"intent", "priority"} (recipe heads:
+## LoRA + one head per field, LP-FT); prints before / baseline (linear probes) / after and gates on both.
 demo-triage: $(STAMP)
 	$(VENV)/bin/kubetune train -f examples/k8s/finetunejob-support-triage.yaml \
 	  --pvc kubetune-data=examples/data --pvc kubetune-output=out

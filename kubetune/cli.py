@@ -81,10 +81,18 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from kubetune_trainer.serve.config import load_serve_config
     from kubetune_trainer.serve.main import run_serve
+    from pydantic import ValidationError
+
+    from kubetune.api.loading import ConfigError, format_validation_error
 
     config = load_serve_config(Path(args.file))
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    return run_serve(config.model_copy(update=overrides) if overrides else config)
+    flags = (("host", args.host), ("port", args.port), ("max_body_bytes", args.max_body_bytes))
+    overrides = {k: v for k, v in flags if v is not None}
+    try:  # validated again: a flag gets the same bounds as the file's field
+        config = type(config).model_validate({**config.model_dump(), **overrides})
+    except ValidationError as err:
+        raise ConfigError(f"kubetune serve flags: {format_validation_error(err)}") from None
+    return run_serve(config)
 
 
 def _serve_fields_help() -> str | None:
@@ -179,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("-f", "--file", required=True, help="serve-config.yaml (a ServeConfig)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=None,
+        help="largest request body (HTTP 413 past it; default 1 MiB)",
+    )
     serve.set_defaults(func=_cmd_serve)
     return parser
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from kubetune.api.autoscaling import AutoscalingSpec
 from kubetune.api.common import (
     LABEL_RULE,
     AdapterUri,
@@ -18,10 +20,27 @@ from kubetune.api.common import (
     check_resource_name,
     object_name,
 )
-from kubetune.api.finetunejob import BaseModelSpec, EvalMetric, FineTuneJobSpec, TaskType
+from kubetune.api.finetunejob import BaseModelSpec, EvalMetric, EvaluationSpec, FineTuneJobSpec, TaskType
 from kubetune.api.rules import Checked, Rule, single_line
-from kubetune.api.scheduling import CpuQuantity, GpuResource, MemoryQuantity, NodeSelector, Toleration
-from kubetune.api.telemetry import DRIFT_KINDS, DriftKind
+from kubetune.api.runtime import (
+    IS_VLLM,
+    VLLM_BASE,
+    VLLM_NEEDS_GPU,
+    VLLM_NO_CLASSIFIER,
+    VLLM_NO_EXTRA_TASKS,
+    VLLM_NO_INT4,
+    RuntimeSpec,
+)
+from kubetune.api.scheduling import (
+    CpuQuantity,
+    GpuResource,
+    MemoryQuantity,
+    NodeSelector,
+    PriorityClassName,
+    Toleration,
+)
+from kubetune.api.telemetry import DRIFT_KINDS, DRIFT_MAX, DriftKind
+from kubetune.api.uris import writes_into, writes_into_cel
 
 AdapterPhase = Literal["Pending", "Progressing", "Available", "Degraded"]
 RolloutStrategy = Literal["Rolling", "Canary"]
@@ -29,7 +48,14 @@ VERSION_RULE = Rule(
     "must be a version: letters, digits, '.', '_' and '-', starting with a letter or digit",
     require=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
 )
-MetadataField = Annotated[str, Checked("A request metadata field name.", 128, single_line(), min_length=1)]
+FIELD_NAME = Rule(
+    "must be a metadata field name: letters, digits, '_', '-' and '.' (no spaces); a name that never "
+    "matches a request's field would keep the data it was meant to drop",
+    require=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+)
+MetadataField = Annotated[
+    str, Checked("A request metadata field name.", 128, single_line(), FIELD_NAME, min_length=1)
+]
 HISTORY_LIMIT = 10
 # The server holds one task of each kind (ServeConfig.tasks); with two kinds that is one extra task.
 EXTRA_TASKS_LIMIT = 1
@@ -97,7 +123,7 @@ class ServingResources(ApiModel):
     tolerations: Annotated[
         list[Toleration], Field(description="Taints the pods tolerate.", max_length=64)
     ] = []
-    priority_class_name: Annotated[str | None, object_name("PriorityClass of the pods.")] = None
+    priority_class_name: PriorityClassName = None
 
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -163,6 +189,18 @@ class RolloutStep(ApiModel):
     pause_seconds: Annotated[int, Field(description="How long to watch this step.", ge=0, le=86400)] = 300
 
 
+MAX_CANARY_STEPS = 10
+INCREASING_WEIGHTS = (
+    "rollout.steps weights must increase strictly from step to step (e.g. 10, 50, 100): a step that "
+    "goes back or repeats exposes more pods first and watches fewer later"
+)
+# CEL has no indexed loop over a list; the steps are few, so each neighbouring pair is spelled out.
+_INCREASING_WEIGHTS = " && ".join(
+    f"(size(self.steps) <= {i} || self.steps[{i}].weight > self.steps[{i - 1}].weight)"
+    for i in range(1, MAX_CANARY_STEPS)
+)
+
+
 class RolloutSpec(ApiModel):
     """How a new adapter version replaces the active one."""
 
@@ -170,7 +208,8 @@ class RolloutSpec(ApiModel):
         RolloutStrategy, Field(description="Rolling (surge one pod at a time) or Canary.")
     ] = "Rolling"
     steps: Annotated[
-        list[RolloutStep], Field(description="Canary steps, increasing weights.", max_length=10)
+        list[RolloutStep],
+        Field(description="Canary steps, strictly increasing weights.", max_length=MAX_CANARY_STEPS),
     ] = []
     require_improvement: Annotated[
         bool,
@@ -192,6 +231,7 @@ class RolloutSpec(ApiModel):
                     "rule": "self.strategy != 'Canary' || size(self.steps) > 0",
                     "message": "rollout strategy Canary needs at least one step",
                 },
+                {"rule": _INCREASING_WEIGHTS, "message": INCREASING_WEIGHTS},
             ]
         }
     }
@@ -202,7 +242,17 @@ class RolloutSpec(ApiModel):
             raise ValueError("rollout strategy Canary needs at least one step")
         if self.strategy != "Canary" and self.steps:
             raise ValueError("rollout.steps apply only to strategy Canary")
+        weights = [step.weight for step in self.steps]
+        if any(later <= earlier for earlier, later in pairwise(weights)):
+            raise ValueError(f"{INCREASING_WEIGHTS} (got {weights})")
         return self
+
+
+def _drift_out_of_range(kind: str, high: float) -> str:
+    return (
+        f"monitoring.drift.threshold must be below {high:g} for kind {kind} (its largest score): the "
+        "trigger could never fire"
+    )
 
 
 class DriftTrigger(ApiModel):
@@ -212,9 +262,35 @@ class DriftTrigger(ApiModel):
         "embedding_cosine"
     )
     threshold: Annotated[
-        float, Field(description="Score above which the input has drifted.", gt=0, le=100)
+        float,
+        Field(
+            description="Score above which the input has drifted; below the kind's largest score "
+            "(confidence_drop: 1, embedding_cosine and embedding_mmd: 2).",
+            gt=0,
+            le=100,
+        ),
     ] = 0.2
     for_seconds: Annotated[int, Field(description="How long the breach must last.", ge=0, le=7 * 86400)] = 600
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!has(self.kind) || self.kind != '{kind}' || !has(self.threshold) || "
+                    f"self.threshold < {high}",
+                    "message": _drift_out_of_range(kind, high),
+                }
+                for kind, high in DRIFT_MAX.items()
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _can_fire(self) -> DriftTrigger:
+        high = DRIFT_MAX.get(self.kind)
+        if high is not None and self.threshold >= high:
+            raise ValueError(_drift_out_of_range(self.kind, high))
+        return self
 
 
 class AccuracyTrigger(ApiModel):
@@ -226,11 +302,27 @@ class AccuracyTrigger(ApiModel):
     for_seconds: Annotated[int, Field(description="How long the breach must last.", ge=0, le=7 * 86400)] = 900
 
 
+class EstimatedAccuracyTrigger(ApiModel):
+    """Retrain when the label-free estimate of accuracy (kubetune_accuracy_estimated: the mean calibrated
+    confidence over the drift window, CBPE) stays below ``threshold`` for ``forSeconds``. It moves as
+    soon as traffic drifts, long before feedback labels arrive; it needs windowSize-style traffic
+    (minSamples inputs in the window), not labels."""
+
+    threshold: Annotated[
+        float,
+        Field(description="Estimated accuracy below which the model is taken to have degraded.", gt=0, lt=1),
+    ]
+    for_seconds: Annotated[int, Field(description="How long the breach must last.", ge=0, le=7 * 86400)] = 900
+
+
 class ReviewSpec(ApiModel):
     """Which served inputs go to the review queue for a person to label (kept beside the fresh data).
 
-    Defaults measured in benchmarks/REVIEW_THRESHOLDS.md: on the example adapter they queue 1 of 120
-    ordinary tickets, 18 of 80 boundary tickets (3 of its 5 mistakes) and 34 of 40 es/en tickets.
+    Defaults tuned in benchmarks/REVIEW_THRESHOLDS.md for a 10% review rate on 160 tickets the example
+    adapter never saw (not on its validation rows, whose novelty is 0 by construction), on calibrated
+    probabilities (the trainer's temperature): on held-out sets they queue 2 of 120 ordinary tickets,
+    5 of 80 boundary tickets (3 of its 5 mistakes) and 21 of 40 es/en tickets (10 of its 11 mistakes).
+    kubetune_review_rate{adapter,version} shows the share queued on live traffic.
     """
 
     enabled: Annotated[bool, Field(description="Queue uncertain and novel inputs for a person to label.")] = (
@@ -244,7 +336,7 @@ class ReviewSpec(ApiModel):
             ge=0,
             le=1,
         ),
-    ] = 0.3
+    ] = 0.75
     novelty_threshold: Annotated[
         float,
         Field(
@@ -253,7 +345,7 @@ class ReviewSpec(ApiModel):
             ge=0,
             le=2,
         ),
-    ] = 0.5
+    ] = 0.65
     max_items: Annotated[
         int,
         Field(description="Waiting items kept per adapter; past it the oldest are dropped.", ge=1, le=10_000),
@@ -291,6 +383,8 @@ class FreshDataSpec(ApiModel):
 
 FRESH_TRAIN_FILE = "train.jsonl"
 FRESH_HOLDOUT_FILE = "holdout.jsonl"
+# Share of labelled texts (by a hash of the text) the servers keep out of training, for the retrain gate.
+FRESH_HOLDOUT_PERCENT = 20
 
 
 def fresh_data_uris(fresh_uri: str, adapter: str) -> tuple[str, str]:
@@ -300,6 +394,18 @@ def fresh_data_uris(fresh_uri: str, adapter: str) -> tuple[str, str]:
     """
     base = f"{fresh_uri.rstrip('/')}/{adapter}"
     return f"{base}/{FRESH_TRAIN_FILE}", f"{base}/{FRESH_HOLDOUT_FILE}"
+
+
+ESTIMATE_NEEDS = (
+    "monitoring.estimatedAccuracy needs monitoring.prometheusUrl (the trigger reads "
+    "kubetune_accuracy_estimated from Prometheus)"
+)
+
+
+SAMPLES_FIT_WINDOW = (
+    "monitoring.minSamples must not exceed monitoring.windowSize: a drift window holds at most "
+    "windowSize inputs, so the drift trigger could never fire"
+)
 
 
 class MonitoringSpec(ApiModel):
@@ -322,10 +428,55 @@ class MonitoringSpec(ApiModel):
     ] = 100
     drift: Annotated[DriftTrigger, Field(description="Input drift trigger.")] = DriftTrigger()
     accuracy: Annotated[AccuracyTrigger, Field(description="Accuracy trigger.")] = AccuracyTrigger()
+    estimated_accuracy: Annotated[
+        EstimatedAccuracyTrigger | None,
+        Field(description="Estimated-accuracy trigger (no labels needed); off when unset."),
+    ] = None
     fresh_data: Annotated[
         FreshDataSpec | None,
         Field(description="Rolling sample of traffic + feedback labels kept for retraining."),
     ] = None
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.estimatedAccuracy) || has(self.prometheusUrl)",
+                    "message": ESTIMATE_NEEDS,
+                },
+                {"rule": "self.minSamples <= self.windowSize", "message": SAMPLES_FIT_WINDOW},
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _samples_fit_window(self) -> MonitoringSpec:
+        if self.min_samples > self.window_size:
+            raise ValueError(SAMPLES_FIT_WINDOW)
+        return self
+
+    @model_validator(mode="after")
+    def _estimate_needs_prometheus(self) -> MonitoringSpec:
+        if self.estimated_accuracy is not None and self.prometheus_url is None:
+            raise ValueError(ESTIMATE_NEEDS)
+        return self
+
+
+class GateSpec(ApiModel):
+    """How a retrain is judged against the champion: both adapters answer the same held-out rows (the
+    recipe's validation rows plus every fresh hold-out row so far); the verdict reads a 95% Newcombe
+    interval of the paired difference in rows answered right, and waits below ``minRows``."""
+
+    min_rows: Annotated[
+        int,
+        Field(
+            description="Held-out rows both adapters must have answered before the gate decides; with "
+            "fewer the retrain is WaitingForLabels (label more on the review queue). One row of 10 moves "
+            "a score 10 points, so fewer than 10 is refused.",
+            ge=10,
+            le=1_000_000,
+        ),
+    ] = 50
 
 
 class RetrainingSpec(ApiModel):
@@ -345,12 +496,16 @@ class RetrainingSpec(ApiModel):
     min_improvement: Annotated[
         float,
         Field(
-            description="The challenger must beat the champion's gate metric on the same held-out rows by "
-            "at least this much, and by more than chance on that many rows, to be promoted.",
+            description="Promote only when the lower bound of the 95% interval of (challenger - champion) "
+            "share of held-out rows answered right is above this (0: better than the champion beyond "
+            "chance); reject when the upper bound is below it; otherwise Inconclusive.",
             ge=0,
             le=1,
         ),
     ] = 0.0
+    gate: Annotated[GateSpec, Field(description="The evidence the champion/challenger verdict needs.")] = (
+        GateSpec()
+    )
     fresh_data_weight: Annotated[
         int, Field(description="Oversampling of fresh labelled rows.", ge=1, le=10)
     ] = 2
@@ -358,11 +513,38 @@ class RetrainingSpec(ApiModel):
         FineTuneJobSpec | None,
         Field(
             description="The retraining recipe; default: the spec of adapter.fineTuneJobRef. Fresh data is "
-            "added as dataset.extra; when the fresh hold-out replaces dataset.validation, "
-            "evaluation.minAccuracy is dropped (it was set for the recipe's own validation rows) and the "
-            "gate is the champion scored on the same hold-out rows."
+            "added as dataset.extra and the fresh hold-out as dataset.validationExtra (scored beside the "
+            "recipe's own validation rows); evaluation.minAccuracy is then dropped (it was set for the "
+            "recipe's own validation rows) and the gate is the champion scored on the same rows."
         ),
     ] = None
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    # the defaults are spelled out: CEL sees only what the user wrote in template
+                    "rule": "!has(self.template) || (has(self.template.evaluation) && "
+                    "has(self.template.evaluation.maxSamples) ? self.template.evaluation.maxSamples : "
+                    f"{EvaluationSpec.model_fields['max_samples'].default}) >= "
+                    "(has(self.gate) && has(self.gate.minRows) ? self.gate.minRows : "
+                    f"{GateSpec.model_fields['min_rows'].default})",
+                    "message": "retraining.gate.minRows must not exceed the template's "
+                    "evaluation.maxSamples: the gate could never decide",
+                }
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _gate_can_decide(self) -> RetrainingSpec:
+        if self.template is not None and self.template.evaluation.max_samples < self.gate.min_rows:
+            raise ValueError(
+                f"retraining.gate.minRows {self.gate.min_rows} is above the template's "
+                f"evaluation.maxSamples {self.template.evaluation.max_samples}: the gate could never decide; "
+                "lower minRows or raise maxSamples"
+            )
+        return self
 
 
 class ExtraTask(ApiModel):
@@ -430,6 +612,28 @@ class ExtraTask(ApiModel):
         return self
 
 
+KEDA_NEEDS_PROMETHEUS = (
+    "autoscaling.keda needs monitoring.prometheusUrl: KEDA's Prometheus trigger reads the queue metric there"
+)
+
+
+INT4_ON_CPU = (
+    "serving.quantize int4 runs on CPU serving pods only (torch's CPU int4 kernel): set resources.gpus 0 "
+    "or quantize none"
+)
+RETRAIN_NEEDS_PROMETHEUS = (
+    "retraining.enabled needs monitoring.prometheusUrl (triggers are read from Prometheus)"
+)
+RETRAIN_NEEDS_RECIPE = "retraining.enabled needs retraining.template or adapter.fineTuneJobRef"
+RETRAIN_BUDGET = (
+    "retraining.maxPerDay must be at least 1 when retraining.enabled: with 0 no retrain can ever start"
+)
+RETRAIN_OVER_SERVED = (
+    "retraining.template.output.uri must not equal or lie inside adapter.uri: a retrain would write "
+    "into the served adapter's folder"
+)
+
+
 class AdapterDeploymentSpec(ApiModel):
     """Desired state of an AdapterDeployment."""
 
@@ -442,9 +646,24 @@ class AdapterDeploymentSpec(ApiModel):
         ),
     ] = None
     adapter: Annotated[AdapterSource, Field(description="The adapter to serve.")]
-    replicas: Annotated[int, Field(description="Serving pods.", ge=0, le=1000)] = 1
+    replicas: Annotated[
+        int,
+        Field(
+            description="Serving pods on the stable track; with autoscaling the autoscaler sets it through "
+            "the scale subresource (leave it out of GitOps manifests then).",
+            ge=0,
+            le=1000,
+        ),
+    ] = 1
+    autoscaling: Annotated[
+        AutoscalingSpec | None,
+        Field(description="Scale the serving pods on their request queue (HPA, or KEDA)."),
+    ] = None
     resources: Annotated[ServingResources, Field(description="Hardware and placement.")] = ServingResources()
     serving: Annotated[ServingOptions, Field(description="Batching and limits.")] = ServingOptions()
+    runtime: Annotated[
+        RuntimeSpec, Field(description="The serving engine: kubetune's server, or vLLM fronted by kubetune.")
+    ] = RuntimeSpec()
     rollout: Annotated[RolloutSpec, Field(description="How new adapter versions go out.")] = RolloutSpec()
     admin_token_secret_ref: Annotated[
         SecretKeyRef | None,
@@ -470,6 +689,28 @@ class AdapterDeploymentSpec(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 {
+                    "rule": "self.serving.quantize != 'int4' || self.resources.gpus == 0",
+                    "message": INT4_ON_CPU,
+                },
+                {
+                    "rule": "!self.retraining.enabled || has(self.monitoring.prometheusUrl)",
+                    "message": RETRAIN_NEEDS_PROMETHEUS,
+                },
+                {
+                    "rule": "!self.retraining.enabled || has(self.retraining.template) || "
+                    "has(self.adapter.fineTuneJobRef)",
+                    "message": RETRAIN_NEEDS_RECIPE,
+                },
+                {
+                    "rule": "!self.retraining.enabled || self.retraining.maxPerDay > 0",
+                    "message": RETRAIN_BUDGET,
+                },
+                {
+                    "rule": "!has(self.retraining.template) || !has(self.adapter.uri) || "
+                    f"!{writes_into_cel('self.retraining.template.output.uri', 'self.adapter.uri')}",
+                    "message": RETRAIN_OVER_SERVED,
+                },
+                {
                     "rule": "has(self.task) || !has(self.adapter.uri)",
                     "message": "task is required when adapter.uri is set",
                 },
@@ -489,6 +730,26 @@ class AdapterDeploymentSpec(ApiModel):
                     "t.baseModel.tokenSecretRef.key == self.baseModel.tokenSecretRef.key))",
                     "message": ONE_TOKEN,
                 },
+                {
+                    "rule": "!has(self.autoscaling) || !self.autoscaling.keda || "
+                    "has(self.monitoring.prometheusUrl)",
+                    "message": KEDA_NEEDS_PROMETHEUS,
+                },
+                {
+                    "rule": f"!({IS_VLLM}) || !has(self.task) || self.task != 'sequence-classification'",
+                    "message": VLLM_NO_CLASSIFIER,
+                },
+                {"rule": f"!({IS_VLLM}) || self.serving.quantize != 'int4'", "message": VLLM_NO_INT4},
+                {"rule": f"!({IS_VLLM}) || self.resources.gpus > 0", "message": VLLM_NEEDS_GPU},
+                {
+                    "rule": f"!({IS_VLLM}) || "
+                    "(!self.baseModel.name.startsWith('pkg://') && !has(self.baseModel.ggufFile))",
+                    "message": VLLM_BASE,
+                },
+                {
+                    "rule": f"!({IS_VLLM}) || !has(self.extraTasks) || size(self.extraTasks) == 0",
+                    "message": VLLM_NO_EXTRA_TASKS,
+                },
             ]
         }
     }
@@ -497,18 +758,37 @@ class AdapterDeploymentSpec(ApiModel):
     def _task_for_uri(self) -> AdapterDeploymentSpec:
         if self.task is None and self.adapter.uri is not None:
             raise ValueError("task is required when adapter.uri is set")
-        if self.retraining.enabled and self.monitoring.prometheus_url is None:
-            raise ValueError(
-                "retraining.enabled needs monitoring.prometheusUrl (triggers are read from Prometheus)"
-            )
-        if (
-            self.retraining.enabled
-            and self.retraining.template is None
-            and self.adapter.fine_tune_job_ref is None
-        ):
-            raise ValueError("retraining.enabled needs retraining.template or adapter.fineTuneJobRef")
+        if self.serving.quantize == "int4" and self.resources.gpus > 0:
+            raise ValueError(INT4_ON_CPU)
+        retraining = self.retraining
+        if retraining.enabled and self.monitoring.prometheus_url is None:
+            raise ValueError(RETRAIN_NEEDS_PROMETHEUS)
+        if retraining.enabled and retraining.template is None and self.adapter.fine_tune_job_ref is None:
+            raise ValueError(RETRAIN_NEEDS_RECIPE)
+        if retraining.enabled and retraining.max_per_day == 0:
+            raise ValueError(RETRAIN_BUDGET)
+        template, served = retraining.template, self.adapter.uri
+        if template is not None and served is not None and writes_into(template.output.uri, served):
+            raise ValueError(RETRAIN_OVER_SERVED)
         self._extra_tasks_apart()
+        if self.autoscaling is not None and self.autoscaling.keda and self.monitoring.prometheus_url is None:
+            raise ValueError(KEDA_NEEDS_PROMETHEUS)
+        self._vllm_can_serve()
         return self
+
+    def _vllm_can_serve(self) -> None:
+        if self.runtime.engine != "vllm":
+            return
+        if self.task == "sequence-classification":
+            raise ValueError(VLLM_NO_CLASSIFIER)
+        if self.serving.quantize == "int4":
+            raise ValueError(VLLM_NO_INT4)
+        if self.resources.gpus == 0:
+            raise ValueError(VLLM_NEEDS_GPU)
+        if self.extra_tasks:
+            raise ValueError(VLLM_NO_EXTRA_TASKS)
+        if self.base_model.name.startswith("pkg://") or self.base_model.gguf_file:
+            raise ValueError(VLLM_BASE)
 
     def _extra_tasks_apart(self) -> None:
         if self.extra_tasks and self.task is None:
@@ -576,7 +856,9 @@ class HistoryEntry(ApiModel):
     ] = None
 
 
-RetrainOutcome = Literal["Pending", "Running", "Promoted", "Rejected", "Inconclusive", "Failed"]
+RetrainOutcome = Literal[
+    "Pending", "Running", "Promoted", "Rejected", "Inconclusive", "WaitingForLabels", "Failed"
+]
 
 
 class RetrainRecord(ApiModel):
@@ -588,13 +870,26 @@ class RetrainRecord(ApiModel):
     outcome: Annotated[
         RetrainOutcome | None,
         Field(
-            description="Promoted (beat the champion by more than chance), Rejected (clearly not better by "
-            "minImprovement), Inconclusive (within chance on this many rows: the champion keeps serving, "
-            "the next retrain has more labels), Failed (the job failed)."
+            description="Promoted (the interval's lower bound clears minImprovement), Rejected (its upper "
+            "bound is below minImprovement), Inconclusive (the interval straddles it: the champion keeps "
+            "serving, the next retrain has more labels), WaitingForLabels (fewer held-out rows than "
+            "gate.minRows: undecided, label more), Failed (the job failed)."
         ),
     ] = "Pending"
     metric: Annotated[EvalMetric | None, Field(description="The gate metric compared.")] = None
-    rows: Annotated[int | None, Field(description="Held-out rows both adapters were scored on.", ge=0)] = None
+    rows: Annotated[
+        int | None, Field(description="Held-out rows both adapters were scored on (n).", ge=0)
+    ] = None
+    difference: Annotated[
+        float | None,
+        Field(description="Challenger minus champion share of those rows answered right.", ge=-1, le=1),
+    ] = None
+    lower_bound: Annotated[
+        float | None, Field(description="Lower end of the difference's 95% interval.", ge=-1, le=1)
+    ] = None
+    upper_bound: Annotated[
+        float | None, Field(description="Upper end of the difference's 95% interval.", ge=-1, le=1)
+    ] = None
     challenger: Annotated[float | None, Field(description="The new adapter's gate metric.")] = None
     champion: Annotated[float | None, Field(description="The serving adapter's gate metric, same rows.")] = (
         None
@@ -658,6 +953,9 @@ class AdapterDeploymentStatus(ApiModel):
     ] = []
     drift: Annotated[float | None, Field(description="Latest drift score of the watched kind.")] = None
     accuracy: Annotated[float | None, Field(description="Latest rolling accuracy from feedback.")] = None
+    estimated_accuracy: Annotated[
+        float | None, Field(description="Latest label-free accuracy estimate (kubetune_accuracy_estimated).")
+    ] = None
     last_evaluated: Annotated[
         str | None,
         Field(description="When triggers were last evaluated.", json_schema_extra={"format": "date-time"}),

@@ -198,6 +198,7 @@ def adapterdeployment_crd() -> dict[str, Any]:
             {"name": "Adapter", "type": "string", "jsonPath": ".status.activeAdapter.version"},
             {"name": "Accuracy", "type": "number", "jsonPath": ".status.activeAdapter.accuracy"},
             {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtime.engine", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
         rules=[RESOURCE_NAME_RULE, EXTRA_NAME_RULE],

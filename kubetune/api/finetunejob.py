@@ -18,7 +18,6 @@ from kubetune.api.common import (
     SecretKeyRef,
     SecretRef,
     check_resource_name,
-    object_name,
 )
 from kubetune.api.rules import Checked, Rule, single_line
 from kubetune.api.scheduling import (
@@ -27,9 +26,10 @@ from kubetune.api.scheduling import (
     GpuResource,
     MemoryQuantity,
     NodeSelector,
+    PriorityClassName,
     Toleration,
 )
-from kubetune.api.uris import TRAVERSAL
+from kubetune.api.uris import TRAVERSAL, writes_into, writes_into_cel
 
 TaskType = Literal["causal-lm", "sequence-classification"]
 CausalFormat = Literal["prompt-completion", "messages"]
@@ -39,7 +39,7 @@ TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed", "Cancelled"}
 EvalMetric = Literal["accuracy", "macro_f1", "intent_exact_match", "json_validity"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Quantization = Literal["none", "4bit"]
-Recipe = Literal["auto", "lora", "full", "probe"]
+Recipe = Literal["auto", "lora", "full", "probe", "heads"]
 
 INT32_MAX = 2**31 - 1
 REVISION = Rule(
@@ -87,10 +87,12 @@ class TaskSpec(ApiModel):
     labels: Annotated[
         list[Annotated[str, Checked("A label name.", 128, single_line(), min_length=1)]] | None,
         Field(
-            description="sequence-classification only: the label set, in order. Inferred from the "
-            "training data when omitted.",
+            description="sequence-classification only: the label set, in order, no repeats. Inferred "
+            "from the training data when omitted.",
             min_length=2,
             max_length=1000,
+            # the API server refuses a repeated label itself ("Duplicate value")
+            json_schema_extra={"x-kubernetes-list-type": "set"},
         ),
     ] = None
 
@@ -172,6 +174,14 @@ class DatasetSpec(ApiModel):
         DataSource | None,
         Field(description="Held-out validation data. When omitted, validationSplit of train is held out."),
     ] = None
+    validation_extra: Annotated[
+        list[DataSource],
+        Field(
+            description="More held-out rows scored together with the validation rows, never trained on "
+            "(same format and fields), e.g. the fresh hold-out a retrain adds.",
+            max_length=8,
+        ),
+    ] = []
     validation_split: Annotated[
         float,
         Field(description="Fraction of train held out when no validation source is given.", gt=0.0, le=0.5),
@@ -181,6 +191,12 @@ class DatasetSpec(ApiModel):
         Field(description="File format; inferred from the file extension when omitted."),
     ] = None
     fields: Annotated[FieldMapping, Field(description="Column names.")] = FieldMapping()
+
+    @property
+    def sources(self) -> list[DataSource]:
+        """Every dataset location: train, extra, validation, validationExtra."""
+        validation = [self.validation] if self.validation is not None else []
+        return [self.train, *self.extra, *validation, *self.validation_extra]
 
 
 class LoraSpec(ApiModel):
@@ -247,9 +263,10 @@ class TrainingSpec(ApiModel):
         Recipe,
         Field(
             description="lora (LP-FT LoRA), probe (logistic regression on frozen embeddings as the head), "
-            "full (every encoder weight but the token embeddings), or auto: train each that fits "
-            "(probe and full: sequence-classification only; full: small models), keep the validation "
-            "winner."
+            "full (every encoder weight but the token embeddings), heads (causal-lm with closed-set "
+            "answers: LoRA + one classification head per answer field, LP-FT), or auto: train each that "
+            "fits (probe and full: sequence-classification only; full: small models; heads: closed-set "
+            "causal-lm answers), keep the winner (causal-lm: on rows held out of train)."
         ),
     ] = "lora"
 
@@ -297,7 +314,19 @@ class EvaluationSpec(ApiModel):
         ),
     ] = 512
     baseline: Annotated[
-        bool, Field(description="Also score a linear probe on frozen embeddings (classification).")
+        bool,
+        Field(
+            description="Also score a linear probe on frozen embeddings (classification; causal-lm whose "
+            "answers take values from a closed set: one probe per answer field, on the base model's and "
+            "the shipped MiniLM encoder's embeddings)."
+        ),
+    ] = True
+    must_beat_baseline: Annotated[
+        bool,
+        Field(
+            description="causal-lm with closed-set answers: fail the gate (GateFailed) when the adapter "
+            "ends below the best linear-probe baseline on any answer field."
+        ),
     ] = True
     champion_uri: ChampionUri | None = None
 
@@ -316,7 +345,7 @@ class ResourcesSpec(ApiModel):
     tolerations: Annotated[
         list[Toleration], Field(description="Taints the pods tolerate.", max_length=64)
     ] = []
-    priority_class_name: Annotated[str | None, object_name("PriorityClass of the pods.")] = None
+    priority_class_name: PriorityClassName = None
     queue_name: Annotated[
         str | None,
         Checked(
@@ -332,6 +361,61 @@ class OutputSpec(ApiModel):
     secret_ref: Annotated[
         SecretRef | None, Field(description="Secret with s3 credentials (keys become env vars).")
     ] = None
+
+
+FP16_NEEDS_GPU = "training.precision fp16 needs resources.gpusPerNode >= 1 (CPUs train in bf16 or fp32)"
+ONE_SECRET = (
+    "dataset and output secretRefs name different Secrets; their keys become the same environment "
+    "variables (AWS_*), so use one Secret for all locations"
+)
+CLASSIFIER_RECIPE = (
+    "training.recipe probe and full apply only to task.type sequence-classification (a causal-lm job "
+    "trains lora)"
+)
+HEADS_RECIPE = "training.recipe heads applies only to task.type causal-lm (answers from a closed set)"
+OUTPUT_OVER_DATA = (
+    "output.uri must not equal or lie inside a dataset uri: the run would write over its own data"
+)
+OUTPUT_OVER_CHAMPION = (
+    "output.uri must not equal or lie inside evaluation.championUri: the run would write into the "
+    "served adapter's folder"
+)
+
+
+def _optional_ref(obj: str) -> str:
+    return f"(has({obj}.secretRef) ? [{obj}.secretRef.name] : [])"
+
+
+def _listed_refs(field: str) -> str:
+    return f"(has({field}) ? {field}.filter(s, has(s.secretRef)).map(s, s.secretRef.name) : [])"
+
+
+# Every secretRef name in the spec as one CEL list (the twin of DatasetSpec.sources + output).
+_SECRET_NAMES = (
+    "("
+    + " + ".join(
+        (
+            _optional_ref("self.output"),
+            _optional_ref("self.dataset.train"),
+            "(has(self.dataset.validation) ? " + _optional_ref("self.dataset.validation") + " : [])",
+            _listed_refs("self.dataset.extra"),
+            _listed_refs("self.dataset.validationExtra"),
+        )
+    )
+    + ")"
+)
+_OUTPUT_INTO_S = writes_into_cel("self.output.uri", "s.uri")
+_OUTPUT_APART_FROM_DATA = " && ".join(
+    (
+        f"!{writes_into_cel('self.output.uri', 'self.dataset.train.uri')}",
+        "(!has(self.dataset.validation) || "
+        f"!{writes_into_cel('self.output.uri', 'self.dataset.validation.uri')})",
+        *(
+            f"(!has(self.dataset.{f}) || self.dataset.{f}.all(s, !{_OUTPUT_INTO_S}))"
+            for f in ("extra", "validationExtra")
+        ),
+    )
+)
 
 
 class FineTuneJobSpec(ApiModel):
@@ -370,6 +454,10 @@ class FineTuneJobSpec(ApiModel):
                     "message": "lora.quantization 4bit needs resources.gpusPerNode >= 1",
                 },
                 {
+                    "rule": "self.training.precision != 'fp16' || self.resources.gpusPerNode > 0",
+                    "message": FP16_NEEDS_GPU,
+                },
+                {
                     "rule": "self.resources.nodes == 1 || self.resources.gpusPerNode > 0",
                     "message": "multi-node training (resources.nodes > 1) needs resources.gpusPerNode >= 1",
                 },
@@ -384,6 +472,22 @@ class FineTuneJobSpec(ApiModel):
                     "message": "evaluation.metric must be accuracy or macro_f1 for sequence-classification, "
                     "intent_exact_match or json_validity for causal-lm",
                 },
+                {"rule": f"{_SECRET_NAMES}.all(n, n == {_SECRET_NAMES}[0])", "message": ONE_SECRET},
+                {
+                    "rule": "!(self.training.recipe in ['probe', 'full']) || "
+                    "self.task.type == 'sequence-classification'",
+                    "message": CLASSIFIER_RECIPE,
+                },
+                {
+                    "rule": "self.training.recipe != 'heads' || self.task.type == 'causal-lm'",
+                    "message": HEADS_RECIPE,
+                },
+                {"rule": _OUTPUT_APART_FROM_DATA, "message": OUTPUT_OVER_DATA},
+                {
+                    "rule": "!has(self.evaluation.championUri) || "
+                    f"!{writes_into_cel('self.output.uri', 'self.evaluation.championUri')}",
+                    "message": OUTPUT_OVER_CHAMPION,
+                },
             ]
         }
     }
@@ -392,23 +496,25 @@ class FineTuneJobSpec(ApiModel):
     def _cross_field(self) -> FineTuneJobSpec:
         if self.lora.quantization == "4bit" and self.resources.gpus_per_node == 0:
             raise ValueError("lora.quantization 4bit needs resources.gpusPerNode >= 1")
+        if self.training.precision == "fp16" and self.resources.gpus_per_node == 0:
+            raise ValueError(FP16_NEEDS_GPU)
         if self.resources.nodes > 1 and self.resources.gpus_per_node == 0:
             raise ValueError("multi-node training (resources.nodes > 1) needs resources.gpusPerNode >= 1")
         if self.training.packing and self.task.type != "causal-lm":
             raise ValueError("training.packing applies only to task.type causal-lm")
-        refs = [
-            self.dataset.train.secret_ref,
-            self.output.secret_ref,
-            *(e.secret_ref for e in self.dataset.extra),
-        ]
-        if self.dataset.validation is not None:
-            refs.append(self.dataset.validation.secret_ref)
+        refs = [self.output.secret_ref, *(source.secret_ref for source in self.dataset.sources)]
         secrets = {ref.name for ref in refs if ref is not None}
         if len(secrets) > 1:
-            raise ValueError(
-                f"dataset and output secretRefs name different Secrets ({', '.join(sorted(secrets))}); their "
-                "keys become the same environment variables (AWS_*), so use one Secret for all locations"
-            )
+            raise ValueError(f"{ONE_SECRET} (found {', '.join(sorted(secrets))})")
+        if self.training.recipe in ("probe", "full") and self.task.type != "sequence-classification":
+            raise ValueError(CLASSIFIER_RECIPE)
+        if self.training.recipe == "heads" and self.task.type != "causal-lm":
+            raise ValueError(HEADS_RECIPE)
+        if any(writes_into(self.output.uri, source.uri) for source in self.dataset.sources):
+            raise ValueError(OUTPUT_OVER_DATA)
+        champion = self.evaluation.champion_uri
+        if champion is not None and writes_into(self.output.uri, champion):
+            raise ValueError(OUTPUT_OVER_CHAMPION)
         metric = self.evaluation.metric
         if metric is not None and (self.task.type == "sequence-classification") != (
             metric in ("accuracy", "macro_f1")
@@ -435,6 +541,24 @@ class CheckpointInfo(ApiModel):
     ] = None
 
 
+class PairedCounts(ApiModel):
+    """How the new adapter and the champion fared on the same validation rows, row by row: the 2x2
+    table a paired comparison (the operator's retrain gate) needs."""
+
+    metric: Annotated[
+        Literal["accuracy", "intent_exact_match"],
+        Field(description="What counts as a row answered right."),
+    ]
+    both: Annotated[int, Field(description="Rows both answered right.", ge=0)]
+    challenger_only: Annotated[int, Field(description="Rows only the new adapter answered right.", ge=0)]
+    champion_only: Annotated[int, Field(description="Rows only the champion answered right.", ge=0)]
+    neither: Annotated[int, Field(description="Rows both answered wrong.", ge=0)]
+
+    @property
+    def rows(self) -> int:
+        return self.both + self.challenger_only + self.champion_only + self.neither
+
+
 class TrainResult(ApiModel):
     """What the trainer reported on exit (pod termination message)."""
 
@@ -449,6 +573,10 @@ class TrainResult(ApiModel):
     validation_rows: Annotated[
         int | None,
         Field(description="Validation rows the after_* and champion_* metrics were computed on.", ge=0),
+    ] = None
+    paired: Annotated[
+        PairedCounts | None,
+        Field(description="Row-by-row agreement of the new adapter and the champion (when one was scored)."),
     ] = None
     reason: Annotated[
         str | None, Field(description="Why the trainer failed, when it did.", max_length=4096)

@@ -18,9 +18,15 @@ from typing import Any
 from annotated_types import GroupedMetadata
 from pydantic import AfterValidator, Field
 
-# One line of printable text: what every free-form string field is limited to.
-CONTROL_CHARS = r"[\x00-\x1f\x7f]"
-SINGLE_LINE = "must be one line of printable text (no newline, tab or other control character)"
+# One line of printable text: what every free-form string field is limited to. Besides the C0 and C1
+# controls (NEL U+0085 among them), the Unicode line and paragraph separators (U+2028, U+2029) break a
+# line in logs and JSON-lines readers, and the bidi overrides make a value read other than it is. They
+# sit in the class as the characters themselves: RE2 and Python spell \u escapes differently.
+CONTROL_CHARS = r"[\x00-\x1f\x7f-\x9f" + "\u2028\u2029\u202a-\u202e\u2066-\u2069" + "]"
+SINGLE_LINE = (
+    "must be one line of printable text (no newline, tab, line or paragraph separator such as U+0085 "
+    "or U+2028, bidi override or other control character)"
+)
 
 
 @dataclass(frozen=True)

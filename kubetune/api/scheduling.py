@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from kubetune.api.common import ApiModel
+from kubetune.api.common import SUBDOMAIN_RULE, ApiModel
 from kubetune.api.rules import Checked, Rule, enforce
 
 _PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
@@ -43,6 +43,9 @@ NodeSelector = Annotated[
         json_schema_extra={"x-kubernetes-validations": [r.cel_for_keys() for r in SELECTOR_KEY_RULES]},
     ),
 ]
+# "0", "0m", "0.0Gi": request = limit = 0 (a pod with no memory at all); omit the field instead.
+ZERO_QUANTITY = r"^0*([.]0*)?[A-Za-z]*$"
+ZERO_MESSAGE = "must be greater than zero (omit it to leave the pod without this request and limit)"
 CpuQuantity = Annotated[
     str | None,
     Checked(
@@ -52,6 +55,7 @@ CpuQuantity = Annotated[
             "must be a CPU quantity such as 500m, 2 or 1.5 (at most 9999 cores)",
             require=r"^([0-9]{1,7}m|[0-9]{1,4}([.][0-9]{1,3})?)$",
         ),
+        Rule(ZERO_MESSAGE, deny=ZERO_QUANTITY),
     ),
 ]
 MemoryQuantity = Annotated[
@@ -64,6 +68,7 @@ MemoryQuantity = Annotated[
             "T or P after at most 6 digits), or a plain number of bytes",
             require=r"^([0-9]{1,6}([.][0-9]{1,3})?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)|[0-9]{1,15})$",
         ),
+        Rule(ZERO_MESSAGE, deny=ZERO_QUANTITY),
     ),
 ]
 GpuResource = Annotated[
@@ -92,6 +97,11 @@ _TOLERATION_RULES = (
         "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
         "tolerations: tolerationSeconds applies only to effect NoExecute",
     ),
+    (
+        "has(self.key) && self.key != ''",
+        "tolerations: key is required: an empty key with operator Exists tolerates every taint, the "
+        "control plane's included; name the taint to tolerate",
+    ),
 )
 
 
@@ -100,7 +110,7 @@ class Toleration(ApiModel):
 
     key: Annotated[
         str | None,
-        Checked("Taint key to tolerate; empty (with Exists) tolerates every taint.", 316, *TAINT_KEY_RULES),
+        Checked("Taint key to tolerate (required: a wildcard toleration is refused).", 316, *TAINT_KEY_RULES),
     ] = None
     operator: Annotated[
         Literal["Exists", "Equal"] | None, Field(description="Exists or Equal (default Equal).")
@@ -133,4 +143,24 @@ class Toleration(ApiModel):
             raise ValueError(_TOLERATION_RULES[1][1])
         if self.toleration_seconds is not None and self.effect != "NoExecute":
             raise ValueError(_TOLERATION_RULES[2][1])
+        if not self.key:
+            raise ValueError(_TOLERATION_RULES[3][1])
         return self
+
+
+# The API server admits these two classes outside kube-system for pods; through the operator they would
+# let anyone who may create a FineTuneJob preempt the cluster's own components.
+SYSTEM_PRIORITY = Rule(
+    "must not be system-node-critical or system-cluster-critical (reserved for the cluster's own "
+    "components); ask the cluster admin for a class on the chart's allowedPriorityClasses",
+    deny=r"^system-(node|cluster)-critical$",
+)
+PriorityClassName = Annotated[
+    str | None,
+    Checked(
+        "PriorityClass of the pods; the operator accepts only the chart's allowedPriorityClasses.",
+        253,
+        SUBDOMAIN_RULE,
+        SYSTEM_PRIORITY,
+    ),
+]

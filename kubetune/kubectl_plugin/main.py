@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--interval must be more than 0")
         if args.command == "review" and args.limit < 1:
             raise UsageError("--limit must be at least 1")
+        if args.command == "review" and review.without_cluster(args):
+            return review.cmd_review(args, None)  # a server URL and a token: no cluster to ask
         return COMMANDS[args.command](args, Kubectl(find_kubectl(), flags))
     except PluginError as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)

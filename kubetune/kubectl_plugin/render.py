@@ -130,18 +130,23 @@ def active_version_cell(status: dict[str, Any]) -> str:
 
 
 def adapterdeployment_table(adeps: Sequence[dict[str, Any]], namespaces: bool = False) -> str:
-    """NAME, PHASE, ACTIVE VERSION, ACCURACY, READY, DRIFT."""
+    """NAME, PHASE, ACTIVE VERSION, ACCURACY, READY (ready/desired pods, autoscaling bounds), DRIFT."""
     rows = []
     for adep in adeps:
         status = adep.get("status") or {}
-        replicas = (adep.get("spec") or {}).get("replicas", 1)
+        spec = adep.get("spec") or {}
+        replicas = spec.get("replicas", 1)
+        autoscaling = spec.get("autoscaling") or {}
+        auto = (
+            f" (auto {autoscaling.get('minReplicas', 1)}-{autoscaling['maxReplicas']})" if autoscaling else ""
+        )
         rows.append(
             [
                 adep.get("metadata", {}).get("name", "?"),
                 status.get("phase") or NONE,
                 active_version_cell(status),
                 adapter_accuracy(status),
-                f"{status.get('readyReplicas') or 0}/{replicas}",
+                f"{status.get('readyReplicas') or 0}/{replicas}{auto}",
                 number(status.get("drift"), 3),
             ]
         )

@@ -3,7 +3,9 @@
 The same list the labelling page shows (GET /admin/review/queue on the server), in the same order.
 The admin token comes from ``$KUBETUNE_ADMIN_TOKEN`` or the Secret named by
 ``spec.adminTokenSecretRef``; the server is reached through ``kubectl port-forward service/ADEP``
-unless ``--url`` names it (e.g. an existing port-forward or an ingress).
+unless ``--url`` names it (e.g. an existing port-forward or an ingress). With ``--url`` and
+``$KUBETUNE_ADMIN_TOKEN`` no cluster is asked anything (no kubectl needed): ADEP, if given, names the
+adapter whose queue to show, else the server shows its first.
 """
 
 from __future__ import annotations
@@ -66,8 +68,15 @@ def port_forward(kubectl: Kubectl, service: str) -> Iterator[str]:
         proc.wait(10)
 
 
-def fetch_queue(url: str, token: str, model: str, limit: int, order: str) -> dict[str, Any]:
-    query = urllib.parse.urlencode({"model": model, "limit": limit, "order": order})
+def without_cluster(args: argparse.Namespace, environ: dict[str, str] | None = None) -> bool:
+    """--url and $KUBETUNE_ADMIN_TOKEN say all there is to know: no kubectl, no kubeconfig."""
+    env = os.environ if environ is None else environ
+    return bool(args.url and env.get(TOKEN_ENV))
+
+
+def fetch_queue(url: str, token: str, model: str | None, limit: int, order: str) -> dict[str, Any]:
+    wanted = {"model": model, "limit": limit, "order": order}
+    query = urllib.parse.urlencode({k: v for k, v in wanted.items() if v is not None})
     request = urllib.request.Request(
         f"{url.rstrip('/')}/admin/review/queue?{query}", headers={"Authorization": f"Bearer {token}"}
     )
@@ -100,7 +109,14 @@ def render_queue(body: dict[str, Any], width: int = TEXT_WIDTH) -> str:
     return "\n".join(lines)
 
 
-def cmd_review(args: argparse.Namespace, kubectl: Kubectl) -> int:
+def cmd_review(args: argparse.Namespace, kubectl: Kubectl | None) -> int:
+    """`kubectl` is None where without_cluster(args): the server at --url is asked directly."""
+    if kubectl is None:
+        body = fetch_queue(args.url, os.environ[TOKEN_ENV], args.name, args.limit, args.order)
+        print(json.dumps(body, indent=2) if args.output == "json" else render_queue(body))
+        return 0
+    if args.name is None:
+        raise UsageError(f"ADEP is required, unless --url and ${TOKEN_ENV} are both given")
     adep = kubectl.get(ADEP, args.name)
     token = admin_token(kubectl, adep)
     if args.url:
@@ -115,8 +131,10 @@ def cmd_review(args: argparse.Namespace, kubectl: Kubectl) -> int:
 def add_parser(add: Any) -> None:
     """The `review` subcommand (``add`` is args.build_parser's helper)."""
     review = add("review", "The review queue of an AdapterDeployment: uncertain/novel inputs to label.")
-    review.add_argument("name", metavar="ADEP")
+    review.add_argument(
+        "name", metavar="ADEP", nargs="?", help="The AdapterDeployment (with --url: the adapter's queue)."
+    )
     review.add_argument("--limit", type=int, default=20, help="How many items (default 20).")
-    review.add_argument("--order", choices=["diverse", "uncertainty"], default="diverse")
+    review.add_argument("--order", choices=["entropy", "diverse", "uncertainty"], default="entropy")
     review.add_argument("--url", help="The server's base URL (default: kubectl port-forward service/ADEP).")
     review.add_argument("-o", "--output", choices=["table", "json"], default="table")

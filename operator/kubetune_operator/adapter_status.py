@@ -17,6 +17,7 @@ from kubetune.api.adapterdeployment import (
 )
 from kubetune.api.common import ConditionStatus
 from kubetune.api.finetunejob import FineTuneJob, TaskType
+from kubetune.api.runtime import VLLM_NO_CLASSIFIER
 from kubetune_operator.adapter_history import append_history, history_entry
 from kubetune_operator.builders.serving import (
     EXTRA_VERSIONS_ANNOTATION,
@@ -84,7 +85,39 @@ def _resolve(
         return _from_uri(source.uri, ad.spec.task)
     # A promoted retrain supersedes the referenced job (the loop's champion).
     name = promoted or (source.fine_tune_job_ref.name if source.fine_tune_job_ref else "")
-    return _from_job(name, ftj)
+    resolved = _from_job(name, ftj)
+    refused = runtime_refusal(ad, ftj) if ftj is not None else None
+    return refused if refused is not None and not isinstance(resolved, Unresolved) else resolved
+
+
+RUNTIME_REFUSED = "RuntimeCannotServe"
+
+
+def runtime_refusal(ad: AdapterDeployment, ftj: dict[str, Any]) -> Unresolved | None:
+    """What runtime.engine vllm cannot serve of a job's adapter, seen only once the job is resolved:
+    a LoRA rank above runtime.maxLoraRank (vLLM refuses the load) or a classifier."""
+    runtime = ad.spec.runtime
+    if runtime.engine != "vllm":
+        return None
+    job = FineTuneJob.model_validate(ftj)
+    name = job.metadata.name
+    if job.spec.lora.r > runtime.max_lora_rank:
+        return Unresolved(
+            RUNTIME_REFUSED,
+            f"FineTuneJob {name} trained LoRA rank {job.spec.lora.r}, above runtime.maxLoraRank "
+            f"{runtime.max_lora_rank}: vLLM would refuse it; raise maxLoraRank or use engine kubetune",
+        )
+    if job.spec.task.type == "sequence-classification":
+        return Unresolved(
+            RUNTIME_REFUSED, f"FineTuneJob {name} trained a sequence classifier: {VLLM_NO_CLASSIFIER}"
+        )
+    if job.spec.training.recipe == "heads":
+        return Unresolved(
+            RUNTIME_REFUSED,
+            f"FineTuneJob {name} trained training.recipe heads (answer heads beside the LoRA), which vLLM "
+            "cannot run; train recipe lora for engine vllm, or use engine kubetune",
+        )
+    return None
 
 
 def _from_uri(uri: str, task: TaskType) -> ResolvedAdapter:
@@ -189,7 +222,8 @@ def derive_adapter_status(
     events: list[Event] = []
     conds = status.conditions
     if isinstance(resolved, Unresolved):
-        status.phase, status.message = "Pending", resolved.message
+        refused = resolved.reason == RUNTIME_REFUSED  # waiting would not help: a Warning
+        status.phase, status.message = "Degraded" if refused else "Pending", resolved.message
         conds = set_condition(conds, "AdapterResolved", "False", resolved.reason, resolved.message, now, gen)
     else:
         conds = set_condition(

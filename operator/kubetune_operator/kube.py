@@ -28,6 +28,8 @@ _PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
     ("kubetune.dev/v1alpha1", "FineTuneJob"): "finetunejobs",
     ("kubetune.dev/v1alpha1", "AdapterDeployment"): "adapterdeployments",
 }

@@ -30,12 +30,12 @@ FINETUNEJOB_PHASE = Gauge(
     ["namespace", "name", "phase"],
 )
 
-RetrainOutcome = Literal["Triggered", "Promoted", "Rejected", "Inconclusive", "Failed"]
+RetrainOutcome = Literal["Triggered", "Promoted", "Rejected", "Inconclusive", "WaitingForLabels", "Failed"]
 RETRAINS = Counter(
     "kubetune_retrains",
     "Retraining events of an AdapterDeployment: Triggered when the FineTuneJob is created, then one "
-    "of Promoted, Rejected (not better than the champion), Inconclusive (within chance: waits for more "
-    "labels) or Failed.",
+    "of Promoted, Rejected (not better than the champion), Inconclusive (the interval straddles "
+    "minImprovement), WaitingForLabels (fewer held-out rows than gate.minRows) or Failed.",
     ["namespace", "adapterdeployment", "outcome"],
 )
 

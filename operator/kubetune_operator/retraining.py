@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubetune.api.adapterdeployment import (
+    FRESH_HOLDOUT_PERCENT,
     ActiveAdapter,
     AdapterDeployment,
     MonitoringSpec,
@@ -18,8 +19,11 @@ from kubetune.api.adapterdeployment import (
     RetrainRecord,
     fresh_data_uris,
 )
+from kubetune.api.common import ConditionStatus
 from kubetune.api.finetunejob import DataSource, ExtraSource, FineTuneJobSpec, FineTuneJobStatus
 from kubetune_operator.builders.meta import LABEL_ADAPTERDEPLOYMENT, child_name, owner_reference
+from kubetune_operator.paired_difference import PairedDifference, paired_difference
+from kubetune_operator.status import EventType
 
 TRIGGERED_BY = "kubetune.dev/triggered-by"
 # Set by a human or the Argo CD `retrain-now` action to an RFC 3339 time; honoured once per value.
@@ -36,12 +40,19 @@ class Readings:
     accuracy: float | None = None
     accuracy_sustained: float | None = None
     feedback: float | None = None
+    estimated_accuracy: float | None = None
+    estimated_accuracy_sustained: float | None = None
 
 
 @dataclass(frozen=True)
 class Breach:
-    kind: Literal["drift", "accuracy", "manual"]
+    kind: Literal["drift", "accuracy", "estimated_accuracy", "manual"]
     message: str
+
+    @property
+    def reason(self) -> str:
+        """The Drifted condition's reason: DriftBreach, AccuracyBreach, EstimatedAccuracyBreach..."""
+        return "".join(word.capitalize() for word in self.kind.split("_")) + "Breach"
 
 
 def find_breach(monitoring: MonitoringSpec, r: Readings) -> Breach | None:
@@ -61,6 +72,13 @@ def find_breach(monitoring: MonitoringSpec, r: Readings) -> Breach | None:
             "accuracy",
             f"accuracy {r.accuracy_sustained:.3f} < {acc.threshold} for "
             f"{acc.for_seconds}s ({int(r.feedback or 0)} feedback events)",
+        )
+    est, sustained = monitoring.estimated_accuracy, r.estimated_accuracy_sustained
+    if est is not None and enough_inputs and sustained is not None and sustained < est.threshold:
+        return Breach(
+            "estimated_accuracy",
+            f"estimated accuracy {sustained:.3f} < {est.threshold} for {est.for_seconds}s "
+            f"({int(r.window or 0)} inputs in window, no labels needed)",
         )
     return None
 
@@ -114,8 +132,8 @@ def build_retrain_job(
     name: str,
     now: str,
 ) -> dict[str, Any]:
-    """The retraining FineTuneJob: the recipe + fresh labelled traffic (oversampled), judged on fresh
-    held-out rows against the serving adapter (champion/challenger)."""
+    """The retraining FineTuneJob: the recipe + fresh labelled traffic (oversampled), judged against the
+    serving adapter (champion/challenger) on the recipe's validation rows + the fresh hold-out."""
     spec = template.model_copy(deep=True)
     monitoring, retraining = ad.spec.monitoring, ad.spec.retraining
     if monitoring.fresh_data is not None:
@@ -124,9 +142,11 @@ def build_retrain_job(
             *spec.dataset.extra,
             ExtraSource(uri=train_uri, weight=retraining.fresh_data_weight),
         ]
-        spec.dataset.validation = DataSource(uri=holdout_uri)
-        # The template's absolute minimum was set for its own validation rows; on fresh drifted rows the
-        # champion itself may score below it, so the gate is the champion on the same rows (judge()).
+        # Judged on the recipe's validation rows plus every fresh hold-out row so far (the union),
+        # both adapters row by row (judge()).
+        spec.dataset.validation_extra = [*spec.dataset.validation_extra, DataSource(uri=holdout_uri)]
+        # The template's absolute minimum was set for its own validation rows; with fresh drifted rows
+        # the champion itself may score below it, so the gate is the champion on the same rows.
         spec.evaluation.min_accuracy = None
     spec.evaluation.champion_uri = active.uri
     spec.output.uri = f"{template.output.uri.rstrip('/')}/{name}"
@@ -138,6 +158,7 @@ def build_retrain_job(
         "at": now,
         "drift": readings.drift,
         "accuracy": readings.accuracy,
+        "estimatedAccuracy": readings.estimated_accuracy,
     }
     return {
         "apiVersion": "kubetune.dev/v1alpha1",
@@ -156,37 +177,22 @@ def build_retrain_job(
     }
 
 
-Verdict = Literal["Promoted", "Rejected", "Inconclusive"]
+Verdict = Literal["Promoted", "Rejected", "Inconclusive", "WaitingForLabels"]
 
 
-def chance_margin(rows: int, challenger: float, champion: float) -> float:
-    """How far two scores on the same ``rows`` rows can land apart by chance alone: one standard error
-    of the difference of two proportions (the scores read as shares of rows), each with one right and
-    one wrong answer added (Agresti-Caffo). The plain Wald error is 0 when both adapters are perfect
-    (5/5 vs 5/5 would be a certain tie, and a tie with minImprovement 0 was Rejected); this one is not.
+def verdict(evidence: PairedDifference, retraining: RetrainingSpec) -> Verdict:
+    """The gate on the paired interval of (challenger - champion) accuracy on the same held-out rows.
 
-    Both adapters answer the same rows and agree on most, so this overstates the paired error: a gate
-    on it errs toward waiting for labels. Issue #23 replaces it with a bootstrap interval."""
-    if rows <= 0:
-        return 0.0
-    shrunk = [(share * rows + 1) / (rows + 2) for share in (challenger, champion)]
-    return math.sqrt(sum(p * (1 - p) for p in shrunk) / (rows + 2))
-
-
-def compare(rows: int | None, challenger: float, champion: float, min_improvement: float) -> Verdict:
-    """Champion vs challenger on the same held-out rows.
-
-    Promoted: better by more than chance and by at least ``min_improvement``. Rejected: not better by
-    ``min_improvement`` even at the top of the chance band. Inconclusive otherwise (a tie or a small
-    win or loss on few rows): more labels decide. Unknown ``rows`` judges the scores as they are.
-
-    Example, 28 rows, champion 23/28: 23/28 and 24/28 are Inconclusive (±0.10), 26/28 is Promoted.
+    WaitingForLabels below ``gate.minRows`` rows, whatever the scores; Promoted when the interval's lower
+    bound is above ``minImprovement`` (with the default 0: better than the champion beyond chance);
+    Rejected when its upper bound is below it (clearly not better by that much); Inconclusive when it
+    straddles it (a tie or a small win or loss: the champion keeps serving, more labels decide).
     """
-    delta = challenger - champion
-    margin = chance_margin(rows, challenger, champion) if rows is not None else 0.0
-    if delta - margin > 0 and delta >= min_improvement:
+    if evidence.rows < retraining.gate.min_rows:
+        return "WaitingForLabels"
+    if evidence.lower > retraining.min_improvement:
         return "Promoted"
-    if delta + margin <= min_improvement:
+    if evidence.upper < retraining.min_improvement:
         return "Rejected"
     return "Inconclusive"
 
@@ -199,12 +205,12 @@ class Judgement:
     challenger: float | None = None
     champion: float | None = None
     rows: int | None = None
-    margin: float | None = None
+    evidence: PairedDifference | None = None
 
 
-def judge(status: FineTuneJobStatus, metric: str, min_improvement: float) -> Judgement:
+def judge(status: FineTuneJobStatus, metric: str, retraining: RetrainingSpec) -> Judgement:
     """Outcome of a retraining job from what its trainer reported: the challenger and the champion
-    scored on the same validation rows (a failed job keeps its scores, when it had any)."""
+    scored on the same validation rows, row by row (a failed job keeps its scores, when it had any)."""
     result = status.result
     metrics = result.metrics if result is not None else {}
     challenger, champion = metrics.get(f"after_{metric}"), metrics.get(f"champion_{metric}")
@@ -217,22 +223,74 @@ def judge(status: FineTuneJobStatus, metric: str, min_improvement: float) -> Jud
         return Judgement("Failed", None, champion, rows)
     if champion is None:  # no champion was scored: nothing to beat
         return Judgement("Promoted", challenger, None, rows)
-    margin = chance_margin(rows, challenger, champion) if rows is not None else None
-    return Judgement(compare(rows, challenger, champion, min_improvement), challenger, champion, rows, margin)
+    if result.paired is None:  # no row-by-row table: no evidence either way
+        return Judgement("Inconclusive", challenger, champion, rows)
+    t = result.paired
+    evidence = paired_difference(t.both, t.challenger_only, t.champion_only, t.neither)
+    return Judgement(verdict(evidence, retraining), challenger, champion, evidence.rows, evidence)
 
 
-def judgement_message(job: str, metric: str, j: Judgement, min_improvement: float) -> str:
-    """One line a user reads in events and conditions: the verdict, its rows and both scores."""
+def labels_wanted(rows: int, min_rows: int) -> int:
+    """Labelled inputs still to collect before the gate can decide: only the servers' hold-out share of
+    the labels joins the gate's rows.
+
+    >>> labels_wanted(28, 50)
+    110
+    """
+    return math.ceil(max(0, min_rows - rows) * 100 / FRESH_HOLDOUT_PERCENT)
+
+
+def judgement_message(job: str, metric: str, j: Judgement, retraining: RetrainingSpec) -> str:
+    """One line a user reads in events and conditions: the verdict, n, the difference and its interval."""
 
     def score(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
-    on = f"on {j.rows} held-out rows" if j.rows is not None else "on the held-out rows"
-    band = f" (chance ±{j.margin:.3f})" if j.margin is not None else ""
-    numbers = f"{metric} challenger {score(j.challenger)} vs champion {score(j.champion)} {on}{band}"
+    numbers = f"{metric} challenger {score(j.challenger)} vs champion {score(j.champion)}"
+    e = j.evidence
+    if e is not None:
+        numbers += (
+            f" on {e.rows} held-out rows: difference {e.difference:+.3f}, "
+            f"{e.confidence:.0%} interval [{e.lower:+.3f}, {e.upper:+.3f}]"
+        )
+    elif j.rows is not None:
+        numbers += f" on {j.rows} held-out rows"
+    minimum, min_rows = retraining.min_improvement, retraining.gate.min_rows
     why = {
-        "Promoted": "beats the champion",
-        "Rejected": f"not better than the champion by minImprovement {min_improvement}",
-        "Inconclusive": "within chance: the champion keeps serving; the next retrain has more labels",
+        "Promoted": "beats the champion" + (f" by more than minImprovement {minimum}" if minimum else ""),
+        "Rejected": f"not better than the champion by minImprovement {minimum}",
+        "Inconclusive": f"the interval straddles minImprovement {minimum}: the champion keeps serving; "
+        "the next retrain has more labels"
+        if e is not None
+        else "the trainer reported no row-by-row results: the champion keeps serving",
+        "WaitingForLabels": f"fewer than retraining.gate.minRows {min_rows}: the champion keeps "
+        f"serving; label about {labels_wanted(j.rows or 0, min_rows)} more inputs on the "
+        f"review queue ({FRESH_HOLDOUT_PERCENT}% of them are held out for this gate), then retrain",
     }.get(j.outcome, j.outcome.lower())
     return f"{job}: {numbers}: {why}"
+
+
+@dataclass(frozen=True)
+class OutcomeReport:
+    """How a judged outcome shows: the Promoted condition, the reason of the event and of the
+    Retraining condition, and the event's type."""
+
+    promoted: ConditionStatus
+    promoted_reason: str
+    reason: str
+    event_type: EventType
+
+
+# The one table the handlers read: conditions and events per judged outcome, and (below) the
+# kubetune_retrains_total outcome per event reason. Inconclusive and WaitingForLabels are no failure.
+JUDGED: dict[str, OutcomeReport] = {
+    "Promoted": OutcomeReport("True", "BeatChampion", "Promoted", "Normal"),
+    "Inconclusive": OutcomeReport("False", "Inconclusive", "Inconclusive", "Normal"),
+    "WaitingForLabels": OutcomeReport("False", "WaitingForLabels", "WaitingForLabels", "Normal"),
+    "Rejected": OutcomeReport("False", "NotBetter", "NotBetter", "Warning"),
+    "Failed": OutcomeReport("False", "RetrainFailed", "RetrainFailed", "Warning"),
+}
+COUNTED_EVENTS: dict[str, str] = {
+    "Retraining": "Triggered",
+    **{report.reason: outcome for outcome, report in JUDGED.items()},
+}

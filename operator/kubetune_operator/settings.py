@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubetune_operator.placement import PlacementPolicy
+
 # Replicas without KUBETUNE_PEERING_PRIORITY draw a random priority below this; an operator started
 # with it (`kubetune operator --peering=<chart's> --priority=TAKEOVER_PRIORITY`) outranks them all, and
 # Kopf pauses them while it runs (the way to debug beside the chart's operator).
@@ -81,5 +83,26 @@ class OperatorSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Operator log level; DEBUG adds the fields of each status patch and log reopens."
     )
+    allowed_priority_classes: list[str] = Field(
+        [],
+        description="PriorityClasses a FineTuneJob or AdapterDeployment may name (JSON list); others are "
+        "refused with an InvalidSpec condition and event (system-*-critical never pass admission).",
+    )
+    allowed_toleration_keys: list[str] = Field(
+        [],
+        description="Taint keys their tolerations may name (JSON list); a control-plane key "
+        "(node-role.kubernetes.io/control-plane, master) here also lets a nodeSelector pick those nodes.",
+    )
+    allowed_hosts: list[str] = Field(
+        [],
+        description="Private or cluster-internal hosts the trainer may fetch https data and models from "
+        "after DNS resolution (JSON list: names, *.domain, CIDRs); passed to training pods.",
+    )
     metrics_port: int = Field(8080, ge=0, description="Prometheus /metrics port (0: off).")
     liveness_port: int = Field(8081, ge=0, description="Kopf liveness /healthz port (0: off).")
+
+    @property
+    def placement(self) -> PlacementPolicy:
+        return PlacementPolicy(
+            frozenset(self.allowed_priority_classes), frozenset(self.allowed_toleration_keys)
+        )

@@ -28,6 +28,7 @@ from .pki import CertificateAuthority, KeyPair, service_account_keys
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "control-plane.sh"
 SERVICE_CIDR = "10.96.0.0/16"
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 
 def build_binaries() -> Path:
@@ -131,6 +132,11 @@ class ControlPlane:
             "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("kubeadm:cluster-admins",)
         )
         self.kwok_serving = ca.issue("kwok-serving", "kwok", server=True, hosts=("127.0.0.1", "localhost"))
+        # The aggregation layer (kubeadm's front-proxy): kube-apiserver proxies an aggregated API
+        # (custom.metrics.k8s.io: tests/controlplane/metrics_adapter.py) with this client certificate,
+        # and the extension server trusts the X-Remote-* headers of requests signed by this CA only.
+        self.front_proxy_ca = CertificateAuthority(self.pki / "front-proxy", "kubetune-test-front-proxy-ca")
+        self.front_proxy_client = self.front_proxy_ca.issue("front-proxy-client", FRONT_PROXY_CLIENT)
         admin = ca.issue("admin", "kubernetes-admin", ("system:masters",))
         kcm = ca.issue("controller-manager", "system:kube-controller-manager")
         scheduler = ca.issue("scheduler", "system:kube-scheduler")
@@ -210,6 +216,14 @@ class ControlPlane:
                 f"--kubelet-client-key={self.kubelet_client.key}",
                 "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
+                # The aggregation layer, as kubeadm configures it (APIService -> extension API server).
+                f"--requestheader-client-ca-file={self.front_proxy_ca.cert}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={self.front_proxy_client.cert}",
+                f"--proxy-client-key-file={self.front_proxy_client.key}",
                 "--v=1",
             ],
             http_ok(f"{self.url}/readyz", self.ssl_context()),
@@ -240,6 +254,10 @@ class ControlPlane:
                 "--controllers=*",
                 # Under a loaded CI machine kwok's lease heartbeats may lag: never mark fake nodes NotReady.
                 "--node-monitor-grace-period=10m",
+                # The HPA controller (part of --controllers=*) on a test's time scale: it reads the
+                # metrics every 5 s and scales down after 15 s of low load (defaults: 15 s and 5 min).
+                "--horizontal-pod-autoscaler-sync-period=5s",
+                "--horizontal-pod-autoscaler-downscale-stabilization=15s",
                 "--kube-api-qps=100",
                 "--kube-api-burst=200",
                 "--v=1",

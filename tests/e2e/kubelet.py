@@ -15,7 +15,8 @@ two serving pods coexist during a rollout). kwok marks a bound pod Running. This
   operator read it through kwok's kubelet API), rewritten as it grows, at most every LOG_EVERY seconds;
 - reports a server Ready (``cluster.set_pod_ready``) once its /readyz probe answers 200 (again whenever
   the API shows it unready while the probe passes, as a kubelet's status sync does), and lists
-  every running server in a Prometheus file_sd target file (what a PodMonitor would select);
+  every running server in a Prometheus file_sd target file with its ``namespace`` and ``pod`` labels
+  (what a PodMonitor would select);
 - points each declared container port of a server at its local port (``cluster.set_pod_port_forward``),
   so ``kubectl port-forward`` through the API server and kwok's kubelet API reaches the process;
 - reports how a process ended (``cluster.finish_pod``: exit code, termination message with the
@@ -298,7 +299,7 @@ class Kubelet:
         """file_sd targets: every server process that runs for a pod still in the API."""
         with self._lock:
             groups = [
-                {"targets": [f"127.0.0.1:{p.port}"], "labels": {"pod": p.name}}
+                {"targets": [f"127.0.0.1:{p.port}"], "labels": {"namespace": self.cluster.ns, "pod": p.name}}
                 for p in list(self.pods.values())
                 if p.port is not None
                 and p.proc is not None

@@ -12,7 +12,8 @@ import yaml
 from controlplane import Cluster
 from integration.ftj_helpers import job_condition
 from kubelet import Kubelet
-from kubetune_operator.retraining import compare
+from kubetune_operator.paired_difference import PairedDifference
+from kubetune_operator.retraining import verdict
 from operator_process import Operator
 from promserver import Prometheus
 
@@ -153,12 +154,13 @@ def serve(cluster: Cluster, kubelet: Kubelet, w: Any, manifest: str) -> tuple[st
 
 
 def retrain_judged(w: Any, cluster: Cluster) -> dict[str, Any]:
-    """The first retrain record once the gate has judged it (Promoted, Rejected, Inconclusive, Failed)."""
+    """The first retrain record once the gate has judged it (Promoted, Rejected, Inconclusive,
+    WaitingForLabels, Failed)."""
     return dict(
         w(
             lambda: (
                 (r := (adep(cluster).get("retrains") or [{}])[0]).get("outcome")
-                in ("Promoted", "Rejected", "Inconclusive", "Failed")
+                in ("Promoted", "Rejected", "Inconclusive", "WaitingForLabels", "Failed")
                 and r
             ),
             "retrain judged",
@@ -168,16 +170,19 @@ def retrain_judged(w: Any, cluster: Cluster) -> dict[str, Any]:
 
 
 def follow_verdict(
-    w: Any, cluster: Cluster, kubelet: Kubelet, champion: str, result: dict[str, Any], min_improvement: float
+    w: Any, cluster: Cluster, kubelet: Kubelet, champion: str, result: dict[str, Any], retraining: Any
 ) -> tuple[str, str] | None:
-    """The loop's answer to a judged retrain, checked against its own numbers (issue 26): the verdict is
-    the one ``compare`` gives for the recorded rows and scores; Promoted rolls to the new version
-    (-> (version, endpoint)); Inconclusive (both adapters within chance on those rows) keeps the
+    """The loop's answer to a judged retrain, checked against its own numbers (issues 26, 23): the
+    verdict is the one the gate gives for the recorded n and paired interval under ``retraining`` (a
+    RetrainingSpec); Promoted rolls to the new version (-> (version, endpoint)); Inconclusive (the
+    interval straddles minImprovement) and WaitingForLabels (fewer rows than gate.minRows) keep the
     champion serving (-> None). A retrain that failed or lost is an error here."""
-    assert result["outcome"] in ("Promoted", "Inconclusive"), result
-    rows_, challenger, champ = result.get("rows"), result.get("challenger"), result.get("champion")
-    assert rows_ and challenger is not None and champ is not None, result
-    assert result["outcome"] == compare(rows_, challenger, champ, min_improvement), result
+    assert result["outcome"] in ("Promoted", "Inconclusive", "WaitingForLabels"), result
+    n, low, high = result.get("rows"), result.get("lowerBound"), result.get("upperBound")
+    assert n and result.get("challenger") is not None and result.get("champion") is not None, result
+    assert low is not None and high is not None and low <= result["difference"] <= high, result
+    recorded = PairedDifference(n, result["difference"], low, high)
+    assert result["outcome"] == verdict(recorded, retraining), result
     if result["outcome"] == "Promoted":
         return rolled_to_new(w, cluster, kubelet, champion)
     assert (adep(cluster).get("activeAdapter") or {}).get("version") == champion, adep(cluster)

@@ -331,6 +331,9 @@ EXPECTED_NAMESPACED = {
     ("policy", "poddisruptionbudgets"): MANAGE,
     ("monitoring.coreos.com", "podmonitors"): MANAGE,
     ("monitoring.coreos.com", "servicemonitors"): MANAGE,
+    # spec.autoscaling: the operator applies and deletes the autoscaler, never lists or watches it
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},
+    ("keda.sh", "scaledobjects"): {"get", "create", "patch", "delete"},
 }
 EXPECTED_CLUSTER_READS = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},

@@ -125,6 +125,8 @@ class ServingPod:
         self.accuracy = Gauge(telemetry.ACCURACY, "accuracy", labels, registry=r)
         self.window = Gauge(telemetry.DRIFT_WINDOW, "window", labels, registry=r)
         self.drift = Gauge(telemetry.DRIFT_SCORE, "drift", [*labels, "kind"], registry=r)
+        self.queue = Gauge(telemetry.QUEUE_LENGTH, "requests waiting or computing", registry=r)
+        self.queue.set(9)  # above the HPA's target of 4 per pod: the autoscaler is at its max
         # v1: the drifted champion; v2: the canary of a promoted retrain, healthy.
         for kind, score in DRIFT.items():
             self.drift.labels(ADAPTER, "v1", kind).set(score)
@@ -183,13 +185,42 @@ class OperatorPod:
             operator_metrics.forget_finetunejob(TEAM_NS, name)
 
 
+class KubeStateMetrics:
+    """kube-state-metrics' HPA series for the AdapterDeployment's autoscaler, pinned at maxReplicas."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        hpa = ["namespace", "horizontalpodautoscaler"]
+        ids = (TEAM_NS, ADAPTER)
+        for name, value in (
+            ("kube_horizontalpodautoscaler_status_current_replicas", 8),
+            ("kube_horizontalpodautoscaler_status_desired_replicas", 11),
+            ("kube_horizontalpodautoscaler_spec_max_replicas", 8),
+        ):
+            Gauge(name, name, hpa, registry=r).labels(*ids).set(value)
+        target = Gauge(
+            "kube_horizontalpodautoscaler_spec_target_metric",
+            "target",
+            [*hpa, "metric_name", "metric_target_type"],
+            registry=r,
+        )
+        target.labels(*ids, telemetry.QUEUE_LENGTH, "average").set(4)
+        info = Gauge(
+            "kube_horizontalpodautoscaler_info",
+            "info",
+            [*hpa, "scaletargetref_api_version", "scaletargetref_kind", "scaletargetref_name"],
+            registry=r,
+        )
+        info.labels(*ids, "kubetune.dev/v1alpha1", "AdapterDeployment", ADAPTER).set(1)
+
+
 class LabelledPrometheus(Prometheus):
     """Prometheus scraping the server with the PodMonitor's target labels and the operator with
     honor_labels (so its FineTuneJob series keep the CR's namespace), like a ServiceMonitor should."""
 
-    def __init__(self, workdir: Path, server: str, operator: str) -> None:
+    def __init__(self, workdir: Path, server: str, operator: str, kube_state: str) -> None:
         super().__init__(workdir, [])
-        self.server, self.operator = server, operator
+        self.server, self.operator, self.kube_state = server, operator, kube_state
 
     def __enter__(self) -> LabelledPrometheus:
         super().__enter__()
@@ -202,7 +233,13 @@ class LabelledPrometheus(Prometheus):
                     "static_configs": [
                         {
                             "targets": [self.server],
-                            "labels": {"namespace": TEAM_NS, "pod": f"{ADAPTER}-server-7d9f4-x2x8q"},
+                            "labels": {
+                                "namespace": TEAM_NS,
+                                "pod": f"{ADAPTER}-server-7d9f4-x2x8q",
+                                # the PodMonitor's podTargetLabels
+                                "kubetune_dev_adapterdeployment": ADAPTER,
+                                "kubetune_dev_track": "stable",
+                            },
                         }
                     ],
                 },
@@ -215,6 +252,11 @@ class LabelledPrometheus(Prometheus):
                             "labels": {"namespace": "kubetune-system", "pod": "kt-kubetune-6c5d-abcde"},
                         }
                     ],
+                },
+                {
+                    "job_name": "kube-state-metrics",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [self.kube_state]}],
                 },
             ],
         }
@@ -238,10 +280,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
     if shutil.which("prometheus") is None:
         pytest.skip("Debian prometheus not installed")
     serving, operator = ServingPod(), OperatorPod()
-    server_port, operator_port = free_port(), free_port()
+    server_port, operator_port, kube_state_port = free_port(), free_port(), free_port()
     http = [
         start_http_server(server_port, addr="127.0.0.1", registry=serving.registry),
         start_http_server(operator_port, addr="127.0.0.1", registry=REGISTRY),
+        start_http_server(kube_state_port, addr="127.0.0.1", registry=KubeStateMetrics().registry),
     ]
     stop = threading.Event()
 
@@ -254,7 +297,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
     thread.start()
     workdir = tmp_path_factory.mktemp("prometheus")
     try:
-        with LabelledPrometheus(workdir, f"127.0.0.1:{server_port}", f"127.0.0.1:{operator_port}") as prom:
+        targets = (f"127.0.0.1:{port}" for port in (server_port, operator_port, kube_state_port))
+        with LabelledPrometheus(workdir, *targets) as prom:
             # The retrain counters must be scraped at 0 before the loop's events, as in a cluster.
             wait_for(
                 "the retrain counters scraped at 0",
@@ -334,7 +378,7 @@ def test_dashboard_model() -> None:
     assert variables["datasource"]["query"] == "prometheus"
     assert {"namespace", "adapter", "version"} <= set(variables)
     rows = [p["title"] for p in model["panels"] if p["type"] == "row"]
-    assert rows == ["Serving", "Drift & accuracy", "Loop", "Training"]
+    assert rows == ["Serving", "Drift & accuracy", "Loop", "Training", "Autoscaling"]
     ids = [p["id"] for p in model["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in model["panels"]:

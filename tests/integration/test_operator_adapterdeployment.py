@@ -281,7 +281,9 @@ def test_kubectl_scale_changes_the_serving_pods_through_the_scale_subresource(
     cluster.kubectl("scale", "adep", ADEP, "--replicas=3")
     cluster.wait_for(lambda: deployment(cluster)["spec"]["replicas"] == 3, timeout=TIMEOUT, message="3 pods")
     ready_pods(cluster, count=3)
-    scaled = wait_adep(cluster, operator, lambda s: s.get("replicas") == 3 and s.get("readyReplicas") == 3, "3")
+    scaled = wait_adep(
+        cluster, operator, lambda s: s.get("replicas") == 3 and s.get("readyReplicas") == 3, "3"
+    )
     assert scaled["phase"] == "Available" and scaled["selector"] == selector
     scale = json.loads(cluster.kubectl("get", "adep", ADEP, "--subresource=scale", "-o", "json").stdout)
     assert scale["spec"]["replicas"] == 3 and scale["status"]["replicas"] == 3

@@ -64,6 +64,12 @@ class FakeServerMetrics:
         self.server.shutdown()
 
 
+def paired_table(both: int, challenger_only: int, champion_only: int, neither: int) -> dict[str, Any]:
+    """TrainResult.paired as the trainer writes it: both adapters on the same rows, row by row."""
+    counts = {"challengerOnly": challenger_only, "championOnly": champion_only, "neither": neither}
+    return {"metric": "accuracy", "both": both, **counts}
+
+
 def apply_adep(cluster: Cluster, prometheus: Prometheus) -> None:
     doc = yaml.safe_load((ROOT / "examples/k8s/adapterdeployment-support-intents.yaml").read_text())
     doc["spec"]["monitoring"] = {
@@ -127,6 +133,11 @@ def test_drift_in_prometheus_triggers_one_retrain_that_is_promoted(
         child["spec"]["dataset"]["extra"][0]["uri"] == "pvc://kubetune-data/fresh/support-intents/train.jsonl"
     )
     assert child["spec"]["evaluation"]["championUri"] == drifted["activeAdapter"]["uri"]
+    # Judged on the recipe's validation rows plus the fresh hold-out (issue #23).
+    assert child["spec"]["dataset"]["validation"]["uri"].endswith("/support-intents/validation.jsonl")
+    assert [v["uri"] for v in child["spec"]["dataset"]["validationExtra"]] == [
+        "pvc://kubetune-data/fresh/support-intents/holdout.jsonl"
+    ]
     conds = {c["type"]: c for c in drifted["conditions"]}
     assert conds["Drifted"]["status"] == "True" and conds["Retraining"]["status"] == "True"
 
@@ -137,19 +148,24 @@ def test_drift_in_prometheus_triggers_one_retrain_that_is_promoted(
     assert [r["metadata"]["name"] for r in retrains] == [name]
 
     # The retrain runs (the real Job controller, its pods ended as a kubelet reports it) and beats
-    # the champion on the fresh hold-out.
+    # the champion on 120 held-out rows, row by row: 34 fixed, 2 broken.
     finish_job(cluster, f"{name}-validate")
     result: dict[str, Any] = {
         "adapterUri": f"pvc://kubetune-output/support-intents/{name}",
         "digest": "sha256:" + "bb" * 32,
-        "metrics": {"after_accuracy": 0.91, "champion_accuracy": 0.64},
+        "metrics": {"after_accuracy": 109 / 120, "champion_accuracy": 77 / 120},
         "validationRows": 120,
+        "paired": paired_table(both=75, challenger_only=34, champion_only=2, neither=9),
     }
     finish_job(cluster, f"{name}-train", 0, result)
     promoted = wait_adep(cluster, operator, lambda s: s.get("promoted") == name, "promoted")
-    assert promoted["retrains"][0]["outcome"] == "Promoted"
-    assert promoted["retrains"][0]["challenger"] == 0.91 and promoted["retrains"][0]["champion"] == 0.64
-    assert promoted["retrains"][0]["rows"] == 120
+    record = promoted["retrains"][0]
+    assert (record["outcome"], record["rows"]) == ("Promoted", 120)
+    assert (record["challenger"], record["champion"]) == (pytest.approx(109 / 120), pytest.approx(77 / 120))
+    assert record["difference"] == pytest.approx(32 / 120, abs=1e-4)
+    assert 0 < record["lowerBound"] < record["difference"] < record["upperBound"] < 1
+    message = next(c for c in promoted["conditions"] if c["type"] == "Promoted")["message"]
+    assert "on 120 held-out rows: difference +0.267, 95% interval [" in message
     new_version = f"{name}-bbbbbbbb"
     wait_template_version(cluster, new_version)  # the promoted adapter rolls out
     ready_pods(cluster)
@@ -203,46 +219,51 @@ def test_retrain_now_annotation_starts_one_retrain_per_request(
     assert wait_pod(cluster, f"{record['fineTuneJob']}-validate")["status"]["phase"] == "Running"
 
 
-def test_a_retrain_that_ties_the_champion_on_few_fresh_rows_waits_for_labels(
+def test_a_retrain_judged_on_fewer_rows_than_the_gate_minimum_waits_for_labels(
     cluster: Cluster, operator: Operator, prometheus: Prometheus
 ) -> None:
-    """Issue #26: the recipe's minAccuracy (0.85) is for its own validation rows; on 28 fresh hold-out
-    rows the champion scores 0.82 and the challenger ties it. Not a failure, not a promotion: the
-    champion serves on, the numbers are in status and events, and the next retrain may start."""
+    """Issues #26 and #23: the recipe's minAccuracy (0.85) is for its own validation rows, and 28 rows
+    are fewer than retraining.gate.minRows (50): whatever the scores, the gate does not decide. Not a
+    failure, not a promotion: the champion serves on, n and the labels still wanted are in status and
+    events, and the next retrain may start."""
     champion = serving_champion(cluster, operator, prometheus)
     cluster.kubectl("annotate", "adep", ADEP, "kubetune.dev/retrain-requested=2026-11-22T10:00:00Z")
     status = wait_adep(cluster, operator, lambda s: s.get("retrains"), "a retrain record")
     name = status["retrains"][0]["fineTuneJob"]
     child = cluster.get("ftj", cluster.ns, name)
     assert child is not None and "minAccuracy" not in child["spec"]["evaluation"]
-    assert child["spec"]["dataset"]["validation"]["uri"].endswith("/support-intents/holdout.jsonl")
+    assert child["spec"]["dataset"]["validationExtra"][-1]["uri"].endswith("/support-intents/holdout.jsonl")
 
     finish_job(cluster, f"{name}-validate")
     tie = {
         "adapterUri": run_adapter_uri(cluster, name),
         "digest": "sha256:" + "cc" * 32,
-        "metrics": {"after_accuracy": 23 / 28, "champion_accuracy": 23 / 28},
+        "metrics": {"after_accuracy": 28 / 28, "champion_accuracy": 23 / 28},
         "validationRows": 28,
+        "paired": paired_table(both=23, challenger_only=5, champion_only=0, neither=0),
     }
     finish_job(cluster, f"{name}-train", 0, tie)
     judged = wait_adep(
         cluster, operator, lambda s: s["retrains"][0]["outcome"] not in ("Pending", "Running"), "judged"
     )
     record = judged["retrains"][0]
-    assert record["outcome"] == "Inconclusive", record
+    assert record["outcome"] == "WaitingForLabels", record
     assert (record["rows"], record["metric"]) == (28, "accuracy")
-    assert record["challenger"] == record["champion"] == pytest.approx(23 / 28)
+    assert (record["challenger"], record["champion"]) == (1.0, pytest.approx(23 / 28))
+    assert record["lowerBound"] <= record["difference"] <= record["upperBound"]
     assert active_version(judged) == champion and not judged.get("promoted")
     conds = {c["type"]: c for c in judged["conditions"]}
-    assert (conds["Promoted"]["status"], conds["Promoted"]["reason"]) == ("False", "AwaitingLabels")
-    assert conds["Retraining"]["reason"] == "AwaitingLabels"
+    assert (conds["Promoted"]["status"], conds["Promoted"]["reason"]) == ("False", "WaitingForLabels")
+    assert conds["Retraining"]["reason"] == "WaitingForLabels"
     events = cluster.wait_for(
-        lambda: [e for e in cluster.events(cluster.ns, ADEP) if e["reason"] == "AwaitingLabels"],
+        lambda: [e for e in cluster.events(cluster.ns, ADEP) if e["reason"] == "WaitingForLabels"],
         timeout=TIMEOUT,
-        message="AwaitingLabels event",
+        message="WaitingForLabels event",
     )
     assert events[0]["type"] == "Normal"
-    assert "challenger 0.821 vs champion 0.821 on 28 held-out rows" in events[0]["message"]
+    text = events[0]["message"]
+    assert "challenger 1.000 vs champion 0.821 on 28 held-out rows" in text
+    assert "fewer than retraining.gate.minRows 50" in text and "label about 110 more inputs" in text
     assert "RetrainFailed" not in reasons(cluster)
 
     # Nothing blocks the next retrain, which trains and is judged on the labels gathered since.

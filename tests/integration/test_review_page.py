@@ -243,7 +243,7 @@ def test_kubectl_kubetune_review_prints_the_queue(server: tuple[str, DrainingSer
     assert done.returncode == 0, done.stderr
     expected = queue(url, limit="5")
     lines = done.stdout.splitlines()
-    assert lines[0] == f"support-intents: {expected['waiting']} waiting (order: diverse)"
+    assert lines[0] == f"support-intents: {expected['waiting']} waiting (order: entropy)"
     first = expected["data"][0]
     assert f"{first['margin']:.3f}" in lines[2] and first["guesses"][0]["label"] in lines[2]
     assert " ".join(first["text"].split())[:40] in done.stdout.replace("\n" + " " * 70, " ")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -127,9 +128,53 @@ def running_server(
         thread.join(60)
 
 
+def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples from /metrics (those with all of `labels`, or all label sets)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = re.findall(rf"^{name}(?:{{([^}}]*)}})? (\S+)$", text, re.MULTILINE)
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(float(v) for got, v in found if all(w in got.split(",") for w in wanted))
+
+
 def error_of(response: httpx.Response) -> dict[str, Any]:
     """The OpenAI-shaped error body, asserting its shape."""
     body = response.json()
     assert set(body) == {"error"}, body
     assert {"message", "type", "param", "code"} <= set(body["error"]), body
     return dict(body["error"])
+
+
+class HealthProbe(threading.Thread):
+    """Asks /healthz every 0.1 s while the block runs (`with HealthProbe(url) as probe:`), and once
+    more as it ends; keeps the longest answer in seconds (an unanswered probe counts as its 30 s
+    timeout)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.longest = 0.0
+        self.answers = 0
+        self._quit = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while True:
+                quitting = self._quit.is_set()
+                started = time.perf_counter()
+                try:
+                    ok = client.get(f"{self.url}/healthz").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.longest = max(self.longest, time.perf_counter() - started if ok else 30.0)
+                self.answers += ok
+                if quitting:
+                    return
+                self._quit.wait(0.1)
+
+    def __enter__(self) -> HealthProbe:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._quit.set()
+        self.join()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from test_serve_helpers import (
     SMOLLM,
     is_ready,
     make_adapters,
+    metric,
     running_server,
     wait_for,
 )
@@ -78,12 +78,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Drai
             yield url, running, handler
     finally:
         log.removeHandler(handler)
-
-
-def metric(url: str, name: str) -> float:
-    """Sum of a metric's samples (all label sets) from /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
 
 def long_chat(url: str, **kw: object) -> httpx.Response:

@@ -277,9 +277,23 @@ def test_sigterm_outside_the_training_loop_stops_at_once(workspace: Path) -> Non
     assert reason and reason.startswith("Preempted: stopped by SIGTERM outside the training loop")
 
 
+def with_holdout(manifest: Path, workspace: Path) -> Path:
+    """The manifest with 4 more held-out rows in dataset.validationExtra (a retrain's fresh hold-out)."""
+    labels = [LABELS[i % len(LABELS)] for i in range(4)]
+    rows = [{"text": PHRASES[label][i].format(n=900 + i), "label": label} for i, label in enumerate(labels)]
+    (workspace / "data" / "tiny" / "holdout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    doc = yaml.safe_load(manifest.read_text())
+    doc["spec"]["dataset"]["validationExtra"] = [{"uri": "pvc://data/tiny/holdout.jsonl"}]
+    manifest.write_text(yaml.safe_dump(doc))
+    return manifest
+
+
 def test_champion_is_scored_on_the_same_rows(workspace: Path) -> None:
-    """A run with evaluation.championUri = adapter A reports champion_* equal to A's own after_*."""
-    first = kubetune_train(workspace, write_manifest(workspace / "a.yaml", maxSteps=3), out="a")
+    """A run with evaluation.championUri = adapter A reports champion_* equal to A's own after_*, on the
+    validation rows plus dataset.validationExtra, and the row-by-row table behind both scores."""
+    evaluation = {"maxSamples": 13, "baseline": False}
+    first_manifest = write_manifest(workspace / "a.yaml", maxSteps=3, evaluation=evaluation)
+    first = kubetune_train(workspace, with_holdout(first_manifest, workspace), out="a")
     stdout, _ = first.communicate(timeout=300)
     assert first.returncode == 0, stdout[-2000:]
     champion = TrainResult.model_validate_json((workspace / "a.termination").read_text()).metrics
@@ -288,16 +302,21 @@ def test_champion_is_scored_on_the_same_rows(workspace: Path) -> None:
         workspace / "b.yaml",
         maxSteps=2,
         seed=7,
-        evaluation={"maxSamples": 9, "baseline": False, "championUri": str(workspace / "a" / "tiny")},
+        evaluation={**evaluation, "championUri": str(workspace / "a" / "tiny")},
     )
-    second = kubetune_train(workspace, manifest, out="b")
+    second = kubetune_train(workspace, with_holdout(manifest, workspace), out="b")
     stdout, _ = second.communicate(timeout=300)
     assert second.returncode == 0, stdout[-2000:]
     result = TrainResult.model_validate_json((workspace / "b.termination").read_text())
     metrics = result.metrics
-    assert result.validation_rows == 9  # maxSamples: the rows both adapters were scored on
+    assert result.validation_rows == 9 + 4  # validation + validationExtra: the rows both were scored on
     for name in ("accuracy", "macro_f1"):
         assert metrics[f"champion_{name}"] == pytest.approx(champion[f"after_{name}"], abs=1e-6)
+    # The operator's paired gate reads this table (issue #23); it adds up to both scores.
+    table = result.paired
+    assert table is not None and table.metric == "accuracy" and table.rows == 13
+    assert (table.both + table.challenger_only) / 13 == pytest.approx(metrics["after_accuracy"])
+    assert (table.both + table.champion_only) / 13 == pytest.approx(metrics["champion_accuracy"])
     report = json.loads((workspace / "b" / "tiny" / "metrics.json").read_text())
     assert report["champion"]["accuracy"] == metrics["champion_accuracy"]
     assert report["championUri"] == str(workspace / "a" / "tiny")

@@ -46,7 +46,7 @@ def admit(obj: dict[str, Any], crd: dict[str, Any]) -> Verdict:
     _prune(body, schema, [], unknown, root=True)
     if unknown:
         return Verdict([f'strict decoding error: unknown field "{path}"' for path in unknown])
-    errors = _openapi_errors(body, schema)
+    errors = _openapi_errors(body, schema) + _duplicate_errors(body, schema, [], schema)
     if any(marker in error for error in errors for marker in BLOCKING):
         return Verdict([*errors, f"<nil>: Invalid value: null: {SKIPPED_CEL}"])
     _cel_errors(body, schema, [], errors, schema)
@@ -204,6 +204,26 @@ def _openapi_errors(body: dict[str, Any], schema: dict[str, Any]) -> list[str]:
         else:
             errors.append(f"{path}: Invalid value: {_go(value)}: {err.message}")
     return errors
+
+
+def _duplicate_errors(
+    value: Any, schema: dict[str, Any], raw: list[str | int], top: dict[str, Any]
+) -> list[str]:
+    """``x-kubernetes-list-type: set``: a repeated item is ``Duplicate value`` at its second index."""
+    out: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for key, item in value.items():
+            if key in props and (raw or key != "metadata"):
+                out += _duplicate_errors(item, props[key], [*raw, key], top)
+    elif isinstance(value, list):
+        seen: list[Any] = []
+        for index, item in enumerate(value):
+            if schema.get("x-kubernetes-list-type") == "set" and item in seen:
+                out.append(f"{_path([*raw, index], top)}: Duplicate value: {_go(item)}")
+            seen.append(item)
+            out += _duplicate_errors(item, schema.get("items") or {}, [*raw, index], top)
+    return out
 
 
 @lru_cache(maxsize=1024)

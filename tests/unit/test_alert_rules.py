@@ -32,6 +32,8 @@ JOB = 'namespace="ml", name="support-intents-retrain-1"'
 JOB_LABELS = {"namespace": "ml", "name": "support-intents-retrain-1"}
 RETRAIN = 'namespace="ml", adapterdeployment="support-intents"'
 OPERATOR = 'job="kubetune-operator", namespace="kubetune-system"'
+HPA = 'namespace="ml", horizontalpodautoscaler="support-intents"'
+HPA_INFO = f'{HPA}, scaletargetref_kind="AdapterDeployment", scaletargetref_name="support-intents"'
 
 
 def series(name: str, labels: str, values: str) -> dict[str, str]:
@@ -52,6 +54,26 @@ def alert(labels: dict[str, str], summary: str, description: str) -> dict[str, A
 
 # alert -> (input series that fire it, eval time, the expected alert), and series that must not.
 FIRING: dict[str, tuple[list[dict[str, str]], str, dict[str, Any]]] = {
+    "KubetuneAutoscalerAtMax": (
+        [
+            series("kube_horizontalpodautoscaler_status_current_replicas", HPA, "4 8x30"),
+            series("kube_horizontalpodautoscaler_spec_max_replicas", HPA, "8x31"),
+            series("kube_horizontalpodautoscaler_info", HPA_INFO, "1x31"),
+        ],
+        "20m",
+        alert(
+            {
+                "severity": "warning",
+                "namespace": "ml",
+                "horizontalpodautoscaler": "support-intents",
+                "scaletargetref_name": "support-intents",
+            },
+            "support-intents: autoscaler at maxReplicas (8 pods) for 15m",
+            "The autoscaler ml/support-intents of AdapterDeployment support-intents has been at "
+            "spec.autoscaling.maxReplicas for 15m: requests queue above the target per pod. Raise "
+            "maxReplicas (and the GPU quota it needs) or shed load.",
+        ),
+    ),
     "KubetuneDriftHigh": (
         [
             series("kubetune_drift_score", f'{SRV}, kind="embedding_cosine"', "0.35x30"),
@@ -78,6 +100,20 @@ FIRING: dict[str, tuple[list[dict[str, str]], str, dict[str, Any]]] = {
             {"severity": "warning", **SRV_LABELS},
             "support-intents v1: rolling accuracy below 0.85 for 15m",
             "Feedback on adapter support-intents version v1 in ml says 71% of recent answers were right.",
+        ),
+    ),
+    "KubetuneAccuracyEstimatedLow": (
+        [
+            series("kubetune_accuracy_estimated", SRV, "0.62x30"),
+            series("kubetune_drift_window_size", SRV, "500x30"),
+        ],
+        "20m",
+        alert(
+            {"severity": "warning", **SRV_LABELS},
+            "support-intents v1: estimated accuracy below 0.85 for 15m",
+            "Without any label, the calibrated confidence of recent inputs of adapter support-intents "
+            "version v1 in ml estimates that 62% of its answers are right. Label the review queue "
+            "(/admin/review) to confirm it before feedback arrives.",
         ),
     ),
     "KubetuneRetrainFailed": (
@@ -165,6 +201,39 @@ FIRING: dict[str, tuple[list[dict[str, str]], str, dict[str, Any]]] = {
 }
 
 QUIET: dict[str, list[tuple[str, list[dict[str, str]], str]]] = {
+    "KubetuneAutoscalerAtMax": [
+        (
+            "below max",
+            [
+                series("kube_horizontalpodautoscaler_status_current_replicas", HPA, "7x30"),
+                series("kube_horizontalpodautoscaler_spec_max_replicas", HPA, "8x30"),
+                series("kube_horizontalpodautoscaler_info", HPA_INFO, "1x30"),
+            ],
+            "20m",
+        ),
+        (
+            "an HPA of something else",
+            [
+                series("kube_horizontalpodautoscaler_status_current_replicas", HPA, "8x30"),
+                series("kube_horizontalpodautoscaler_spec_max_replicas", HPA, "8x30"),
+                series(
+                    "kube_horizontalpodautoscaler_info",
+                    f'{HPA}, scaletargetref_kind="Deployment", scaletargetref_name="web"',
+                    "1x30",
+                ),
+            ],
+            "20m",
+        ),
+        (
+            "at max for less than 15m",
+            [
+                series("kube_horizontalpodautoscaler_status_current_replicas", HPA, "4x20 8x10"),
+                series("kube_horizontalpodautoscaler_spec_max_replicas", HPA, "8x30"),
+                series("kube_horizontalpodautoscaler_info", HPA_INFO, "1x30"),
+            ],
+            "25m",
+        ),
+    ],
     "KubetuneDriftHigh": [
         (
             "below threshold",
@@ -205,6 +274,32 @@ QUIET: dict[str, list[tuple[str, list[dict[str, str]], str]]] = {
             [
                 series("kubetune_accuracy", SRV, "0.5x30"),
                 series("kubetune_feedback_total", SRV, "40x30"),
+            ],
+            "20m",
+        ),
+    ],
+    "KubetuneAccuracyEstimatedLow": [
+        (
+            "confident",
+            [
+                series("kubetune_accuracy_estimated", SRV, "0.93x30"),
+                series("kubetune_drift_window_size", SRV, "500x30"),
+            ],
+            "20m",
+        ),
+        (
+            "too few inputs",
+            [
+                series("kubetune_accuracy_estimated", SRV, "0.4x30"),
+                series("kubetune_drift_window_size", SRV, "30x30"),
+            ],
+            "20m",
+        ),
+        (
+            "low only briefly",
+            [
+                series("kubetune_accuracy_estimated", SRV, "0.6x5 0.95x25"),
+                series("kubetune_drift_window_size", SRV, "500x30"),
             ],
             "20m",
         ),
@@ -392,7 +487,8 @@ def used_metric_names() -> set[str]:
     """Every kubetune_* series name in the rule expressions and the dashboard's queries."""
     groups = yaml.safe_load(RULES.read_text())["groups"]
     exprs = [r["expr"] for g in groups for r in g["rules"]] + dashboard_queries()
-    return {n for e in exprs for n in re.findall(r"\bkubetune_[a-z0-9_]+", e)}
+    # kubetune_dev_* are label names (Kubernetes pod labels kubetune.dev/... copied by the PodMonitor)
+    return {n for e in exprs for n in re.findall(r"\bkubetune_(?!dev_)[a-z0-9_]+", e)}
 
 
 def dashboard_queries() -> list[str]:
@@ -423,12 +519,15 @@ def contract_series() -> set[str]:
         telemetry.DRIFT_SCORE,
         telemetry.DRIFT_WINDOW,
         telemetry.ACCURACY,
+        telemetry.ACCURACY_ESTIMATED,
+        telemetry.REVIEW_RATE,
         telemetry.FEEDBACK_TOTAL,
         telemetry.FEEDBACK_CORRECT_TOTAL,
         telemetry.REQUESTS_TOTAL,
         telemetry.ERRORS_TOTAL,
         telemetry.IN_FLIGHT,
         telemetry.TOKENS_TOTAL,
+        telemetry.QUEUE_LENGTH,
     }
     names.update(telemetry.REQUEST_LATENCY + s for s in SERIES_SUFFIXES)
     return names

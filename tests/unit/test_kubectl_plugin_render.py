@@ -33,9 +33,14 @@ def ftj(name: str, status: dict[str, Any], created: str = "2026-01-01T11:00:00Z"
     return {"kind": "FineTuneJob", "metadata": meta, "spec": {"suspend": False}, "status": status}
 
 
-def adep(status: dict[str, Any], replicas: int = 2) -> dict[str, Any]:
+def adep(status: dict[str, Any], replicas: int = 2, **spec: Any) -> dict[str, Any]:
     meta = {"name": "support-intents", "namespace": "default"}
-    return {"kind": "AdapterDeployment", "metadata": meta, "spec": {"replicas": replicas}, "status": status}
+    return {
+        "kind": "AdapterDeployment",
+        "metadata": meta,
+        "spec": {"replicas": replicas, **spec},
+        "status": status,
+    }
 
 
 RUNNING = ftj(
@@ -131,7 +136,9 @@ def test_adapterdeployment_table() -> None:
         }
     )
     canary["metadata"]["name"] = "canary"
-    lines = render.adapterdeployment_table([live, fresh, canary]).splitlines()
+    scaled = adep({"phase": "Available", "readyReplicas": 4}, replicas=5, autoscaling={"maxReplicas": 8})
+    scaled["metadata"]["name"] = "scaled"
+    lines = render.adapterdeployment_table([live, fresh, canary, scaled]).splitlines()
     assert lines[0].split() == ["NAME", "PHASE", "ACTIVE", "VERSION", "ACCURACY", "READY", "DRIFT"]
     assert lines[1].split() == [
         "support-intents",
@@ -143,6 +150,7 @@ def test_adapterdeployment_table() -> None:
     ]
     assert lines[2].split() == ["fresh", "Progressing", "v1", "0.9100", "(eval)", "0/3", "-"]
     assert "v1 (canary v2 25%)" in lines[3]  # fmt: skip
+    assert "4/5 (auto 1-8)" in lines[4]  # desired pods come from the autoscaler through the scale subresource
 
 
 def test_watch_line_and_key() -> None:

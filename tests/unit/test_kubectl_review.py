@@ -7,7 +7,7 @@ import pytest
 
 from kubetune.kubectl_plugin.args import build_parser
 from kubetune.kubectl_plugin.main import main
-from kubetune.kubectl_plugin.review import render_queue
+from kubetune.kubectl_plugin.review import ReviewUnavailable, render_queue, without_cluster
 
 BODY = {
     "model": "support-intents",
@@ -61,3 +61,21 @@ def test_arguments() -> None:
     assert main(["review", "x", "--limit", "0"]) == 2
     with pytest.raises(SystemExit):
         build_parser().parse_args(["review", "x", "--order", "random"])
+
+
+def test_url_and_token_need_no_cluster_else_adep_is_required(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_url = build_parser().parse_args(["review", "--url", "http://127.0.0.1:1"])
+    assert with_url.name is None
+    assert without_cluster(with_url, {"KUBETUNE_ADMIN_TOKEN": "t"})
+    assert not without_cluster(with_url, {})
+    assert not without_cluster(build_parser().parse_args(["review", "x"]), {"KUBETUNE_ADMIN_TOKEN": "t"})
+    monkeypatch.setenv("KUBETUNE_ADMIN_TOKEN", "t")
+    monkeypatch.setenv("KUBECTL", "/nonexistent/kubectl")
+    # no kubectl on this path: the command still runs, and fails only on the unreachable server
+    assert main(["review", "--url", "http://127.0.0.1:1"]) == ReviewUnavailable.exit_code
+    assert "error: http://127.0.0.1:1: " in capsys.readouterr().err
+    monkeypatch.delenv("KUBETUNE_ADMIN_TOKEN")
+    assert main(["review", "--url", "http://127.0.0.1:1"]) == 1
+    assert "kubectl not found" in capsys.readouterr().err  # without the token, the cluster is asked

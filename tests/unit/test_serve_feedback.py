@@ -58,9 +58,16 @@ class Body(BaseModel):
     n: int
 
 
-def test_errors_are_openai_shaped() -> None:
+def test_errors_are_openai_shaped_and_counted_once() -> None:
     app = FastAPI()
-    install_error_handlers(app)
+    counted: list[None] = []
+    install_error_handlers(app, lambda: counted.append(None))
+    metrics = ServeMetrics()
+
+    @app.post("/tracked")
+    async def tracked() -> None:
+        with metrics.track(("a", "v1")):  # counted under its adapter: the handler must not count again
+            raise ModelNotFoundError("gone meanwhile", "model")
 
     @app.post("/missing")
     async def missing() -> None:
@@ -93,3 +100,6 @@ def test_errors_are_openai_shaped() -> None:
     assert (
         r.status_code == 500 and "secret detail" not in r.text and r.json()["error"]["type"] == "server_error"
     )
+    assert len(counted) == 4, "each refusal raised before an adapter is known is counted once"
+    assert client.post("/tracked").status_code == 404 and len(counted) == 4
+    assert sample(metrics, "kubetune_errors_total", {"adapter": "a", "version": "v1"}) == 1

@@ -1,5 +1,5 @@
 """Review queue: margin/novelty, labelling order (uncertainty vs diversity), the bounded deduplicated
-queue files, and the admin token from a browser's Basic credentials."""
+queue files (items, bytes, text length), and the admin token from a browser's Basic credentials."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from kubetune_trainer.serve.admin import presented_token
 from kubetune_trainer.serve.review import DONE_FILE, QUEUE_FILE, ReviewItem, ReviewQueue, item_id
 from kubetune_trainer.serve.selection import kmeans, margin, novelty, order_for_labelling, top_two
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 def test_margin_and_top_two() -> None:
@@ -111,6 +111,30 @@ def test_queue_deduplicates_bounds_and_resolves(tmp_path: Path) -> None:
     assert queue.add([item("d")]) == 0  # a decided text does not come back
     decided = [json.loads(line) for line in (tmp_path / "intents" / DONE_FILE).read_text().splitlines()]
     assert [(r["id"], r["label"]) for r in decided] == [(item_id("d"), "fraud_report"), (item_id("c"), None)]
+
+
+def test_queue_refuses_long_texts_and_keeps_its_file_under_the_byte_cap(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    gauge = Gauge("kubetune_review_queue_length", "x", ("adapter",), registry=registry)
+    dropped = Counter("kubetune_review_dropped", "x", ("adapter", "reason"), registry=registry)
+    queue = ReviewQueue(tmp_path, gauge, 0.3, 0.5, 100, 2, dropped, max_text_chars=50, max_bytes=4000)
+    assert queue.add([item("x" * 51), item("short")]) == 1
+    assert (
+        registry.get_sample_value(
+            "kubetune_review_dropped_total", {"adapter": "intents", "reason": "too_long"}
+        )
+        == 1
+    )
+    for i in range(40):  # ~500 bytes a line: the file would hold 20 KB without the cap
+        queue.add([item(f"ticket {i} " + "y" * 30)])
+    path = tmp_path / "intents" / QUEUE_FILE
+    assert path.stat().st_size <= 4000
+    texts = [i.text for i in queue.pending("intents", "uncertainty")]
+    assert texts and texts[-1].startswith("ticket 39 "), "the newest items are the ones kept"
+    full = registry.get_sample_value(
+        "kubetune_review_dropped_total", {"adapter": "intents", "reason": "queue_full"}
+    )
+    assert full == 41 - len(texts)
 
 
 def test_two_pods_on_one_volume_share_the_queue(tmp_path: Path) -> None:

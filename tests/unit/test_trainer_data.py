@@ -178,3 +178,27 @@ def test_validation_split_comes_from_train_only(tmp_path: Path) -> None:
     data = load_task_data(with_extra(make_config(tmp_path, "train.jsonl"), ("fresh.jsonl", 2)))
     assert len(data.validation) == 1 and len(data.train) == 9 + 2
     assert all(e.text != "fresh row" for e in data.validation if isinstance(e, ClassificationExample))
+
+
+def test_validation_extra_joins_the_validation_rows_ahead_and_is_never_trained_on(tmp_path: Path) -> None:
+    """A retrain's fresh hold-out (dataset.validationExtra) is scored with the recipe's validation rows,
+    first, so evaluation.maxSamples never cuts it; errors name it."""
+    write_jsonl(
+        tmp_path / "train.jsonl", [{"text": f"refund {i}", "label": LABELS[i % 2]} for i in range(10)]
+    )
+    write_jsonl(tmp_path / "validation.jsonl", [{"text": "money back", "label": "billing_refund"}])
+    write_jsonl(tmp_path / "holdout.jsonl", [{"text": "stolen card", "label": "fraud_report"}])
+    wire = make_config(tmp_path, "train.jsonl", "validation.jsonl").model_dump(by_alias=True)
+    wire["dataset"]["validationExtra"] = [{"uri": "pvc://data/holdout.jsonl"}]
+    data = load_task_data(TrainConfig.model_validate(wire))
+    texts = [e.text for e in data.validation if isinstance(e, ClassificationExample)]
+    assert texts == ["stolen card", "money back"]
+    assert all(e.text != "stolen card" for e in data.train if isinstance(e, ClassificationExample))
+    assert len(data.train) == 10 and data.validation_source == "validation file + 1 validationExtra rows"
+
+    write_jsonl(tmp_path / "holdout.jsonl", [{"text": "no label"}])
+    with pytest.raises(
+        DataValidationError,
+        match=r"dataset\.validationExtra\[0\] holdout\.jsonl row 1: field 'label' missing",
+    ):
+        load_task_data(TrainConfig.model_validate(wire))

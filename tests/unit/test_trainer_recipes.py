@@ -35,6 +35,8 @@ def test_auto_trains_what_applies() -> None:
         "lora",
     ]
     assert candidate_recipes("auto", "causal-lm", "model", 1000) == ["lora"]
+    assert candidate_recipes("auto", "causal-lm", "model", 1000, closed_set=True) == ["heads", "lora"]
+    assert candidate_recipes("heads", "causal-lm", "model", 1000, closed_set=True) == ["heads"]
     assert candidate_recipes("full", "sequence-classification", "mean", 1000) == ["full"]
 
 
@@ -45,6 +47,8 @@ def test_auto_trains_what_applies() -> None:
         ("full", "causal-lm", "model", 1000, "sequence-classification"),
         ("probe", "sequence-classification", "model", 1000, "mean-pooling"),
         ("full", "sequence-classification", "mean", FULL_MAX_PARAMETERS + 1, "parameters"),
+        ("heads", "causal-lm", "model", 1000, "closed set"),
+        ("heads", "sequence-classification", "mean", 1000, "causal-lm"),
     ],
 )
 def test_explicit_recipe_that_cannot_run_is_a_config_error(

@@ -16,6 +16,7 @@ from kubetune_operator.builders.training import (
     build_validate_job,
 )
 
+from kubetune.api import uris
 from kubetune.api.finetunejob import FineTuneJob
 from kubetune.api.trainconfig import TrainConfig
 
@@ -156,3 +157,19 @@ def test_child_names_are_deterministic_and_bounded() -> None:
     assert len(child_name(long, "train")) <= 63
     assert child_name(long, "train") != child_name("a" * 81, "train")
     assert child_name("x", "train") == "x-train"
+
+
+def test_the_charts_allowed_hosts_reach_both_trainer_pods_only_when_set() -> None:
+    cr, owner = load_example("finetunejob-support-intents.yaml")
+
+    def env(job: dict[str, Any]) -> dict[str, str]:
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value", "") for e in container["env"]}
+
+    allowed = ["*.corp.example", "10.20.0.0/16"]
+    train = build_training_job(cr, owner, "img:1", "IfNotPresent", "sa", allowed_hosts=allowed)
+    validate = build_validate_job(cr, owner, "img:1", "IfNotPresent", "sa", "1", "1Gi", allowed_hosts=allowed)
+
+    assert env(train)["KUBETUNE_ALLOWED_HOSTS"] == env(validate)["KUBETUNE_ALLOWED_HOSTS"]
+    assert uris.allowed_hosts_from(env(train)) == tuple(allowed)
+    assert "KUBETUNE_ALLOWED_HOSTS" not in env(build_training_job(cr, owner, "img:1", "IfNotPresent", "sa"))

@@ -20,7 +20,19 @@ from kubetune.api.uris import UnsafeUriError, check_redirect, check_uri, host_pr
     ("uri", "rules", "problem"),
     [
         ("https://example.com/train.jsonl?sig=a%2Fb", uris.DATA_RULES, None),
-        ("https://10.0.0.5:8443/train.jsonl", uris.DATA_RULES, None),
+        ("https://10.0.0.5:8443/train.jsonl", uris.DATA_RULES, "must name a public host"),
+        ("https://minio/train.jsonl", uris.DATA_RULES, "must name a public host"),
+        ("https://kubernetes.default.svc/api", uris.DATA_RULES, "must name a public host"),
+        ("https://a.b.svc.cluster.local:8443/x", uris.MODEL_RULES, "must name a public host"),
+        ("https://100.127.255.1/x", uris.DATA_RULES, "must name a public host"),
+        ("https://100.128.0.1/x", uris.DATA_RULES, None),
+        ("https://172.32.0.1/x", uris.DATA_RULES, None),
+        ("https://svc.example.com/x", uris.DATA_RULES, None),
+        ("https://example.com/a/%2E%2e/b", uris.DATA_RULES, "path traversal"),
+        ("https://example.com/a/..%2Fb", uris.DATA_RULES, "path traversal"),
+        ("/./proc/self/environ", uris.MODEL_RULES, "must not be under /etc, /proc"),
+        ("/var/./run/secrets/kubernetes.io", uris.MODEL_RULES, "must not be under /etc, /proc"),
+        ("/models/./minilm", uris.MODEL_RULES, None),
         ("pvc://kubetune-data/a/b.jsonl", uris.DATA_RULES, None),
         ("file:///etc/passwd", uris.DATA_RULES, "must be pvc://"),
         ("https://169.254.169.254/latest", uris.DATA_RULES, "must not point at the pod itself"),
@@ -35,12 +47,16 @@ from kubetune.api.uris import UnsafeUriError, check_redirect, check_uri, host_pr
         ("//etc/passwd", uris.CHAMPION_RULES, "must be pvc://"),
         ("/models/minilm", uris.MODEL_RULES, None),
         ("http://127.0.0.1:9090", uris.PROMETHEUS_RULES, None),
+        ("http://prometheus-operated.monitoring.svc:9090", uris.PROMETHEUS_RULES, None),
+        ("https://kubernetes.default.svc.cluster.local", uris.PROMETHEUS_RULES, "Kubernetes API server"),
+        ("http://192.168.3.4:9090", uris.PROMETHEUS_RULES, "Kubernetes API server"),
         ("http://metadata.google.internal", uris.PROMETHEUS_RULES, "cloud-metadata"),
         ("http://prom:9090/?q=1", uris.PROMETHEUS_RULES, "no credentials, query or fragment"),
     ],
 )
 def test_uri_problem(uri: str, rules: Any, problem: str | None) -> None:
-    found = uri_problem(uri, rules, allow_loopback=rules is uris.PROMETHEUS_RULES)
+    prometheus = rules is uris.PROMETHEUS_RULES
+    found = uri_problem(uri, rules, allow_loopback=prometheus, allow_private=prometheus)
     assert found is None if problem is None else problem in (found or "")
 
 
@@ -127,9 +143,110 @@ def test_s3_endpoint_from_a_secret_is_checked(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_operator_rechecks_the_prometheus_url_and_its_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
-    asyncio.run(check_prometheus_url("http://127.0.0.1:9090"))
+    asyncio.run(check_prometheus_url("http://127.0.0.1:9090", allow_loopback=True))
+    with pytest.raises(PrometheusError, match="must not point at the pod itself"):
+        asyncio.run(check_prometheus_url("http://127.0.0.1:9090", allow_loopback=False))
     with pytest.raises(PrometheusError, match="cloud-metadata"):
         asyncio.run(check_prometheus_url("http://169.254.169.254/"))
     resolve_to(monkeypatch, "169.254.169.254")
     with pytest.raises(PrometheusError, match=r"resolves to 169\.254\.169\.254"):
         asyncio.run(check_prometheus_url("http://prometheus.monitoring:9090"))
+
+
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        ("10.1.2.3", uris.PRIVATE_MESSAGE),
+        ("172.31.255.255", uris.PRIVATE_MESSAGE),
+        ("192.168.0.1", uris.PRIVATE_MESSAGE),
+        ("100.64.0.1", uris.PRIVATE_MESSAGE),
+        ("fd12::1", uris.PRIVATE_MESSAGE),
+        ("::ffff:10.0.0.1", uris.PRIVATE_MESSAGE),
+        ("[::1]", uris.UNSAFE_HOST_MESSAGE),
+        ("127.1.2.3", uris.UNSAFE_HOST_MESSAGE),
+        ("minio", uris.INTERNAL_HOST_MESSAGE),
+        ("kubernetes.default", uris.INTERNAL_HOST_MESSAGE),
+        ("Vault.Vault.SVC.", uris.INTERNAL_HOST_MESSAGE),
+        ("db.prod.svc.cluster.local", uris.INTERNAL_HOST_MESSAGE),
+        ("172.15.0.1", None),
+        ("100.63.255.255", None),
+        ("8.8.8.8", None),
+        ("huggingface.co", None),
+    ],
+)
+def test_host_classification(host: str, problem: str | None) -> None:
+    assert host_problem(host) == problem
+
+
+def test_the_allow_list_names_private_hosts_but_never_metadata() -> None:
+    allowed = ["minio", "*.data.svc", "10.20.0.0/16", "169.254.169.254"]
+
+    assert host_problem("minio", allowed=allowed) is None
+    assert host_problem("store.data.svc", allowed=allowed) is None
+    assert host_problem("10.20.3.4", allowed=allowed) is None
+    assert host_problem("10.21.3.4", allowed=allowed) == uris.PRIVATE_MESSAGE
+    assert host_problem("other.svc", allowed=allowed) == uris.INTERNAL_HOST_MESSAGE
+    assert host_problem("169.254.169.254", allowed=allowed) == uris.UNSAFE_HOST_MESSAGE
+
+
+@pytest.mark.parametrize(
+    ("path", "normal"),
+    [
+        ("/./proc/self/environ", "/proc/self/environ"),
+        ("//etc//passwd", "/etc/passwd"),
+        ("/models/%2e%2e/root/.ssh", "/root/.ssh"),
+        ("/var/./run/secrets", "/var/run/secrets"),
+        ("/models/minilm/", "/models/minilm"),
+        ("org/model", "org/model"),
+    ],
+)
+def test_normalised_path(path: str, normal: str) -> None:
+    assert uris.normalised_path(path) == normal
+
+
+def test_the_runtime_check_judges_the_normalised_path() -> None:
+    with pytest.raises(UnsafeUriError, match="must not be under /etc"):
+        check_uri("/./root/adapter", uris.CHAMPION_RULES, "evaluation.championUri")
+    assert check_uri("/models/./adapter", uris.CHAMPION_RULES, "evaluation.championUri")
+
+
+def test_https_get_refuses_a_name_that_resolves_to_a_private_address_unless_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    resolve_to(monkeypatch, "10.0.7.7")
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=b"rows"))
+    url = "https://data.corp.example/x.jsonl"
+
+    with pytest.raises(UnsafeUriError, match=r"host 'data\.corp\.example' is a private"):
+        fetch.https_get(url, uris.DATA_RULES, "dataset", {}, 5, transport)
+    monkeypatch.setenv(uris.ALLOWED_HOSTS_ENV, '["*.corp.example"]')
+    assert fetch.https_get(url, uris.DATA_RULES, "dataset", {}, 5, transport) == b"rows"
+    monkeypatch.setenv(uris.ALLOWED_HOSTS_ENV, '["10.0.0.0/8"]')
+    assert fetch.https_get(url, uris.DATA_RULES, "dataset", {}, 5, transport) == b"rows"
+
+
+def test_s3_endpoint_may_be_a_cluster_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    resolve_to(monkeypatch, "10.96.4.4")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.storage.svc:9000")
+    assert fetch.s3_endpoint("dataset") == "http://minio.storage.svc:9000"
+
+
+def test_allowed_hosts_env_must_be_a_json_list() -> None:
+    assert uris.allowed_hosts_from({}) == ()
+    assert uris.allowed_hosts_from({uris.ALLOWED_HOSTS_ENV: '["a", "10.0.0.0/8"]'}) == ("a", "10.0.0.0/8")
+    with pytest.raises(ValueError, match="JSON list"):
+        uris.allowed_hosts_from({uris.ALLOWED_HOSTS_ENV: '{"a": 1}'})
+
+
+@pytest.mark.parametrize(
+    ("output", "location", "into"),
+    [
+        ("pvc://out/a", "pvc://out/a/", True),
+        ("pvc://out/a/b", "pvc://out/a", True),
+        ("pvc://out/a", "pvc://out/a/b", False),
+        ("pvc://out/ab", "pvc://out/a", False),
+        ("s3://b/a", "pvc://b/a", False),
+    ],
+)
+def test_writes_into(output: str, location: str, into: bool) -> None:
+    assert uris.writes_into(output, location) is into

@@ -57,11 +57,21 @@ def file_digest(path: Path) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
-def write_adapter(model: Any, out: Path, config: TrainConfig, labels: list[str], pooling: str) -> str:
+def write_adapter(
+    model: Any,
+    out: Path,
+    config: TrainConfig,
+    labels: list[str],
+    pooling: str,
+    temperature: float | None = None,
+    answer_schema: Any = None,
+) -> str:
     """Save the unmerged adapter (never merged here: merging a big base is what OOMs); returns its digest.
 
     `pooling` (classification: "mean" or "model", see models.classifier_pooling) says what the head
-    reads; an adapter only fits a base loaded with the same pooling."""
+    reads; an adapter only fits a base loaded with the same pooling. `temperature` (classification,
+    temperature.py) is what the server divides the logits by. `answer_schema` (causal-lm,
+    closed_set.AnswerSchema) makes the server answer among the allowed values, as evaluated."""
     adapter = out / "adapter"
     model.save_pretrained(str(adapter), safe_serialization=True, selected_adapters=["default"])
     (adapter / "kubetune.json").write_text(
@@ -72,6 +82,8 @@ def write_adapter(model: Any, out: Path, config: TrainConfig, labels: list[str],
                 "labels": labels,
                 "maxSeqLength": config.training.max_seq_length,
                 **({"pooling": pooling} if config.task.type == "sequence-classification" else {}),
+                **({"temperature": round(temperature, 6)} if temperature is not None else {}),
+                **({"answerSchema": answer_schema.wire()} if answer_schema is not None else {}),
             },
             indent=2,
         )
@@ -143,11 +155,37 @@ Training: {report["steps"]} optimizer steps in {report["trainSeconds"]:.0f} s.
 {rows}
 
 *before* is the base model without the adapter (classification: an untrained head, so about chance);
-*baseline* is logistic regression on frozen mean-pooled embeddings; *after* is base + this adapter;
+*baseline* is logistic regression on frozen mean-pooled embeddings{_probe_note(report)};
+*after* is base + this adapter;
 *champion* (when evaluation.championUri is set) is that earlier adapter on the same validation rows.
-Gate: {_gate_line(config)}.
+Gate: {_gate_line(config)}.{_calibration_line(report.get("calibration"))}
 Load with `peft.PeftModel.from_pretrained(base, "adapter")`; labels are in `adapter/kubetune.json`.
 """
+
+
+def _calibration_line(calibration: dict[str, Any] | None) -> str:
+    if not calibration or not calibration["rows"]:
+        return ""
+    return (
+        f"\nCalibration: temperature {calibration['temperature']} fitted on {calibration['rows']} rows"
+        f" held out of train (expected calibration error {calibration['eceBefore']} before,"
+        f" {calibration['eceAfter']} after); the server applies it to every probability."
+    )
+
+
+def _probe_note(report: dict[str, Any]) -> str:
+    """Closed-set causal-lm: which probes the baseline row is the best of (llm_baseline.py)."""
+    baseline = report.get("baseline") or {}
+    probes = [
+        f"{name} {m} {baseline[f'{name}_{m}']:.4f}"
+        for name in ("base", "minilm")
+        for m in report["metricNames"]
+        if f"{name}_{m}" in baseline
+    ]
+    if not probes:
+        return ""
+    gate = "; the gate holds the adapter to it" if report["gate"].get("mustBeatBaseline") else ""
+    return f" (one probe per answer field, the best of: {', '.join(probes)}{gate})"
 
 
 def _gate_line(config: TrainConfig) -> str:

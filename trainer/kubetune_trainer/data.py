@@ -32,6 +32,7 @@ CHAT_ROLES = frozenset({"system", "user", "assistant"})
 class ClassificationExample:
     text: str
     label: int
+    language: str | None = None  # optional "language" field: evaluation reports accuracy per language
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,13 @@ def _messages(row: dict[str, Any], field: str) -> tuple[tuple[str, str], ...]:
     return tuple(turns)
 
 
+def _language(row: dict[str, Any]) -> str | None:
+    value = row.get("language")
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"field 'language' must be a non-empty string (e.g. 'en'), got {value!r}")
+    return value
+
+
 def validate_rows(
     rows: list[tuple[int, Any]], name: str, config: TrainConfig, labels: list[str] | None
 ) -> list[Example]:
@@ -212,7 +220,7 @@ def validate_rows(
                         f"field {fields.label!r}: unknown label {label!r} "
                         f"(task.labels: {', '.join(label_ids)})"
                     )
-                examples.append(ClassificationExample(text, label_ids[str(label)]))
+                examples.append(ClassificationExample(text, label_ids[str(label)], _language(row)))
             elif task.causal_format == "messages":
                 examples.append(ChatExample(_messages(row, fields.messages)))
             else:
@@ -282,6 +290,8 @@ def load_task_data(config: TrainConfig) -> TaskData:
     times each (oversampling: a row of weight 2 is seen twice per epoch). A validation split, when no
     validation file is given, is taken from the train file only, so a repeated extra row never sits
     on both sides. Labels, when task.labels is omitted, are inferred over train and every extra.
+    Rows of dataset.validationExtra (e.g. a retrain's fresh hold-out) join the validation rows, ahead of
+    them, so evaluation.maxSamples never cuts the fresh rows the retrain gate is about.
     """
     spec = config.dataset
     raw_train, train_name, train_rows = _read_rows(spec.train, config)
@@ -310,6 +320,14 @@ def load_task_data(config: TrainConfig) -> TaskData:
     else:
         train, validation = split_train_validation(train, spec.validation_split, config.training.seed)
         source = "split of train"
+    held_out: list[Example] = []
+    for i, more in enumerate(spec.validation_extra):
+        label = f"dataset.validationExtra[{i}] {PurePosixPath(urlparse(more.uri).path).name}"
+        raw, name, rows = _read_rows(more, config, label)
+        held_out += validate_rows(rows, name, config, labels)
+        chunks += [b"validation extra", raw]
+    if held_out:
+        validation, source = held_out + validation, f"{source} + {len(held_out)} validationExtra rows"
     for extra, raw, name, rows in extras:
         train += [
             example for example in validate_rows(rows, name, config, labels) for _ in range(extra.weight)

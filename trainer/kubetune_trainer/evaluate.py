@@ -7,7 +7,6 @@ generations. Each evaluation also returns what the drift reference statistics ar
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from kubetune_trainer.batches import IGNORE, Tokenized, packed_batch, padded_batch, render_chat
+from kubetune_trainer.closed_set import AnswerSchema, choose_answers, field_accuracy, parse_json_object
 from kubetune_trainer.data import ChatExample, Example, PromptCompletionExample
 from kubetune_trainer.models import mean_pool
 
@@ -31,6 +31,7 @@ class Evaluation:
     confidence: list[float] = field(default_factory=list)
     embeddings: np.ndarray | None = None  # mean-pooled last hidden state per row
     lengths: list[int] = field(default_factory=list)
+    probabilities: np.ndarray | None = None  # classification: softmax per row (temperature.calibrate)
 
 
 # ---------------------------------------------------------------- classification
@@ -83,7 +84,21 @@ def evaluate_classifier(
         probs.max(-1).tolist(),
         embeddings,
         [len(s.input_ids) for s in seqs],
+        probs,
     )
+
+
+def accuracy_per_language(correct: list[bool], languages: list[str | None]) -> dict[str, float]:
+    """accuracy_language_<language> for the rows that carry a language (none when no row does).
+
+    >>> accuracy_per_language([True, False, True], ["en", "es-en", None])
+    {'accuracy_language_en': 1.0, 'accuracy_language_es-en': 0.0}
+    """
+    out: dict[str, list[bool]] = {}
+    for ok, language in zip(correct, languages, strict=True):
+        if language is not None:
+            out.setdefault(language, []).append(ok)
+    return {f"accuracy_language_{lang}": float(np.mean(oks)) for lang, oks in sorted(out.items())}
 
 
 @dataclass
@@ -183,14 +198,6 @@ def generate(
     return answers, confidence, torch.cat(embeddings).numpy(), lengths
 
 
-def parse_json_object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def answer_metrics(answers: list[str], references: list[str]) -> tuple[dict[str, float], list[str]]:
     """json_validity + intent/priority exact match when the references are JSON objects with an intent;
     plain exact_match otherwise. Also the predicted intent per row ('<invalid>' when unparseable)."""
@@ -221,13 +228,44 @@ def answer_metrics(answers: list[str], references: list[str]) -> tuple[dict[str,
 
 
 def evaluate_causal(
-    model: Any, tokenizer: Any, examples: list[Example], seqs: list[Tokenized], device: torch.device
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    seqs: list[Tokenized],
+    device: torch.device,
+    schema: AnswerSchema | None = None,
 ) -> Evaluation:
+    """Loss and answer scores; with a closed-set `schema` the answers are chosen among the allowed
+    values (closed_set.choose_answers, as the server answers) instead of decoded freely."""
     metrics = causal_loss(model, seqs, device)
     prompts, references = zip(*(prompt_and_reference(e, tokenizer) for e in examples), strict=True)
+    if schema is not None:
+        return _evaluate_closed_set(model, tokenizer, list(prompts), list(references), schema, metrics)
     longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
     answers, confidence, embeddings, lengths = generate(
         model, tokenizer, list(prompts), min(longest + 8, 128), device
     )
     answer_scores, predicted = answer_metrics(answers, list(references))
     return Evaluation(metrics | answer_scores, None, predicted, confidence, embeddings, lengths)
+
+
+def _evaluate_closed_set(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    references: list[str],
+    schema: AnswerSchema,
+    metrics: dict[str, float],
+) -> Evaluation:
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    answers = choose_answers(model, tokenizer, ids, schema, embed=True)
+    scores = field_accuracy(schema, [a.values for a in answers], references)
+    validity = {"json_validity": 1.0} if schema.kind == "json" else {}  # valid by construction
+    return Evaluation(
+        metrics | validity | scores,
+        None,
+        [str(a.values[0]) for a in answers],
+        [a.confidence for a in answers],
+        np.stack([a.embedding for a in answers if a.embedding is not None]),
+        [len(i) for i in ids],
+    )

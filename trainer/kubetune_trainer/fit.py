@@ -18,6 +18,7 @@ from kubetune.api.trainconfig import TrainConfig
 from kubetune_trainer import evaluate
 from kubetune_trainer.batches import Tokenized
 from kubetune_trainer.checkpoint import Progress, list_checkpoints, load_checkpoint
+from kubetune_trainer.closed_set import AnswerSchema
 from kubetune_trainer.data import Example
 from kubetune_trainer.logs import EventLog
 from kubetune_trainer.models import apply_lora, init_head_from_probe
@@ -47,6 +48,7 @@ class RunContext:
     stop: Any
     out: Path
     pooling: str
+    answer_schema: AnswerSchema | None = None  # causal-lm with closed-set answers (closed_set.py)
 
     @property
     def main(self) -> bool:
@@ -57,9 +59,19 @@ class RunContext:
             result = evaluate.evaluate_classifier(
                 model, self.val_seqs, self.labels, self.tokenizer.pad_token_id, self.processes.device
             )
+            correct = [
+                self.labels[s.labels] == p for s, p in zip(self.val_seqs, result.predicted, strict=True)
+            ]
+            languages = [getattr(e, "language", None) for e in self.val_examples]
+            result.metrics |= evaluate.accuracy_per_language(correct, languages)
         else:
             result = evaluate.evaluate_causal(
-                model, self.tokenizer, self.val_examples, self.val_seqs, self.processes.device
+                model,
+                self.tokenizer,
+                self.val_examples,
+                self.val_seqs,
+                self.processes.device,
+                self.answer_schema,
             )
         self.log.eval(stage, result.metrics)
         return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,14 @@ def dequantized_gguf_dir(location: str, gguf_file: str, config: TrainConfig) -> 
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(target)  # atomic: a concurrent or killed conversion never leaves a half cache entry
+    try:
+        tmp.rename(target)  # atomic: a concurrent or killed conversion never leaves a half cache entry
+    except OSError:
+        # Another process converting the same GGUF (pods sharing a cache volume) renamed first: its
+        # folder holds the same weights; ours goes.
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -6,8 +6,12 @@
   full   every Linear weight of the encoder and the head are fine-tuned (token embeddings, biases
          and LayerNorms stay frozen) at learningRate x FULL_LEARNING_RATE_SCALE;
          sequence-classification on models of at most FULL_MAX_PARAMETERS
+  heads  causal-lm with closed-set answers: LoRA + one head per answer field on the decoder, LP-FT
+         (decoder_heads.py, heads_recipe.py)
   auto   each of the above that applies, scored on the validation rows; the best gate metric wins
-         (a tie goes to the cheaper one: probe, then lora, then full)
+         (a tie goes to the cheaper one: probe, then heads, then lora, then full). A causal-lm job
+         with closed-set answers (lora and heads) is scored on rows held out of train instead
+         (heads_recipe.selection_split), so the validation rows never choose.
 
 A full fine-tune is stored as an exact full-rank LoRA, so it is served like any other adapter (peft
 cannot put a whole-layer copy, modules_to_save, on a layer that another served adapter's LoRA
@@ -26,7 +30,7 @@ import torch
 from kubetune.api.finetunejob import Recipe, TaskType, TrainingSpec
 from kubetune_trainer.errors import TrainerError
 
-ORDER: tuple[Recipe, ...] = ("probe", "lora", "full")  # cheapest first: ties go to the earlier one
+ORDER: tuple[Recipe, ...] = ("probe", "heads", "lora", "full")  # cheapest first: ties go to the earlier one
 FULL_MAX_PARAMETERS = 150_000_000  # a full fine-tune keeps a weight copy + AdamW state per weight
 # A full fine-tune moves every weight, not a low-rank update, so it takes the usual ~10x lower LR
 # than LoRA: at the example's LoRA LR (5e-4) full fine-tuning MiniLM diverged (loss 0.11 -> 2.55).
@@ -37,15 +41,23 @@ class RecipeError(TrainerError):
     """A training.recipe this model or task cannot run (invalid config: exit 2)."""
 
 
-def candidate_recipes(recipe: Recipe, task: TaskType, pooling: str, parameters: int) -> list[Recipe]:
+def candidate_recipes(
+    recipe: Recipe, task: TaskType, pooling: str, parameters: int, closed_set: bool = False
+) -> list[Recipe]:
     """The recipes a run trains, in ORDER; an explicit recipe that cannot run is a RecipeError.
 
     >>> candidate_recipes("auto", "sequence-classification", "mean", 22_000_000)
     ['probe', 'lora', 'full']
     >>> candidate_recipes("auto", "causal-lm", "model", 135_000_000)
     ['lora']
+    >>> candidate_recipes("auto", "causal-lm", "model", 135_000_000, closed_set=True)
+    ['heads', 'lora']
     """
     why_not: dict[Recipe, str] = {}
+    if task != "causal-lm":
+        why_not["heads"] = "applies only to task.type causal-lm"
+    elif not closed_set:
+        why_not["heads"] = "needs answers from a closed set (every answer field a label seen in train)"
     if task != "sequence-classification":
         why_not["probe"] = why_not["full"] = "applies only to task.type sequence-classification"
     elif pooling != "mean":

@@ -27,6 +27,13 @@ from kubetune_operator.builders.meta import (
     yaml_text,
 )
 from kubetune_operator.builders.security import restricted_container_security, restricted_pod_security
+from kubetune_operator.builders.vllm import (
+    FRONT_REQUESTS,
+    engine_spec,
+    uses_vllm,
+    vllm_container,
+    vllm_volumes,
+)
 from kubetune_operator.builders.volumes import CACHE_DIR, CONFIG_DIR, MOUNT_ROOT
 
 SERVER_CONTAINER = "server"
@@ -169,6 +176,7 @@ def serve_config(
         pvc_mounts={claim: f"{MOUNT_ROOT}/pvc/{claim}" for claim in _claims(ad, adapter, extras)},
         cache_dir=CACHE_DIR,
         admin_token=None,
+        engine=engine_spec(ad, SERVE_CONFIG_FILE),  # runtime vllm: this container fronts it
     )
 
 
@@ -209,12 +217,15 @@ def _container(
     res = ad.spec.resources
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}
-    if res.cpu:
-        requests["cpu"] = limits["cpu"] = res.cpu
-    if res.memory:
-        requests["memory"] = limits["memory"] = res.memory
-    if res.gpus:
-        limits[res.gpu_resource] = res.gpus
+    if uses_vllm(ad):  # spec.resources are vLLM's; the front forwards requests and keeps the metrics
+        requests.update(FRONT_REQUESTS)
+    else:
+        if res.cpu:
+            requests["cpu"] = limits["cpu"] = res.cpu
+        if res.memory:
+            requests["memory"] = limits["memory"] = res.memory
+        if res.gpus:
+            limits[res.gpu_resource] = res.gpus
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
@@ -271,6 +282,17 @@ def _container(
     return container
 
 
+def _containers(
+    ad: AdapterDeployment, image: str, pull_policy: str, claims: list[str], extras: Sequence[ResolvedTask]
+) -> list[dict[str, Any]]:
+    """The kubetune server; with runtime vllm, vLLM first and the kubetune container fronting it."""
+    server = _container(ad, image, pull_policy, claims, extras)
+    if not uses_vllm(ad):
+        return [server]
+    pvcs = [m for m in server["volumeMounts"] if m["name"].startswith("pvc-")]
+    return [vllm_container(ad, pull_policy, pvcs, _hf_token(ad, extras)), server]
+
+
 def build_deployment(
     ad: AdapterDeployment,
     owner: dict[str, Any],
@@ -303,8 +325,8 @@ def build_deployment(
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 60,
         "securityContext": restricted_pod_security(),
-        "containers": [_container(ad, image, pull_policy, claims, extras)],
-        "volumes": volumes,
+        "containers": _containers(ad, image, pull_policy, claims, extras),
+        "volumes": volumes + vllm_volumes(ad),
     }
     if res.node_selector:
         pod["nodeSelector"] = dict(res.node_selector)
@@ -368,5 +390,7 @@ def build_pod_monitor(ad: AdapterDeployment, owner: dict[str, Any]) -> dict[str,
         "spec": {
             "selector": {"matchLabels": selector_labels(ad)},
             "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+            # The queue metric KEDA's trigger sums is selected by AdapterDeployment and track.
+            "podTargetLabels": [LABEL_ADAPTERDEPLOYMENT, LABEL_TRACK],
         },
     }

@@ -6,11 +6,14 @@ requested (a bad row must never cost a GPU hour), then the training Job runs.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from kubetune.api import exitcodes
 from kubetune.api.finetunejob import FineTuneJob
 from kubetune.api.trainconfig import TrainConfig
+from kubetune.api.uris import ALLOWED_HOSTS_ENV
 from kubetune_operator.builders.meta import (
     LABEL_FINETUNEJOB,
     LABEL_QUEUE,
@@ -122,6 +125,7 @@ def _pod_spec(
     args: list[str],
     resources: dict[str, Any],
     gpu: bool,
+    allowed_hosts: Sequence[str] = (),
 ) -> dict[str, Any]:
     storage = pod_storage(cr.spec, config_map_name(cr.metadata.name))
     env, env_from = secret_env(cr.spec)
@@ -131,6 +135,8 @@ def _pod_spec(
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
         *env,
     ]
+    if allowed_hosts:  # the chart's allowedHosts, re-checked by the trainer after DNS resolution
+        env.append({"name": ALLOWED_HOSTS_ENV, "value": json.dumps(list(allowed_hosts))})
     if cr.spec.resources.nodes > 1 and gpu:
         env += [
             {
@@ -205,6 +211,7 @@ def build_validate_job(
     service_account: str,
     cpu: str,
     memory: str,
+    allowed_hosts: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A CPU-only Job that checks every dataset row before any GPU is requested."""
     labels = _labels(cr, "validate-data")
@@ -218,6 +225,7 @@ def build_validate_job(
         ["validate-data", "-f", CONFIG_FILE, "--log-format", "json"],
         resources,
         gpu=False,
+        allowed_hosts=allowed_hosts,
     )
     return {
         "apiVersion": "batch/v1",
@@ -233,7 +241,12 @@ def build_validate_job(
 
 
 def build_training_job(
-    cr: FineTuneJob, owner: dict[str, Any], image: str, pull_policy: str, service_account: str
+    cr: FineTuneJob,
+    owner: dict[str, Any],
+    image: str,
+    pull_policy: str,
+    service_account: str,
+    allowed_hosts: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The GPU training Job: Indexed with one pod per node when nodes > 1."""
     res = cr.spec.resources
@@ -243,7 +256,15 @@ def build_training_job(
         job_labels[LABEL_QUEUE] = res.queue_name
     command, args = _train_command(cr)
     pod = _pod_spec(
-        cr, image, pull_policy, service_account, command, args, _resources(cr, gpu=True), gpu=True
+        cr,
+        image,
+        pull_policy,
+        service_account,
+        command,
+        args,
+        _resources(cr, gpu=True),
+        gpu=True,
+        allowed_hosts=allowed_hosts,
     )
     spec: dict[str, Any] = {
         # Kueue admits a queued Job by un-suspending it, so a queued Job is always created suspended.

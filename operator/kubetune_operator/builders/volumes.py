@@ -33,10 +33,7 @@ def _volume_of(uri: str, scheme: str) -> str | None:
 
 
 def locations(spec: FineTuneJobSpec) -> list[str]:
-    found = [spec.base_model.name, spec.dataset.train.uri, spec.output.uri]
-    found += [extra.uri for extra in spec.dataset.extra]
-    if spec.dataset.validation is not None:
-        found.append(spec.dataset.validation.uri)
+    found = [spec.base_model.name, spec.output.uri, *(source.uri for source in spec.dataset.sources)]
     if spec.evaluation.champion_uri is not None:
         found.append(spec.evaluation.champion_uri)
     return found
@@ -87,13 +84,7 @@ def secret_env(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[s
         env.append(
             {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}}
         )
-    refs = [
-        spec.dataset.train.secret_ref,
-        spec.output.secret_ref,
-        *(e.secret_ref for e in spec.dataset.extra),
-    ]
-    if spec.dataset.validation is not None:
-        refs.append(spec.dataset.validation.secret_ref)
+    refs = [spec.output.secret_ref, *(source.secret_ref for source in spec.dataset.sources)]
     names = sorted({ref.name for ref in refs if ref is not None})
     env_from = [{"secretRef": {"name": name}} for name in names]
     return env, env_from

@@ -30,6 +30,7 @@ from kubetune_operator.builders.serving import (
 )
 from kubetune_operator.builders.training import build_trainer_service_account
 from kubetune_operator.conditions import set_condition, status_patch
+from kubetune_operator.handlers.autoscaler import reconcile_autoscaler
 from kubetune_operator.handlers.loop import ftj_path, judge_retrains, manual_retrain, monitor, monitoring_due
 from kubetune_operator.handlers.outcome import Outcome
 from kubetune_operator.handlers.rollout import (
@@ -41,18 +42,12 @@ from kubetune_operator.handlers.rollout import (
 )
 from kubetune_operator.kube import Kube
 from kubetune_operator.metrics import RETRAINS
+from kubetune_operator.placement import placement_problem
+from kubetune_operator.retraining import COUNTED_EVENTS
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import Event
 
 RESOURCE = ("kubetune.dev", "v1alpha1", "adapterdeployments")
-# Event reason -> kubetune_retrains_total outcome (one place, so the counter follows the events).
-RETRAIN_OUTCOMES = {
-    "Retraining": "Triggered",
-    "Promoted": "Promoted",
-    "NotBetter": "Rejected",
-    "AwaitingLabels": "Inconclusive",
-    "RetrainFailed": "Failed",
-}
 if TYPE_CHECKING:
     from kubetune_operator.controller import Controller
 
@@ -138,8 +133,19 @@ async def apply_around(kube: Kube, ad: AdapterDeployment, owner: dict[str, Any])
     )
 
 
-def _invalid(body: dict[str, Any], prev: AdapterDeploymentStatus, err: ValidationError, now: str) -> Outcome:
-    message = format_validation_error(err)
+def _placement_refused(ad: AdapterDeployment, settings: OperatorSettings) -> str | None:
+    """The serving pods' placement, and the retraining template's before any retrain is created."""
+    res, template = ad.spec.resources, ad.spec.retraining.template
+    policy = settings.placement
+    problem = placement_problem(res.priority_class_name, res.tolerations, res.node_selector, policy)
+    if problem is None and template is not None:
+        t = template.resources
+        where = "spec.retraining.template.resources"
+        problem = placement_problem(t.priority_class_name, t.tolerations, t.node_selector, policy, where)
+    return problem
+
+
+def _invalid(body: dict[str, Any], prev: AdapterDeploymentStatus, message: str, now: str) -> Outcome:
     gen = body["metadata"].get("generation")
     status = prev.model_copy(update={"phase": "Degraded", "message": message, "observed_generation": gen})
     status.conditions = set_condition(status.conditions, "Ready", "False", "InvalidSpec", message, now, gen)
@@ -158,7 +164,10 @@ async def reconcile_adapter(body: dict[str, Any], ctl: Controller, logger: loggi
     try:
         ad = AdapterDeployment.model_validate(body)
     except ValidationError as err:
-        return _invalid(body, prev, err, now)
+        return _invalid(body, prev, format_validation_error(err), now)
+    refused = _placement_refused(ad, settings)
+    if refused is not None:
+        return _invalid(body, prev, refused, now)
     draft = prev.model_copy(deep=True)
     events: list[Event] = []
     await judge_retrains(kube, ad, draft, events, now)
@@ -184,12 +193,13 @@ async def reconcile_adapter(body: dict[str, Any], ctl: Controller, logger: loggi
         gen = ad.metadata.generation
         new.phase, new.message = "Progressing", canary_note
         new.conditions = set_condition(new.conditions, "Progressing", "True", "Canary", canary_note, now, gen)
+    await reconcile_autoscaler(kube, ad, body, new, events, now)
     if monitoring_due(ad, new, now):
         await monitor(kube, ad, body, new, events, now, logger)
     await manual_retrain(kube, ad, body, new, events, now)
     for event in events:
-        if event.reason in RETRAIN_OUTCOMES:
-            RETRAINS.labels(ad.metadata.namespace, ad.metadata.name, RETRAIN_OUTCOMES[event.reason]).inc()
+        if event.reason in COUNTED_EVENTS:  # the counter follows the events (retraining.JUDGED)
+            RETRAINS.labels(ad.metadata.namespace, ad.metadata.name, COUNTED_EVENTS[event.reason]).inc()
     return Outcome(status_patch(prev.wire(), new.wire()) if new != prev else None, events)
 
 

@@ -27,6 +27,7 @@ from kubetune_operator.conditions import status_patch
 from kubetune_operator.handlers.outcome import Outcome
 from kubetune_operator.kube import Kube, collection_path, object_path
 from kubetune_operator.metrics import RECONCILES, forget_finetunejob, record_finetunejob
+from kubetune_operator.placement import placement_problem
 from kubetune_operator.progress import Progress
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import (
@@ -59,6 +60,11 @@ def _parse(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:
         return FineTuneJob.model_validate(dict(body)), None
     except ValidationError as err:
         return None, format_validation_error(err, prefix="spec.").replace("spec.spec.", "spec.")
+
+
+def _placement_refused(cr: FineTuneJob, settings: OperatorSettings) -> str | None:
+    res = cr.spec.resources
+    return placement_problem(res.priority_class_name, res.tolerations, res.node_selector, settings.placement)
 
 
 def _job_path(namespace: str, name: str) -> str:
@@ -129,7 +135,16 @@ async def _ensure_children(
     if vjob is None and tjob is None:
         await kube.ensure(build_trainer_service_account(cr.metadata.namespace or "default", sa))
         vjob, created = await kube.create(
-            build_validate_job(cr, owner, image, pull, sa, settings.validate_cpu, settings.validate_memory)
+            build_validate_job(
+                cr,
+                owner,
+                image,
+                pull,
+                sa,
+                settings.validate_cpu,
+                settings.validate_memory,
+                allowed_hosts=settings.allowed_hosts,
+            )
         )
         if created:
             logger.info("created the data-validation Job")
@@ -143,7 +158,9 @@ async def _ensure_children(
             await _write_config_map(kube, build_config_map(cr, owner))  # it may be gone too
         if cr.spec.resources.nodes > 1:
             await kube.ensure(build_rendezvous_service(cr, owner))
-        tjob, created = await kube.create(build_training_job(cr, owner, image, pull, sa))
+        tjob, created = await kube.create(
+            build_training_job(cr, owner, image, pull, sa, settings.allowed_hosts)
+        )
         recreated = deleted and created
         _created(body, tjob, created, "the training Job" + (" again" if recreated else ""), logger)
     elif unfinished(tjob):
@@ -192,6 +209,8 @@ async def reconcile(
     prev = _previous_status(body)
     namespace, name = key = ftj_key(body)
     cr, error = _parse(body)
+    if cr is not None and (error := _placement_refused(cr, settings)) is not None:
+        cr = None
     try:
         if cr is None:
             obs = Observed(generation=body["metadata"].get("generation"), spec=None, spec_error=error)

@@ -10,12 +10,12 @@ from typing import Any
 import aiohttp
 
 from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus, RetrainRecord
-from kubetune.api.common import ConditionStatus
 from kubetune.api.finetunejob import FineTuneJob, FineTuneJobSpec
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.kube import Kube, collection_path
 from kubetune_operator.prometheus import PrometheusError, query_scalar, trigger_queries
 from kubetune_operator.retraining import (
+    JUDGED,
     RETRAIN_REQUESTED,
     Breach,
     Readings,
@@ -26,16 +26,7 @@ from kubetune_operator.retraining import (
     retrain_blocker,
     retrain_name,
 )
-from kubetune_operator.status import Event, EventType
-
-# Judged outcome -> (Promoted condition status, its reason, event type). Inconclusive is no failure:
-# the champion serves on and the next retrain, on more labels, decides.
-JUDGED: dict[str, tuple[ConditionStatus, str, EventType]] = {
-    "Promoted": ("True", "BeatChampion", "Normal"),
-    "Inconclusive": ("False", "AwaitingLabels", "Normal"),
-    "Rejected": ("False", "NotBetter", "Warning"),
-    "Failed": ("False", "RetrainFailed", "Warning"),
-}
+from kubetune_operator.status import Event
 
 
 def ftj_path(namespace: str, name: str) -> str:
@@ -57,27 +48,34 @@ async def judge_retrains(
             )
             continue
         job = FineTuneJob.model_validate(body)
-        metric, min_improvement = job.spec.gate_metric, ad.spec.retraining.min_improvement
-        verdict = judge(job.status, metric, min_improvement)
+        metric = job.spec.gate_metric
+        verdict = judge(job.status, metric, ad.spec.retraining)
         record.outcome, record.metric, record.rows = verdict.outcome, metric, verdict.rows
         record.challenger, record.champion = verdict.challenger, verdict.champion
+        if (e := verdict.evidence) is not None:
+            record.difference, record.lower_bound, record.upper_bound = (
+                round(e.difference, 4),
+                round(e.lower, 4),
+                round(e.upper, 4),
+            )
         if verdict.outcome in ("Pending", "Running"):
             continue
         text = (
             f"{record.fine_tune_job} failed: {job.status.message}"
             if verdict.outcome == "Failed"
-            else judgement_message(record.fine_tune_job, metric, verdict, min_improvement)
+            else judgement_message(record.fine_tune_job, metric, verdict, ad.spec.retraining)
         )
-        promoted, reason, kind = JUDGED[verdict.outcome]
+        shown = JUDGED[verdict.outcome]
         gen = ad.metadata.generation
         if verdict.outcome == "Promoted":
             status.promoted = record.fine_tune_job
-        status.conditions = set_condition(status.conditions, "Promoted", promoted, reason, text, now, gen)
-        retraining_reason = "Promoted" if verdict.outcome == "Promoted" else reason
         status.conditions = set_condition(
-            status.conditions, "Retraining", "False", retraining_reason, text, now, gen
+            status.conditions, "Promoted", shown.promoted, shown.promoted_reason, text, now, gen
         )
-        events.append(Event(kind, retraining_reason, text))
+        status.conditions = set_condition(
+            status.conditions, "Retraining", "False", shown.reason, text, now, gen
+        )
+        events.append(Event(shown.event_type, shown.reason, text))
 
 
 async def _read_triggers(ad: AdapterDeployment, version: str) -> Readings:
@@ -94,6 +92,8 @@ async def _read_triggers(ad: AdapterDeployment, version: str) -> Readings:
                 q.accuracy_now,
                 q.accuracy_sustained,
                 q.feedback,
+                q.estimated_accuracy,
+                q.estimated_accuracy_sustained,
             )
         ]
     return Readings(*values)
@@ -140,13 +140,14 @@ async def monitor(
         gen,
     )
     status.drift, status.accuracy, status.last_evaluated = readings.drift, readings.accuracy, now
+    status.estimated_accuracy = readings.estimated_accuracy
     breach = find_breach(ad.spec.monitoring, readings)
     drifted = breach is not None
     status.conditions = set_condition(
         status.conditions,
         "Drifted",
         "True" if drifted else "False",
-        breach.kind.capitalize() + "Breach" if breach else "WithinThresholds",
+        breach.reason if breach else "WithinThresholds",
         breach.message if breach else "drift and accuracy within thresholds",
         now,
         gen,

@@ -28,7 +28,9 @@ from kubetune.api.loading import ConfigError
 from kubetune.api.uris import S3_BUCKET, SYSTEM_PATH, TRAVERSAL, UnsafeUriError, check_uri
 from kubetune_trainer import models
 from kubetune_trainer.artifacts import file_digest
+from kubetune_trainer.closed_set import AnswerSchema
 from kubetune_trainer.fetch import s3_endpoint
+from kubetune_trainer.serve import closed_answers
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from kubetune_trainer.serve.errors import AdapterDigestError, AdapterLoadError, ModelNotFoundError
 from kubetune_trainer.serve.merging import Folded
@@ -65,6 +67,9 @@ class LoadedAdapter:
     labels: tuple[str, ...]
     parameters: int
     loaded_at: float
+    temperature: float = 1.0  # classification: logits / T (the trainer's temperature scaling)
+    answer_schema: AnswerSchema | None = None  # causal-lm: answers chosen among these values
+    heads: Any = None  # training.recipe heads: decoder_heads.FieldHeads that answer instead of decoding
 
     @property
     def model_id(self) -> str:
@@ -145,6 +150,8 @@ class AdapterRegistry:
         meta = read_adapter_meta(folder)
         labels = tuple(meta.get("labels") or self.labels)
         self._check_compatible(spec, folder, meta, labels)
+        temperature = adapter_temperature(spec, meta)
+        answer_schema = closed_answers.answer_schema(f"{spec.name}@{spec.version}", meta)
         key = f"kt{next(self._keys)}"
         self.unfold()  # peft adds adapters to unmerged layers; the next step folds again if it can
         before = self.parameter_count()
@@ -158,6 +165,7 @@ class AdapterRegistry:
                 f"{spec.name}@{spec.version}: peft cannot load {spec.uri}: {err}"
             ) from None
         self.model.to(self.dtype).eval()  # the adapter's weights too: one dtype per matmul
+        heads = closed_answers.field_heads(f"{spec.name}@{spec.version}", self.model, folder)
         loaded = LoadedAdapter(
             name=spec.name,
             version=spec.version,
@@ -167,6 +175,9 @@ class AdapterRegistry:
             labels=labels,
             parameters=self.parameter_count() - before,
             loaded_at=time.time(),
+            temperature=temperature,
+            answer_schema=answer_schema,
+            heads=heads,
         )
         self.warm_up(Target(loaded.model_id, loaded))
         with self._lock:
@@ -361,6 +372,17 @@ def verified_digest(spec: AdapterSpec, folder: Path) -> str:
             "serve it)"
         )
     return actual
+
+
+def adapter_temperature(spec: AdapterSpec, meta: dict[str, Any]) -> float:
+    """kubetune.json's temperature (1.0 for adapters trained before calibration, or elsewhere); a value
+    that is not a positive finite number refuses the adapter rather than serving bent probabilities."""
+    value = meta.get("temperature", 1.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise AdapterLoadError(
+            f"{spec.name}@{spec.version}: kubetune.json temperature {value!r} is not a positive number"
+        )
+    return float(value)
 
 
 def read_adapter_meta(folder: Path) -> dict[str, Any]:

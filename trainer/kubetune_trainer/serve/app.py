@@ -7,7 +7,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,18 +17,24 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kubetune_trainer.serve import admin, classify_route, review_routes, routes
+from kubetune_trainer.serve import admin, classify_route, engine_routes, lora_protocol, review_routes, routes
 from kubetune_trainer.serve.adapters import AdapterRegistry, LoadedAdapter, Target
 from kubetune_trainer.serve.admission import Admission
 from kubetune_trainer.serve.batching import Batcher, ModelWorker
 from kubetune_trainer.serve.config import ServeConfig
 from kubetune_trainer.serve.drift import DriftMonitor
+from kubetune_trainer.serve.engine_client import EngineClient
+from kubetune_trainer.serve.engine_sync import EngineSync
 from kubetune_trainer.serve.errors import error_body, install_error_handlers
+from kubetune_trainer.serve.estimated_accuracy import TrafficEstimates
 from kubetune_trainer.serve.feedback import FeedbackStore
 from kubetune_trainer.serve.fresh import FreshDataWriter, InputMemory
-from kubetune_trainer.serve.metrics import ServeMetrics
+from kubetune_trainer.serve.limits import BodyLimitMiddleware
+from kubetune_trainer.serve.metrics import UNKNOWN, ServeMetrics
 from kubetune_trainer.serve.review import ReviewQueue
+from kubetune_trainer.serve.router_metrics import RouterMetrics
 from kubetune_trainer.serve.state import ServerState, all_states, server_state
+from kubetune_trainer.serve.tokenizing import TokenizerThread
 
 log = logging.getLogger("kubetune.serve")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -37,8 +43,9 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 class RequestIdMiddleware:
     """Every response carries x-request-id: the client's (if well-formed) or a new one."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, count: Callable[[], None]) -> None:
         self.app = app
+        self.count = count  # a refused id is an error answer like any other
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,6 +60,7 @@ class RequestIdMiddleware:
                 "invalid_request_error",
                 "invalid_request_id",
             )
+            self.count()
             response = JSONResponse(body, status_code=400, headers={"x-request-id": uuid.uuid4().hex})
             await response(scope, receive, send)
             return
@@ -127,12 +135,15 @@ def create_app(config: ServeConfig, registry: AdapterRegistry | None = None) -> 
             "loading %d task(s): /healthz answers now; inference and the readiness probe wait for the models",
             len(states),
         )
-        loading = asyncio.create_task(load_all(states))
+        loading = asyncio.create_task(engine.run() if engine else load_all(states))  # engine: no model here
         yield
         loading.cancel()
+        if engine:
+            await engine.client.close()
         for state in states:
             await state.batcher.stop()
             state.worker.shutdown()
+            state.tokenize.shutdown()
             if state.drift is not None:
                 state.drift.shutdown()
 
@@ -145,11 +156,20 @@ def create_app(config: ServeConfig, registry: AdapterRegistry | None = None) -> 
     ]
     app.state.kubetune = states[0]
     app.state.kubetune_tasks = states
-    install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    engine = EngineSync(states[0], EngineClient(config.engine)) if config.engine else None
+    app.state.kubetune_engine = engine
+    if engine is None:  # what vLLM-built routers read (in front of an engine, the engine's own count)
+        metrics.before_render.append(RouterMetrics(metrics.registry, states).refresh)
+    unknown_error = metrics.errors.labels(*UNKNOWN).inc
+    install_error_handlers(app, unknown_error)
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes, count=unknown_error)
+    app.add_middleware(RequestIdMiddleware, count=unknown_error)  # outermost: every answer has the id
+    if engine:  # first: its inference routes and /v1/models answer instead of the local model's
+        app.include_router(engine_routes.router)
     app.include_router(routes.router)
     app.include_router(classify_route.router)
     app.include_router(admin.router)
+    app.include_router(lora_protocol.router)  # vLLM's /v1/load_lora_adapter, /v1/unload_lora_adapter
     app.include_router(review_routes.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route("/readyz", readyz, methods=["GET"])
@@ -170,6 +190,7 @@ def task_server(
         worker=worker,
         metrics=metrics,
         admission=admission,
+        tokenize=TokenizerThread(reg),
         batcher=Batcher(reg, worker, config.max_batch_size, config.batch_wait_ms, config.max_input_tokens),
         feedback=FeedbackStore(metrics, config.feedback_window),
         **monitoring_parts(config, metrics),
@@ -188,7 +209,9 @@ def monitoring_parts(config: ServeConfig, metrics: ServeMetrics) -> dict[str, An
         mmd_every=max(10, monitoring.window_size // 5),
     )
     metrics.before_render.append(drift.refresh)
-    parts: dict[str, Any] = {"drift": drift}
+    estimates = TrafficEstimates(metrics.accuracy_estimated, metrics.review_rate, monitoring.window_size)
+    metrics.before_render.append(estimates.refresh)
+    parts: dict[str, Any] = {"drift": drift, "estimates": estimates}
     if monitoring.fresh_data_uri:
         parts["fresh"] = FreshDataWriter(
             Path(config.locate(monitoring.fresh_data_uri)), monitoring.fresh_max_rows
@@ -203,6 +226,7 @@ def monitoring_parts(config: ServeConfig, metrics: ServeMetrics) -> dict[str, An
                 review.novelty_threshold,
                 review.max_items,
                 review.clusters,
+                metrics.review_dropped,
             )
     return parts
 
@@ -239,6 +263,8 @@ async def list_models(request: Request) -> dict[str, Any]:
                     "object": "model",
                     "created": 0,
                     "owned_by": "kubetune",
+                    "root": s.config.base_model.name,  # as vLLM: the base's path or hub name
+                    "parent": None,
                     "baseModel": s.config.base_model.name,
                     "task": s.config.task,
                 }
@@ -258,7 +284,7 @@ def model_entry(s: ServerState, a: LoadedAdapter) -> dict[str, Any]:
         "object": "model",
         "created": int(a.loaded_at),
         "owned_by": "kubetune",
-        "root": a.name,
+        "root": a.uri,  # as vLLM lists a LoRA: root its weights' location, parent the base model id
         "parent": s.config.base_model_id,
         "name": a.name,
         "version": a.version,

@@ -36,6 +36,7 @@ class _Pending:
     rows: list[GenerationRow] | list[ClassifyRow]
     generate: bool
     future: asyncio.Future[None]
+    taken: int = 0  # classification: rows already given to a forward pass
 
     @property
     def done(self) -> bool:
@@ -105,7 +106,7 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            if self._waiting or self._decoding:
+            if self._waiting or self._decoding or self._classify:
                 self._drain()
             else:
                 self._sort(await self._queue.get())
@@ -159,19 +160,27 @@ class Batcher:
         self._answer(finished, None)
 
     async def _run_classify(self) -> None:
-        batch, self._classify = self._classify, []
-        rows = [row for p in batch for row in p.rows]
-        self.batch_sizes = [*self.batch_sizes[-999:], len(rows)]
+        """One forward pass of up to max_batch rows, taken in turn from each waiting request, so one
+        request with many inputs does not hold back the others (new requests join between passes, and
+        decode steps run between them too). A request is answered once all its rows have run; rows of
+        a request whose client left are skipped."""
+        chunk = take_turns(self._classify, self.max_batch)
+        if chunk:
+            self.batch_sizes = [*self.batch_sizes[-999:], len(chunk)]
         try:
-            for i in range(0, len(rows), self.max_batch):  # one request may carry many inputs
-                chunk = rows[i : i + self.max_batch]
+            if chunk:
                 await self.worker.call(classify_rows, self.registry, chunk, self.max_input_tokens)
         except Exception as err:  # one bad batch must not stop the loop; the endpoints answer 500
             if not isinstance(err, ServeError):
-                log.exception("batch of %d rows failed", len(rows))
-            self._answer(batch, err)
-        else:
-            self._answer(batch, None)
+                log.exception("batch of %d rows failed", len(chunk))
+            ran = {id(r) for r in chunk}
+            failed = [p for p in self._classify if any(id(r) in ran for r in p.rows)]
+            self._classify = [p for p in self._classify if p not in failed]
+            self._answer(failed, err)
+            return
+        finished = [p for p in self._classify if p.taken == len(p.rows)]
+        self._classify = [p for p in self._classify if p.taken < len(p.rows)]
+        self._answer(finished, None)
 
     def _answer(self, batch: list[_Pending], err: Exception | None) -> None:
         for p in batch:
@@ -181,3 +190,18 @@ class Batcher:
                 else:
                     p.future.set_exception(err)
             self._queue.task_done()
+
+
+def take_turns(pending: list[_Pending], size: int) -> list[ClassifyRow]:
+    """Up to `size` rows, one from each request in turn (oldest first); rows already done (their
+    client left) are passed over without taking a place."""
+    chunk: list[ClassifyRow] = []
+    while len(chunk) < size and any(p.taken < len(p.rows) for p in pending):
+        for p in pending:
+            while p.taken < len(p.rows) and len(chunk) < size:
+                row = p.rows[p.taken]
+                p.taken += 1
+                if not getattr(row, "done", False):
+                    chunk.append(row)  # type: ignore[arg-type]
+                    break
+    return chunk

@@ -4,6 +4,11 @@ An input longer than maxInputTokens is cut to it when `truncate` is on (the trai
 rows to maxSeqLength the same way) and marked `truncated`; with truncate off, or for an empty input,
 that input gets its own OpenAI-shaped error in `data` and the rest of the batch is still answered. A
 request with a single string input keeps the plain HTTP error (there is nothing else to answer).
+
+Bounded before any model work: at most serving.maxInputsPerRequest inputs (400), text past
+limits.MAX_CHARS_PER_TOKEN characters per allowed token cut (truncate) or refused before it is
+tokenized, and tokenizing off the event loop. The inputs share forward passes in turn with other
+requests' (batching.take_turns), and stop at the next pass when the client leaves.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from kubetune_trainer.serve.errors import ContextLengthError, InvalidRequestErro
 from kubetune_trainer.serve.feedback import Prediction
 from kubetune_trainer.serve.fresh import RememberedInput, scrub_metadata
 from kubetune_trainer.serve.inference import ClassifyRow
+from kubetune_trainer.serve.limits import char_limit, chars_error
 from kubetune_trainer.serve.routes import resolve
 from kubetune_trainer.serve.schemas import ClassifyRequest
 from kubetune_trainer.serve.state import ServerState, task_state
 
 router = APIRouter()
+TOKENIZE_SLICE = 16  # inputs per call on the tokenizing thread
 
 
 @dataclass
@@ -37,22 +44,34 @@ class Prepared:
     error: ServeError | None = None
 
 
-def prepare(s: ServerState, texts: list[str]) -> list[Prepared]:
-    """Apply the length policy to every input, without stopping at the first bad one."""
+async def prepare(s: ServerState, texts: list[str]) -> tuple[list[str], list[Prepared]]:
+    """Apply the length policy to every input, without stopping at the first bad one: text past the
+    character bound is cut (truncate) or refused before it is tokenized; the rest is tokenized off the
+    event loop. Returns the texts to classify (cut where cut) and what each input gets."""
     limit, cut = s.config.max_input_tokens, s.config.truncate
+    chars = char_limit(limit)
+    kept = [t[:chars] if cut else t for t in texts]
+    counts: list[int] = []
+    countable = [t if len(t) <= chars else "" for t in kept]
+    for start in range(0, len(countable), TOKENIZE_SLICE):  # other requests get the thread in between
+        counts += await s.tokenize.call(_token_counts, countable[start : start + TOKENIZE_SLICE])
     out = []
-    for i, (text, ids) in enumerate(zip(texts, s.registry.tokenizer(texts).input_ids, strict=True)):
+    for i, (text, n) in enumerate(zip(kept, counts, strict=True)):
         param = f"input[{i}]"
-        if not text.strip():
+        if len(text) > chars:
+            out.append(Prepared(error=chars_error(len(text), limit, param)))
+        elif not text.strip():
             out.append(Prepared(error=InvalidRequestError(f"{param}: empty", param)))
-        elif len(ids) > limit and not cut:
-            message = (
-                f"{param}: {len(ids)} tokens, more than this server's maxInputTokens {limit} (truncate off)"
-            )
+        elif n > limit and not cut:
+            message = f"{param}: {n} tokens, more than this server's maxInputTokens {limit} (truncate off)"
             out.append(Prepared(error=ContextLengthError(message, param)))
         else:
-            out.append(Prepared(tokens=min(len(ids), limit), truncated=len(ids) > limit))
-    return out
+            out.append(Prepared(tokens=min(n, limit), truncated=n > limit or len(texts[i]) > chars))
+    return kept, out
+
+
+def _token_counts(tok: Any, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in tok(texts).input_ids]
 
 
 @router.post("/v1/classify")
@@ -62,20 +81,28 @@ async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
     )
     s.require_ready()
     target = resolve(s, body.model)
-    texts = body.inputs
-    prepared = prepare(s, texts)
+    most = s.config.max_inputs_per_request
+    if len(body.inputs) > most:
+        raise InvalidRequestError(
+            f"input: {len(body.inputs)} inputs, more than this server's maxInputsPerRequest {most}; "
+            "send them in several requests",
+            "input",
+        )
+    texts, prepared = await prepare(s, body.inputs)
     if isinstance(body.input, str) and prepared[0].error is not None:
         raise prepared[0].error
     with s.admission.slot(target.label_values), s.metrics.track(target.label_values):
         rows = {i: ClassifyRow(target, texts[i]) for i, p in enumerate(prepared) if p.error is None}
         if rows:
-            await while_client_waits(request, s.batcher.classify(list(rows.values())), [], lambda: None)
+            left = s.metrics.cancelled.labels(*target.label_values).inc
+            work = s.batcher.classify(list(rows.values()))
+            await while_client_waits(request, work, list(rows.values()), left)
         for i, row in rows.items():
             prepared[i].error = row.error
         ok = {i: row for i, row in rows.items() if row.error is None}
         if not ok:
             raise next(p.error for p in prepared if p.error is not None)
-        data, served = await _answer(s, request, body, prepared, ok)
+        data, served = await _answer(s, request, body, texts, prepared, ok)
     tokens = sum(prepared[i].tokens for i in ok)
     return {
         "id": f"clf-{request.state.request_id}",
@@ -92,6 +119,7 @@ async def _answer(
     s: ServerState,
     request: Request,
     body: ClassifyRequest,
+    texts: list[str],
     prepared: list[Prepared],
     ok: dict[int, ClassifyRow],
 ) -> tuple[list[dict[str, Any]], Target]:
@@ -110,6 +138,7 @@ async def _answer(
         s,
         request.state.request_id,
         body,
+        texts,
         served,
         list(predicted.values()),
         rows,
@@ -140,6 +169,7 @@ def _monitor(
     s: ServerState,
     request_id: str,
     body: ClassifyRequest,
+    texts: list[str],
     served: Target,
     predicted: list[str],
     rows: list[ClassifyRow],
@@ -154,7 +184,9 @@ def _monitor(
             lengths,
             [r.embedding for r in rows],
         )
+    if s.estimates is not None:
+        s.estimates.observe(*served.label_values, [max(r.probabilities) for r in rows])
     if s.inputs is not None:
         m = s.config.monitoring
         metadata = scrub_metadata(body.metadata, m.drop_fields, m.hash_fields, salt=served.label_values[0])
-        s.inputs.remember(request_id, RememberedInput(tuple(body.inputs), metadata))
+        s.inputs.remember(request_id, RememberedInput(tuple(texts), metadata))

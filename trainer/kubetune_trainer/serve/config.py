@@ -15,6 +15,7 @@ from kubetune.api.finetunejob import BaseModelSpec
 from kubetune.api.loading import ConfigError, format_validation_error
 
 ADMIN_TOKEN_ENV = "KUBETUNE_ADMIN_TOKEN"
+ENGINE_API_KEY_ENV = "KUBETUNE_ENGINE_API_KEY"
 ServeTask = Literal["causal-lm", "sequence-classification"]
 Version = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 Digest = Annotated[
@@ -49,6 +50,49 @@ class AdapterSpec(ApiModel):
 def _admin_token_from_env() -> SecretStr | None:
     token = os.environ.get(ADMIN_TOKEN_ENV, "")
     return SecretStr(token) if token else None
+
+
+def _engine_key_from_env() -> SecretStr | None:
+    key = os.environ.get(ENGINE_API_KEY_ENV, "")
+    return SecretStr(key) if key else None
+
+
+class EngineSpec(ApiModel):
+    """An OpenAI-compatible engine (vLLM, or another kubetune server) that this server fronts: it
+    loads no model, forwards completions and chat there and keeps the engine's LoRA set equal to
+    `adapters` through the engine's /v1/load_lora_adapter and /v1/unload_lora_adapter."""
+
+    url: Annotated[
+        str,
+        Field(
+            description="Base URL of the engine, e.g. http://127.0.0.1:8001 (its loopback port in the pod).",
+            pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+            max_length=2048,
+        ),
+    ]
+    sync_interval_s: Annotated[
+        float,
+        Field(
+            description="How often the engine's loaded adapters are compared with the desired set (and "
+            "the ServeConfig file re-read): a restarted engine gets its adapters back within it.",
+            gt=0,
+            le=300,
+        ),
+    ] = 2.0
+    timeout_s: Annotated[
+        float, Field(description="Longest an engine request (a whole generation) may take.", gt=0, le=3600)
+    ] = 600.0
+    config_file: Annotated[
+        str | None,
+        Field(description="The ServeConfig file re-read for adapter changes (set by `kubetune serve -f`)."),
+    ] = None
+    api_key: Annotated[
+        SecretStr | None,
+        Field(
+            description=f"Bearer token the engine wants (env {ENGINE_API_KEY_ENV}, from a Secret).",
+            exclude=True,
+        ),
+    ] = Field(default_factory=_engine_key_from_env)
 
 
 class ServeMonitoring(ApiModel):
@@ -108,7 +152,9 @@ class TaskServing(ApiModel):
         int,
         Field(
             description="Longest input in tokens: a longer prompt gets HTTP 400; a longer classification "
-            "input is cut to it (truncate) or fails alone.",
+            "input is cut to it (truncate) or fails alone. Text over 16 characters per token of it is "
+            "refused (or cut, with truncate) before tokenizing. A completions request takes at most "
+            "maxBatchSize prompts.",
             ge=1,
             le=32768,
         ),
@@ -167,6 +213,24 @@ class ServeConfig(TaskServing):
             le=100_000,
         ),
     ] = 64
+    max_body_bytes: Annotated[
+        int,
+        Field(
+            description="Largest request body; a longer one gets HTTP 413 before it is read to the end or "
+            "parsed (Content-Length, or the bytes counted as a chunked body arrives).",
+            ge=1024,
+            le=1 << 30,
+        ),
+    ] = 1 << 20
+    max_inputs_per_request: Annotated[
+        int,
+        Field(
+            description="Most inputs one /v1/classify request may carry (more: HTTP 400); a request's "
+            "inputs share forward passes in turn with other requests'.",
+            ge=1,
+            le=4096,
+        ),
+    ] = 256
     precision: Annotated[
         Precision,
         Field(
@@ -211,8 +275,18 @@ class ServeConfig(TaskServing):
         ),
     ] = Field(default_factory=_admin_token_from_env)
 
+    engine: Annotated[
+        EngineSpec | None,
+        Field(
+            description="Front an OpenAI-compatible engine instead of loading the model here (causal-lm, "
+            "one task): request ids, metrics, feedback and shedding stay here, generation runs there."
+        ),
+    ] = None
+
     @model_validator(mode="after")
     def _tasks_apart(self) -> ServeConfig:
+        if self.engine is not None and (self.task != "causal-lm" or self.tasks):
+            raise ValueError("engine: fronting an engine takes one causal-lm task (no tasks, no classifier)")
         for i, extra in enumerate(self.tasks):
             if extra.task == self.task:
                 raise ValueError(f"tasks[{i}].task: {extra.task} is already the top-level task; one of each")
@@ -255,7 +329,13 @@ def load_serve_config(path: Path) -> ServeConfig:
         raise ConfigError(
             f"{path}: adminToken must not be in a file; set env {ADMIN_TOKEN_ENV} from a Secret"
         )
+    if isinstance(doc.get("engine"), dict) and ({"apiKey", "api_key"} & set(doc["engine"])):
+        raise ConfigError(f"{path}: engine.apiKey must not be in a file; set env {ENGINE_API_KEY_ENV}")
     try:
-        return ServeConfig.model_validate(doc)
+        config = ServeConfig.model_validate(doc)
     except ValidationError as err:
         raise ConfigError(f"{path}: {format_validation_error(err)}") from None
+    if config.engine is not None and config.engine.config_file is None:  # re-read on changes
+        engine = config.engine.model_copy(update={"config_file": str(path)})
+        config = config.model_copy(update={"engine": engine})
+    return config

@@ -25,6 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from kubetune_trainer.serve.adapters import AdapterRegistry
+from kubetune_trainer.serve.closed_answers import answer_closed, is_closed
 from kubetune_trainer.serve.inference import GenerationRow, advance, eos_ids, live_rows, next_tokens
 
 
@@ -49,6 +50,8 @@ class RunningBatch:
         if self.size:
             self._decode()
         admitted = live_rows(self.registry, new_rows)
+        answer_closed(self.registry, [r for r in admitted if is_closed(r)])  # closed_answers.py
+        admitted = [r for r in admitted if not is_closed(r)]
         if admitted:
             self._admit(admitted)
         self._drop_finished()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -104,6 +105,13 @@ class OverloadedError(ServeError):
         }
 
 
+class RequestTooLargeError(ServeError):
+    """A body over serving.maxBodyBytes, refused before it is read to the end or parsed."""
+
+    status = 413
+    code = "request_too_large"
+
+
 class RequestTimeoutError(ServeError):
     """The client's own timeout (x-request-timeout) passed before its answer was ready."""
 
@@ -125,26 +133,40 @@ def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
     return (f"{where}: {first.get('msg')}" if where else str(first.get("msg"))), where or None
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every failure leaves as an OpenAI-shaped JSON error; nothing reaches the client as a traceback."""
+def mark_counted(err: BaseException) -> None:
+    """Note that `err` is already in the error metric (under its adapter), so the handler that
+    answers it does not count it again."""
+    err.__dict__["kubetune_counted"] = True
+
+
+def install_error_handlers(app: FastAPI, count: Callable[[], None]) -> None:
+    """Every failure leaves as an OpenAI-shaped JSON error; nothing reaches the client as a traceback.
+    `count` adds one error under the unknown adapter: every refusal is counted once, the ones raised
+    before a request's adapter is known (body, validation) included."""
+
+    def answer(err: Exception, body: dict[str, Any], status: int, headers: dict[str, str]) -> JSONResponse:
+        if not err.__dict__.get("kubetune_counted"):
+            count()
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(ServeError)
     async def _serve_error(_: Request, err: ServeError) -> JSONResponse:
-        body = error_body(err.message, err.type, err.code, err.param)
-        return JSONResponse(body, status_code=err.status, headers=err.headers)
+        return answer(err, error_body(err.message, err.type, err.code, err.param), err.status, err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(err)
-        return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", param), 400)
+        return answer(err, error_body(message, "invalid_request_error", "invalid_request", param), 400, {})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
         type_ = "invalid_request_error" if err.status_code < 500 else "server_error"
-        return JSONResponse(error_body(str(err.detail), type_, None), status_code=err.status_code)
+        return answer(err, error_body(str(err.detail), type_, None), err.status_code, {})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        # Starlette answers this one outside every middleware: the request id is added here.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         body = error_body(f"internal error: {type(err).__name__}", "server_error", "internal_error")
-        return JSONResponse(body, status_code=500)
+        request_id = request.scope.get("state", {}).get("request_id")
+        return answer(err, body, 500, {"x-request-id": request_id} if request_id else {})

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.adapterdeployment import FRESH_HOLDOUT_FILE, FRESH_TRAIN_FILE
+from kubetune.api.adapterdeployment import FRESH_HOLDOUT_FILE, FRESH_HOLDOUT_PERCENT, FRESH_TRAIN_FILE
 
-HOLDOUT_PERCENT = 20
+HOLDOUT_PERCENT = FRESH_HOLDOUT_PERCENT  # the operator's retrain gate reads the same share
 COMPACT_SLACK = 0.1  # rewrite once a file holds 10% more than its share of the cap
 INPUT_MEMORY = 10_000  # same bound as feedback.PREDICTION_MEMORY
 

@@ -133,6 +133,11 @@ class ClassifyRow:
     probabilities: list[float] = field(default_factory=list)
     embedding: np.ndarray | None = None  # mean-pooled last hidden state, for the drift monitor
     error: ServeError | None = None
+    finish_reason: str | None = None  # "cancelled" (admission.cancel_rows): the client left; skip it
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
 
 
 def classify_rows(registry: AdapterRegistry, rows: list[ClassifyRow], max_tokens: int) -> None:
@@ -152,8 +157,10 @@ def classify_rows(registry: AdapterRegistry, rows: list[ClassifyRow], max_tokens
         embeddings = (
             mean_pool(out.hidden_states[-1].float(), batch["attention_mask"]).numpy() if monitoring else None
         )
+    # Each adapter's calibration temperature (temperature.py): the argmax stays, the confidence is honest.
+    temperatures = torch.tensor([[r.target.adapter.temperature if r.target.adapter else 1.0] for r in rows])
     for i, (row, probs) in enumerate(
-        zip(rows, torch.softmax(out.logits.float(), dim=-1).tolist(), strict=True)
+        zip(rows, torch.softmax(out.logits.float() / temperatures, dim=-1).tolist(), strict=True)
     ):
         row.probabilities = probs
         row.embedding = embeddings[i] if embeddings is not None else None

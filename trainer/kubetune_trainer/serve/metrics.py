@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from kubetune.api import telemetry as names
 from kubetune.api.telemetry import LABELS
+from kubetune_trainer.serve.errors import mark_counted
 
 UNKNOWN = ("unknown", "")
 # Seconds; CPU generation of 64 tokens takes seconds, a GPU classify a few milliseconds.
@@ -63,6 +64,21 @@ class ServeMetrics:
         self.review_queue = Gauge(
             names.REVIEW_QUEUE, "Inputs waiting in the review queue.", ("adapter",), registry=r
         )
+        self.review_dropped = Counter(
+            names.REVIEW_DROPPED_TOTAL,
+            "Inputs not queued for review (too_long) or dropped from a full queue (queue_full).",
+            ("adapter", "reason"),
+            registry=r,
+        )
+        self.accuracy_estimated = Gauge(
+            names.ACCURACY_ESTIMATED,
+            "Accuracy estimated without labels: mean calibrated max-probability of recent inputs.",
+            LABELS,
+            registry=r,
+        )
+        self.review_rate = Gauge(
+            names.REVIEW_RATE, "Share of recent inputs meeting the review queue's rule.", LABELS, registry=r
+        )
 
     @contextmanager
     def track(self, labels: tuple[str, str]) -> Iterator[None]:
@@ -72,8 +88,9 @@ class ServeMetrics:
         start = time.perf_counter()
         try:
             yield
-        except BaseException:
+        except BaseException as err:
             self.errors.labels(*labels).inc()
+            mark_counted(err)
             raise
         finally:
             self.latency.labels(*labels).observe(time.perf_counter() - start)

@@ -6,7 +6,10 @@ Layout, next to fresh.py's train/holdout files: <dir>/<adapter>/review.jsonl (qu
 object a line: text, metadata scrubbed like fresh data, top-2 guesses, margin, novelty, embedding)
 and <dir>/<adapter>/review-done.jsonl (ids labelled or skipped). An item id is the sha256 of the
 text, so the same text is queued once per adapter (across versions and, through the files, pods).
-Bounded: past `maxItems` waiting items the oldest are dropped when the file is compacted. A label
+Bounded: past `maxItems` waiting items, or past MAX_QUEUE_BYTES of queue file, the oldest are dropped
+when the file is compacted, and a text longer than MAX_TEXT_CHARS is not queued (a person cannot label
+it at a glance, and the labelling page must stay small); both are counted in
+kubetune_review_dropped_total. A label
 goes to the fresh dataset (FreshDataWriter), where the retraining loop reads it with
 retraining.freshDataWeight.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from kubetune_trainer.serve.selection import Rule, order_for_labelling
 
@@ -34,6 +37,8 @@ QUEUE_FILE = "review.jsonl"
 DONE_FILE = "review-done.jsonl"
 COMPACT_SLACK = 0.1
 DONE_MEMORY = 10  # review-done.jsonl keeps the newest DONE_MEMORY x maxItems decisions (dedup memory)
+MAX_TEXT_CHARS = 2000  # 100 items (one page load) stay under 1 MB even in 4-byte characters
+MAX_QUEUE_BYTES = 8 << 20  # per adapter: the queue file, read whole on every page load
 
 
 def item_id(text: str) -> str:
@@ -53,6 +58,7 @@ class ReviewItem:
     queued_at: float
     metadata: dict[str, Any] = field(default_factory=dict)
     embedding: list[float] | None = None
+    entropy: float | None = None  # of the calibrated probabilities (None: queued before it was kept)
 
     def public(self) -> dict[str, Any]:
         """What the review page and `kubectl kubetune review` show (no embedding)."""
@@ -79,9 +85,15 @@ class ReviewQueue:
         novelty_threshold: float,
         max_items: int,
         clusters: int,
+        dropped: Counter | None = None,
+        max_text_chars: int = MAX_TEXT_CHARS,
+        max_bytes: int = MAX_QUEUE_BYTES,
     ) -> None:
         self.directory = directory
         self.gauge = gauge
+        self.dropped = dropped  # {adapter, reason}
+        self.max_text_chars = max_text_chars
+        self.max_bytes = max_bytes
         self.margin_threshold = margin_threshold
         self.novelty_threshold = novelty_threshold
         self.max_items = max_items
@@ -113,6 +125,9 @@ class ReviewQueue:
         if not items:
             return 0
         adapter = items[0].adapter
+        short = [i for i in items if len(i.text) <= self.max_text_chars]
+        self._drop(adapter, "too_long", len(items) - len(short))
+        items = short
         with self._locked(adapter) as folder:
             seen = self._seen.get(adapter)
             if seen is None:
@@ -139,16 +154,31 @@ class ReviewQueue:
             os.replace(tmp, done_path)
         done = _read_done(folder)
         queued = [i for i in _read_queue(folder) if i.id not in done]
-        lines = (folder / QUEUE_FILE).read_bytes().count(b"\n")
-        if lines > self.max_items * (1 + COMPACT_SLACK) or lines > 2 * max(1, len(queued)):
-            kept = queued[-self.max_items :]
+        raw = (folder / QUEUE_FILE).read_bytes() if (folder / QUEUE_FILE).is_file() else b""
+        lines = raw.count(b"\n")
+        if (
+            lines > self.max_items * (1 + COMPACT_SLACK)
+            or lines > 2 * max(1, len(queued))
+            or len(raw) > self.max_bytes
+        ):
+            rows = [json.dumps(asdict(i), ensure_ascii=False) + "\n" for i in queued[-self.max_items :]]
+            sizes = [len(row.encode()) for row in rows]
+            first, total = 0, sum(sizes)
+            while total > self.max_bytes:  # the newest items are kept, within the byte cap
+                total -= sizes[first]
+                first += 1
+            self._drop(folder.name, "queue_full", len(queued) - (len(rows) - first))
             tmp = folder / f".{QUEUE_FILE}.{os.getpid()}.tmp"
-            tmp.write_text("".join(json.dumps(asdict(i), ensure_ascii=False) + "\n" for i in kept))
+            tmp.write_text("".join(rows[first:]), encoding="utf-8")
             os.replace(tmp, folder / QUEUE_FILE)
-            return len(kept)
+            return len(rows) - first
         return min(len(queued), self.max_items)
 
-    def pending(self, adapter: str, rule: Rule = "diverse", limit: int | None = None) -> list[ReviewItem]:
+    def _drop(self, adapter: str, reason: str, count: int) -> None:
+        if count > 0 and self.dropped is not None:
+            self.dropped.labels(adapter, reason).inc(count)
+
+    def pending(self, adapter: str, rule: Rule = "entropy", limit: int | None = None) -> list[ReviewItem]:
         """Waiting items in the order to label them (see selection.order_for_labelling)."""
         with self._locked(adapter) as folder:
             done = _read_done(folder)
@@ -159,7 +189,11 @@ class ReviewQueue:
         self.gauge.labels(adapter).set(len(items))
         embedded = all(i.embedding for i in items) and len({len(i.embedding or []) for i in items}) == 1
         embeddings = np.asarray([i.embedding for i in items]) if items and embedded else None
-        order = order_for_labelling([i.margin for i in items], embeddings, rule, self.clusters)
+        entropies = [i.entropy for i in items]
+        known = None if None in entropies else [float(e) for e in entropies if e is not None]
+        order = order_for_labelling(
+            [i.margin for i in items], embeddings, rule, self.clusters, entropies=known
+        )
         return [items[i] for i in order][:limit]
 
     def resolve(self, adapter: str, id_: str, label: str | None) -> ReviewItem | None:

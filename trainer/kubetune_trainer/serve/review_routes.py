@@ -27,8 +27,8 @@ from kubetune_trainer.serve.inference import ClassifyRow
 from kubetune_trainer.serve.review import ReviewItem, ReviewQueue, item_id
 from kubetune_trainer.serve.review_page import PAGE
 from kubetune_trainer.serve.schemas import ClassifyRequest, _Body
-from kubetune_trainer.serve.selection import margin, novelty, top_two
-from kubetune_trainer.serve.state import ServerState
+from kubetune_trainer.serve.selection import entropy, margin, novelty, top_two
+from kubetune_trainer.serve.state import ServerState, all_states
 
 router = APIRouter(prefix="/admin/review")
 EMBEDDING_DECIMALS = 4
@@ -83,6 +83,9 @@ async def capture(
     if queue is None:
         return
     adapter, version = served.label_values
+    if s.estimates is not None:
+        flagged = [bool(queue.reasons(f.margin, f.novelty)) for f in found]
+        s.estimates.observe_review(adapter, version, flagged)
     m = s.config.monitoring
     metadata = scrub_metadata(body.metadata, m.drop_fields, m.hash_fields, salt=adapter)
     items = [
@@ -98,12 +101,20 @@ async def capture(
             queued_at=time.time(),
             metadata=metadata,
             embedding=None if row.embedding is None else np.round(row.embedding, EMBEDDING_DECIMALS).tolist(),
+            entropy=round(entropy(row.probabilities), 6),
         )
         for row, sig in zip(rows, found, strict=True)
         if (reasons := queue.reasons(sig.margin, sig.novelty))
     ]
     if items:
         await asyncio.to_thread(queue.add, items)
+
+
+def review_state(request: Request) -> ServerState:
+    """Behind the admin token: the task that keeps a review queue (the classifier, at the top level or
+    in tasks[]); the top-level task where none does (its _queue_and_labels says review is off)."""
+    first = authorized(request)
+    return next((t for t in all_states(request) if t.review is not None), first)
 
 
 def _queue_and_labels(s: ServerState, model: str | None) -> tuple[ReviewQueue, str, list[str]]:
@@ -125,9 +136,9 @@ async def review_queue(
     request: Request,
     model: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    order: Literal["diverse", "uncertainty"] = "diverse",
+    order: Literal["entropy", "diverse", "uncertainty"] = "entropy",
 ) -> dict[str, Any]:
-    s = authorized(request)
+    s = review_state(request)
     queue, name, labels = _queue_and_labels(s, model)
     items = await asyncio.to_thread(queue.pending, name, order)
     return {
@@ -142,7 +153,7 @@ async def review_queue(
 
 @router.post("/label")
 async def review_label(body: LabelRequest, request: Request) -> dict[str, Any]:
-    s = authorized(request)
+    s = review_state(request)
     queue, name, labels = _queue_and_labels(s, body.model)
     if body.skip == (body.label is not None):
         raise InvalidRequestError("give either label or skip: true", "label")

@@ -16,7 +16,6 @@ from kubetune_trainer.serve.admission import cancel_rows, client_deadline, disco
 from kubetune_trainer.serve.errors import (
     ContextLengthError,
     InvalidRequestError,
-    ModelNotFoundError,
     RequestTimeoutError,
     ServeError,
     WrongTaskError,
@@ -24,7 +23,7 @@ from kubetune_trainer.serve.errors import (
 )
 from kubetune_trainer.serve.feedback import FeedbackEvent, Prediction
 from kubetune_trainer.serve.inference import GenerationRow, Sampling
-from kubetune_trainer.serve.metrics import UNKNOWN
+from kubetune_trainer.serve.limits import check_chars
 from kubetune_trainer.serve.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -43,7 +42,9 @@ async def chat_completions(
 ) -> dict[str, Any] | StreamingResponse:
     s = causal_state(request)
     target = resolve(s, body.model)
-    return await _complete(s, request, body, target, [_chat_prompt(s, body.messages)], chat=True)
+    check_chars(sum(len(m.text) for m in body.messages), s.config.max_input_tokens, "messages")
+    prompt = await s.tokenize.call(_chat_prompt, body.messages)
+    return await _complete(s, request, body, target, [_check_length(s, prompt, "messages")], chat=True)
 
 
 @router.post("/v1/completions", response_model=None)
@@ -52,10 +53,18 @@ async def completions(body: CompletionRequest, request: Request) -> dict[str, An
     target = resolve(s, body.model)
     if body.stream and len(body.prompts) > 1:
         raise InvalidRequestError("stream: true takes one prompt, not a list", "prompt")
-    prompts = [
-        _check_length(s, s.registry.tokenizer(p, add_special_tokens=False).input_ids, "prompt")
-        for p in body.prompts
-    ]
+    if len(body.prompts) > s.config.max_batch_size:  # wider than a batch: it would hold back others
+        raise InvalidRequestError(
+            f"prompt: {len(body.prompts)} prompts, more than this server's maxBatchSize "
+            f"{s.config.max_batch_size} per request; send them in several requests",
+            "prompt",
+        )
+    for i, p in enumerate(body.prompts):
+        check_chars(
+            len(p), s.config.max_input_tokens, "prompt" if isinstance(body.prompt, str) else f"prompt[{i}]"
+        )
+    ids = await s.tokenize.call(_prompt_ids, body.prompts)
+    prompts = [_check_length(s, p, "prompt") for p in ids]
     return await _complete(s, request, body, target, prompts, chat=False)
 
 
@@ -107,21 +116,23 @@ def causal_state(request: Request) -> ServerState:
 
 
 def resolve(s: ServerState, model: str) -> Target:
-    try:
-        return s.registry.resolve(model)
-    except ModelNotFoundError:
-        s.metrics.errors.labels(*UNKNOWN).inc()
-        raise
+    """The adapter or base `model` names (ModelNotFoundError, counted as an error of the unknown
+    adapter by the error handler, otherwise)."""
+    return s.registry.resolve(model)
 
 
-def _chat_prompt(s: ServerState, messages: list[ChatMessage]) -> list[int]:
-    tok = s.registry.tokenizer
+def _chat_prompt(tok: Any, messages: list[ChatMessage]) -> list[int]:
+    """The chat template applied and tokenized (on the tokenizing thread)."""
     if not tok.chat_template:
         raise WrongTaskError("this base model has no chat template; use /v1/completions", "messages")
     text = tok.apply_chat_template(
         [{"role": m.role, "content": m.text} for m in messages], add_generation_prompt=True, tokenize=False
     )
-    return _check_length(s, tok(text, add_special_tokens=False).input_ids, "messages")
+    return list(tok(text, add_special_tokens=False).input_ids)
+
+
+def _prompt_ids(tok: Any, prompts: list[str]) -> list[list[int]]:
+    return [list(ids) for ids in tok(prompts, add_special_tokens=False).input_ids]
 
 
 def _check_length(s: ServerState, ids: list[int], param: str) -> list[int]:

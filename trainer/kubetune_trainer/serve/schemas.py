@@ -3,13 +3,52 @@ would change the answer (n > 1): those are rejected."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def unencodable(value: Any, path: str = "") -> str | None:
+    """Where the first string UTF-8 cannot encode sits in a parsed JSON body (a lone surrogate such as
+    "\\ud800" is valid JSON, but no tokenizer, file or response can take it), as a message; None when
+    every key and string is fine.
+
+    >>> unencodable({"input": ["ok", "a\\ud800"]})
+    'input[1]: character 1 is U+D800, a lone surrogate; send valid Unicode text'
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return (
+                f"{path or 'body'}: character {err.start} is U+{ord(value[err.start]):04X}, a lone "
+                "surrogate; send valid Unicode text"
+            )
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unencodable(key, f"{path} key") or unencodable(item, f"{path}.{key}" if path else key)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = unencodable(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, data: Any) -> Any:
+        found = unencodable(data)
+        if found:
+            raise PydanticCustomError("unencodable_text", found)
+        return data
 
 
 class StreamOptions(_Body):

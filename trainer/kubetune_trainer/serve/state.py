@@ -14,10 +14,12 @@ from kubetune_trainer.serve.batching import Batcher, ModelWorker
 from kubetune_trainer.serve.config import ServeConfig
 from kubetune_trainer.serve.drift import DriftMonitor
 from kubetune_trainer.serve.errors import NotReadyError, WrongTaskError
+from kubetune_trainer.serve.estimated_accuracy import TrafficEstimates
 from kubetune_trainer.serve.feedback import FeedbackStore
 from kubetune_trainer.serve.fresh import FreshDataWriter, InputMemory
 from kubetune_trainer.serve.metrics import ServeMetrics
 from kubetune_trainer.serve.review import ReviewQueue
+from kubetune_trainer.serve.tokenizing import TokenizerThread
 
 
 @dataclass
@@ -29,10 +31,12 @@ class ServerState:
     metrics: ServeMetrics
     feedback: FeedbackStore
     admission: Admission  # shared by every task of the server: maxQueued bounds the pod
+    tokenize: TokenizerThread  # request text -> token ids, off the event loop
     drift: DriftMonitor | None = None  # sequence-classification with monitoring.enabled
     fresh: FreshDataWriter | None = None  # monitoring.freshDataUri set
     inputs: InputMemory | None = None  # request id -> inputs, only while fresh data is kept
     review: ReviewQueue | None = None  # uncertain/novel inputs for a person, beside the fresh data
+    estimates: TrafficEstimates | None = None  # accuracy without labels, review rate (with drift)
     ready: bool = False  # base + every declared adapter loaded and warmed up
     draining: bool = False  # SIGTERM received
     startup_error: str | None = None
@@ -55,9 +59,11 @@ class ServerState:
             self.drift.load_reference(loaded.name, loaded.version, folder)
 
     def unwatch(self, unloaded: list[LoadedAdapter]) -> None:
-        if self.drift is not None:
-            for adapter in unloaded:
+        for adapter in unloaded:
+            if self.drift is not None:
                 self.drift.forget(adapter.name, adapter.version)
+            if self.estimates is not None:
+                self.estimates.forget(adapter.name, adapter.version)
 
 
 def server_state(request: Request) -> ServerState:

