@@ -187,6 +187,7 @@ def test_install_upgrade_uninstall_keep_the_finetunejobs(plane: ControlPlane, tm
     # Every stored value survives; fields new in this chart's CRDs appear with their defaults
     # (the API server defaults on read).
     assert differences(stored["spec"], upgraded["spec"]) == []
+    assert_keda_refused_without_keda(plane)
 
     run_helm(plane, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "120s")
     assert plane.kubectl("get", "deployment", RELEASE, "-n", NAMESPACE, check=False).returncode != 0
@@ -195,3 +196,23 @@ def test_install_upgrade_uninstall_keep_the_finetunejobs(plane: ControlPlane, tm
         assert get(plane, "crd", crd)["metadata"]["name"] == crd  # kept
     kept = get(plane, "ftj", "support-intents", "-n", TEAM)
     assert kept["metadata"]["uid"] == stored["metadata"]["uid"]
+
+
+def assert_keda_refused_without_keda(plane: ControlPlane) -> None:
+    """No KEDA on this control plane: the chart's ValidatingAdmissionPolicy makes the API server refuse an
+    AdapterDeployment that asks for a KEDA ScaledObject, with its message; an HPA one is admitted."""
+    adep = yaml.safe_load((ROOT / "examples/k8s/adapterdeployment-support-intents.yaml").read_text())
+    adep["spec"]["monitoring"] = {"prometheusUrl": "https://prometheus.example.com"}
+    adep["spec"]["autoscaling"] = {"maxReplicas": 4, "keda": True}
+    deadline = time.monotonic() + 30  # the API server picks a new policy up within about a second
+    while True:
+        result = plane.kubectl(
+            "apply", "-n", TEAM, "--dry-run=server", "-f", "-", input=yaml.safe_dump(adep), check=False
+        )
+        if result.returncode != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result.returncode != 0, result.stdout
+    assert "spec.autoscaling.keda: KEDA is not installed in this cluster" in result.stderr, result.stderr
+    adep["spec"]["autoscaling"]["keda"] = False
+    plane.kubectl("apply", "-n", TEAM, "--dry-run=server", "-f", "-", input=yaml.safe_dump(adep))
