@@ -42,7 +42,7 @@ def main() -> None:
     from kubetune_trainer.serve.selection import margin, novelty
     from kubetune_trainer.temperature import calibrate, scaled
 
-    from kubetune.api.adapterdeployment import ReviewSpec
+    from kubetune.api.monitoring import ReviewSpec
 
     defaults = ReviewSpec()  # the tuned values below, rounded (issue 23)
     doc, adapter = served_adapter()

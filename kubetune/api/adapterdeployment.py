@@ -7,21 +7,20 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from kubetune.api.adapterdeployment_status import EXTRA_TASKS_LIMIT, AdapterDeploymentStatus
 from kubetune.api.autoscaling import AutoscalingSpec
 from kubetune.api.common import (
     LABEL_RULE,
     AdapterUri,
     ApiModel,
-    Condition,
-    FreshDataUri,
     ObjectMeta,
-    PrometheusUrl,
     SecretKeyRef,
     check_resource_name,
     object_name,
 )
-from kubetune.api.finetunejob import BaseModelSpec, EvalMetric, EvaluationSpec, FineTuneJobSpec, TaskType
-from kubetune.api.rules import Checked, Rule, single_line
+from kubetune.api.finetunejob import BaseModelSpec, EvaluationSpec, FineTuneJobSpec, TaskType
+from kubetune.api.monitoring import MonitoringSpec
+from kubetune.api.rules import Checked, Rule
 from kubetune.api.runtime import (
     IS_VLLM,
     VLLM_BASE,
@@ -39,26 +38,13 @@ from kubetune.api.scheduling import (
     PriorityClassName,
     Toleration,
 )
-from kubetune.api.telemetry import DRIFT_KINDS, DRIFT_MAX, DriftKind
 from kubetune.api.uris import writes_into, writes_into_cel
 
-AdapterPhase = Literal["Pending", "Progressing", "Available", "Degraded"]
 RolloutStrategy = Literal["Rolling", "Canary"]
 VERSION_RULE = Rule(
     "must be a version: letters, digits, '.', '_' and '-', starting with a letter or digit",
     require=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
 )
-FIELD_NAME = Rule(
-    "must be a metadata field name: letters, digits, '_', '-' and '.' (no spaces); a name that never "
-    "matches a request's field would keep the data it was meant to drop",
-    require=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
-)
-MetadataField = Annotated[
-    str, Checked("A request metadata field name.", 128, single_line(), FIELD_NAME, min_length=1)
-]
-HISTORY_LIMIT = 10
-# The server holds one task of each kind (ServeConfig.tasks); with two kinds that is one extra task.
-EXTRA_TASKS_LIMIT = 1
 ONE_TOKEN = (
     "extraTasks[].baseModel.tokenSecretRef must equal baseModel.tokenSecretRef: the serving pod has one "
     "HF_TOKEN"
@@ -245,220 +231,6 @@ class RolloutSpec(ApiModel):
         weights = [step.weight for step in self.steps]
         if any(later <= earlier for earlier, later in pairwise(weights)):
             raise ValueError(f"{INCREASING_WEIGHTS} (got {weights})")
-        return self
-
-
-def _drift_out_of_range(kind: str, high: float) -> str:
-    return (
-        f"monitoring.drift.threshold must be below {high:g} for kind {kind} (its largest score): the "
-        "trigger could never fire"
-    )
-
-
-class DriftTrigger(ApiModel):
-    """Retrain when this drift score stays above ``threshold`` for ``forSeconds``."""
-
-    kind: Annotated[DriftKind, Field(description="Which drift score: " + ", ".join(DRIFT_KINDS) + ".")] = (
-        "embedding_cosine"
-    )
-    threshold: Annotated[
-        float,
-        Field(
-            description="Score above which the input has drifted; below the kind's largest score "
-            "(confidence_drop: 1, embedding_cosine and embedding_mmd: 2).",
-            gt=0,
-            le=100,
-        ),
-    ] = 0.2
-    for_seconds: Annotated[int, Field(description="How long the breach must last.", ge=0, le=7 * 86400)] = 600
-
-    model_config = {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": f"!has(self.kind) || self.kind != '{kind}' || !has(self.threshold) || "
-                    f"self.threshold < {high}",
-                    "message": _drift_out_of_range(kind, high),
-                }
-                for kind, high in DRIFT_MAX.items()
-            ]
-        }
-    }
-
-    @model_validator(mode="after")
-    def _can_fire(self) -> DriftTrigger:
-        high = DRIFT_MAX.get(self.kind)
-        if high is not None and self.threshold >= high:
-            raise ValueError(_drift_out_of_range(self.kind, high))
-        return self
-
-
-class AccuracyTrigger(ApiModel):
-    """Retrain when rolling accuracy from /v1/feedback stays below ``threshold`` for ``forSeconds``."""
-
-    threshold: Annotated[float, Field(description="Accuracy below which the model degraded.", ge=0, le=1)] = (
-        0.85
-    )
-    for_seconds: Annotated[int, Field(description="How long the breach must last.", ge=0, le=7 * 86400)] = 900
-
-
-class EstimatedAccuracyTrigger(ApiModel):
-    """Retrain when the label-free estimate of accuracy (kubetune_accuracy_estimated: the mean calibrated
-    confidence over the drift window, CBPE) stays below ``threshold`` for ``forSeconds``. It moves as
-    soon as traffic drifts, long before feedback labels arrive; it needs windowSize-style traffic
-    (minSamples inputs in the window), not labels."""
-
-    threshold: Annotated[
-        float,
-        Field(description="Estimated accuracy below which the model is taken to have degraded.", gt=0, lt=1),
-    ]
-    for_seconds: Annotated[int, Field(description="How long the breach must last.", ge=0, le=7 * 86400)] = 900
-
-
-class ReviewSpec(ApiModel):
-    """Which served inputs go to the review queue for a person to label (kept beside the fresh data).
-
-    Defaults tuned in benchmarks/REVIEW_THRESHOLDS.md for a 10% review rate on 160 tickets the example
-    adapter never saw (not on its validation rows, whose novelty is 0 by construction), on calibrated
-    probabilities (the trainer's temperature): on held-out sets they queue 2 of 120 ordinary tickets,
-    5 of 80 boundary tickets (3 of its 5 mistakes) and 21 of 40 es/en tickets (10 of its 11 mistakes).
-    kubetune_review_rate{adapter,version} shows the share queued on live traffic.
-    """
-
-    enabled: Annotated[bool, Field(description="Queue uncertain and novel inputs for a person to label.")] = (
-        True
-    )
-    margin_threshold: Annotated[
-        float,
-        Field(
-            description="Queue an input whose top-1 minus top-2 class probability is below this "
-            "(0: never for uncertainty).",
-            ge=0,
-            le=1,
-        ),
-    ] = 0.75
-    novelty_threshold: Annotated[
-        float,
-        Field(
-            description="Queue an input whose cosine distance to the nearest reference embedding of the "
-            "served version is above this (2: never for novelty).",
-            ge=0,
-            le=2,
-        ),
-    ] = 0.65
-    max_items: Annotated[
-        int,
-        Field(description="Waiting items kept per adapter; past it the oldest are dropped.", ge=1, le=10_000),
-    ] = 1000
-    clusters: Annotated[
-        int,
-        Field(
-            description="Embedding clusters the labelling order spreads over (uncertainty + diversity).",
-            ge=1,
-            le=100,
-        ),
-    ] = 8
-
-
-class FreshDataSpec(ApiModel):
-    """Where servers keep a rolling sample of recent inputs and feedback labels (the retraining data)."""
-
-    uri: FreshDataUri
-    max_rows: Annotated[
-        int, Field(description="Cap of kept rows per server (oldest dropped).", ge=100, le=10_000_000)
-    ] = 20000
-    drop_fields: Annotated[
-        list[MetadataField],
-        Field(description="Request metadata fields never stored (PII).", max_length=64),
-    ] = []
-    hash_fields: Annotated[
-        list[MetadataField],
-        Field(description="Request metadata fields stored only as a salted sha256 (PII).", max_length=64),
-    ] = []
-    review: Annotated[
-        ReviewSpec,
-        Field(description="The review queue of uncertain and novel inputs, labelled on /admin/review."),
-    ] = ReviewSpec()
-
-
-FRESH_TRAIN_FILE = "train.jsonl"
-FRESH_HOLDOUT_FILE = "holdout.jsonl"
-# Share of labelled texts (by a hash of the text) the servers keep out of training, for the retrain gate.
-FRESH_HOLDOUT_PERCENT = 20
-
-
-def fresh_data_uris(fresh_uri: str, adapter: str) -> tuple[str, str]:
-    """Where servers write labelled traffic for ``adapter``: (train rows, held-out rows).
-
-    Rows are split by a hash of the input so the same text always lands on the same side.
-    """
-    base = f"{fresh_uri.rstrip('/')}/{adapter}"
-    return f"{base}/{FRESH_TRAIN_FILE}", f"{base}/{FRESH_HOLDOUT_FILE}"
-
-
-ESTIMATE_NEEDS = (
-    "monitoring.estimatedAccuracy needs monitoring.prometheusUrl (the trigger reads "
-    "kubetune_accuracy_estimated from Prometheus)"
-)
-
-
-SAMPLES_FIT_WINDOW = (
-    "monitoring.minSamples must not exceed monitoring.windowSize: a drift window holds at most "
-    "windowSize inputs, so the drift trigger could never fire"
-)
-
-
-class MonitoringSpec(ApiModel):
-    """Drift and accuracy watching: in-process in every server, read back from Prometheus."""
-
-    prometheus_url: PrometheusUrl | None = None
-    interval_seconds: Annotated[
-        int, Field(description="How often the operator evaluates triggers.", ge=5, le=86400)
-    ] = 60
-    window_size: Annotated[
-        int, Field(description="Recent inputs per drift window in each server.", ge=50, le=100_000)
-    ] = 500
-    min_samples: Annotated[
-        int,
-        Field(
-            description="Window inputs and feedback events needed before a trigger may fire.",
-            ge=1,
-            le=10_000_000,
-        ),
-    ] = 100
-    drift: Annotated[DriftTrigger, Field(description="Input drift trigger.")] = DriftTrigger()
-    accuracy: Annotated[AccuracyTrigger, Field(description="Accuracy trigger.")] = AccuracyTrigger()
-    estimated_accuracy: Annotated[
-        EstimatedAccuracyTrigger | None,
-        Field(description="Estimated-accuracy trigger (no labels needed); off when unset."),
-    ] = None
-    fresh_data: Annotated[
-        FreshDataSpec | None,
-        Field(description="Rolling sample of traffic + feedback labels kept for retraining."),
-    ] = None
-
-    model_config = {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.estimatedAccuracy) || has(self.prometheusUrl)",
-                    "message": ESTIMATE_NEEDS,
-                },
-                {"rule": "self.minSamples <= self.windowSize", "message": SAMPLES_FIT_WINDOW},
-            ]
-        }
-    }
-
-    @model_validator(mode="after")
-    def _samples_fit_window(self) -> MonitoringSpec:
-        if self.min_samples > self.window_size:
-            raise ValueError(SAMPLES_FIT_WINDOW)
-        return self
-
-    @model_validator(mode="after")
-    def _estimate_needs_prometheus(self) -> MonitoringSpec:
-        if self.estimated_accuracy is not None and self.prometheus_url is None:
-            raise ValueError(ESTIMATE_NEEDS)
         return self
 
 
@@ -800,186 +572,6 @@ class AdapterDeploymentSpec(ApiModel):
             extra.base_model.token_secret_ref not in (None, token) for extra in self.extra_tasks
         ):
             raise ValueError(ONE_TOKEN)
-
-
-class ActiveAdapter(ApiModel):
-    """The adapter the pods serve now."""
-
-    version: Annotated[str | None, Field(description="Served version.")] = None
-    uri: Annotated[str | None, Field(description="Where it was loaded from.")] = None
-    digest: Annotated[str | None, Field(description="sha256 of the adapter weights.")] = None
-    fine_tune_job: Annotated[str | None, Field(description="The FineTuneJob that produced it.")] = None
-    accuracy: Annotated[float | None, Field(description="Its evaluation score.")] = None
-
-
-class ServedTask(ApiModel):
-    """An extra task and the adapter its pods serve now."""
-
-    name: Annotated[
-        str, Field(description="Model id of the adapter (spec.extraTasks[].name).", max_length=63)
-    ]
-    task: Annotated[TaskType, Field(description="causal-lm or sequence-classification.")]
-    version: Annotated[str, Field(description="Served version.", max_length=128)]
-    uri: Annotated[str, Field(description="Where it was loaded from.", max_length=2048)]
-    digest: Annotated[str | None, Field(description="sha256 of the adapter weights.")] = None
-    fine_tune_job: Annotated[str | None, Field(description="The FineTuneJob that produced it.")] = None
-    accuracy: Annotated[float | None, Field(description="Its evaluation score.")] = None
-
-
-HistoryOutcome = Literal["RolledOut", "Skipped"]
-
-
-class HistoryEntry(ApiModel):
-    """A version that was rolled out, or skipped by rollout.requireImprovement (bounded, newest last).
-
-    Every version has its own URI (a run never writes over another's adapter) and the digest the
-    servers check before they serve it, so pinning a version (rollback) serves exactly those weights."""
-
-    version: str
-    uri: str
-    digest: str | None = None
-    fine_tune_job: str | None = None
-    accuracy: float | None = None
-    deployed_at: Annotated[
-        str | None, Field(description="When it rolled out.", json_schema_extra={"format": "date-time"})
-    ] = None
-    outcome: Annotated[
-        HistoryOutcome,
-        Field(description="RolledOut (served), or Skipped (scored worse than the serving version)."),
-    ] = "RolledOut"
-    reason: Annotated[
-        str | None,
-        Field(description="Why it was skipped, e.g. accuracy 0.983 < serving 0.992.", max_length=512),
-    ] = None
-    skipped_at: Annotated[
-        str | None, Field(description="When it was skipped.", json_schema_extra={"format": "date-time"})
-    ] = None
-
-
-RetrainOutcome = Literal[
-    "Pending", "Running", "Promoted", "Rejected", "Inconclusive", "WaitingForLabels", "Failed"
-]
-
-
-class RetrainRecord(ApiModel):
-    """One retraining FineTuneJob and what became of it."""
-
-    fine_tune_job: str
-    created_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
-    trigger: Annotated[str, Field(description="Which trigger fired, with its values.")]
-    outcome: Annotated[
-        RetrainOutcome | None,
-        Field(
-            description="Promoted (the interval's lower bound clears minImprovement), Rejected (its upper "
-            "bound is below minImprovement), Inconclusive (the interval straddles it: the champion keeps "
-            "serving, the next retrain has more labels), WaitingForLabels (fewer held-out rows than "
-            "gate.minRows: undecided, label more), Failed (the job failed)."
-        ),
-    ] = "Pending"
-    metric: Annotated[EvalMetric | None, Field(description="The gate metric compared.")] = None
-    rows: Annotated[
-        int | None, Field(description="Held-out rows both adapters were scored on (n).", ge=0)
-    ] = None
-    difference: Annotated[
-        float | None,
-        Field(description="Challenger minus champion share of those rows answered right.", ge=-1, le=1),
-    ] = None
-    lower_bound: Annotated[
-        float | None, Field(description="Lower end of the difference's 95% interval.", ge=-1, le=1)
-    ] = None
-    upper_bound: Annotated[
-        float | None, Field(description="Upper end of the difference's 95% interval.", ge=-1, le=1)
-    ] = None
-    challenger: Annotated[float | None, Field(description="The new adapter's gate metric.")] = None
-    champion: Annotated[float | None, Field(description="The serving adapter's gate metric, same rows.")] = (
-        None
-    )
-
-
-class CanaryStatus(ApiModel):
-    """A new adapter version on a share of the pods, watched before it replaces the champion."""
-
-    version: Annotated[str, Field(description="Candidate version on the canary pods.")]
-    uri: Annotated[str, Field(description="Where it is loaded from.")]
-    digest: str | None = None
-    fine_tune_job: str | None = None
-    accuracy: float | None = None
-    step: Annotated[int, Field(description="Index into spec.rollout.steps.", ge=0)] = 0
-    weight: Annotated[int, Field(description="Percent of pods on the canary at this step.", ge=0, le=100)] = 0
-    step_started_at: Annotated[
-        str | None,
-        Field(
-            description="When this step's canary pods were all ready.",
-            json_schema_extra={"format": "date-time"},
-        ),
-    ] = None
-
-
-class AdapterDeploymentStatus(ApiModel):
-    """Observed state of an AdapterDeployment."""
-
-    phase: Annotated[AdapterPhase | None, Field(description="Lifecycle phase.")] = None
-    message: Annotated[str | None, Field(description="One-line summary.")] = None
-    observed_generation: Annotated[int | None, Field(description="Generation last acted on.", ge=0)] = None
-    conditions: Annotated[
-        list[Condition], Field(description="Ready, Available, Progressing, AdapterResolved.")
-    ] = []
-    active_adapter: Annotated[ActiveAdapter | None, Field(description="The adapter served now.")] = None
-    extra_tasks: Annotated[
-        list[ServedTask],
-        Field(description="The adapters of spec.extraTasks served now.", max_length=EXTRA_TASKS_LIMIT),
-    ] = []
-    replicas: Annotated[
-        int,
-        Field(
-            description="Pods of the stable track (the scale subresource's status.replicas; a canary's "
-            "pods come on top).",
-            ge=0,
-        ),
-    ] = 0
-    selector: Annotated[
-        str | None,
-        Field(description="Label selector of the stable track's pods (the scale subresource's selector)."),
-    ] = None
-    ready_replicas: Annotated[int, Field(description="Serving pods that are ready.", ge=0)] = 0
-    updated_replicas: Annotated[int, Field(description="Pods on the current template.", ge=0)] = 0
-    history: Annotated[
-        list[HistoryEntry],
-        Field(
-            description=f"Last {HISTORY_LIMIT} versions rolled out or skipped, each with its own URI and "
-            "digest.",
-            max_length=HISTORY_LIMIT,
-        ),
-    ] = []
-    drift: Annotated[float | None, Field(description="Latest drift score of the watched kind.")] = None
-    accuracy: Annotated[float | None, Field(description="Latest rolling accuracy from feedback.")] = None
-    estimated_accuracy: Annotated[
-        float | None, Field(description="Latest label-free accuracy estimate (kubetune_accuracy_estimated).")
-    ] = None
-    last_evaluated: Annotated[
-        str | None,
-        Field(description="When triggers were last evaluated.", json_schema_extra={"format": "date-time"}),
-    ] = None
-    retrains: Annotated[
-        list[RetrainRecord],
-        Field(description=f"Last {HISTORY_LIMIT} retraining FineTuneJobs.", max_length=HISTORY_LIMIT),
-    ] = []
-    promoted: Annotated[
-        str | None, Field(description="The retraining FineTuneJob whose adapter was promoted last.")
-    ] = None
-    canary: Annotated[CanaryStatus | None, Field(description="The canary in progress, if any.")] = None
-    last_retrain_request: Annotated[
-        str | None,
-        Field(
-            description="The last kubetune.dev/retrain-requested annotation value handled (once per value)."
-        ),
-    ] = None
-    rolled_back: Annotated[
-        list[Annotated[str, Field(max_length=128)]],
-        Field(
-            description="Versions a canary rejected; they are not rolled out again.", max_length=HISTORY_LIMIT
-        ),
-    ] = []
 
 
 class AdapterDeployment(ApiModel):

@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from kubetune.api.adapterdeployment import EXTRA_NAME_RULE, AdapterDeploymentSpec, AdapterDeploymentStatus
+from kubetune.api.adapterdeployment import EXTRA_NAME_RULE, AdapterDeploymentSpec
+from kubetune.api.adapterdeployment_status import AdapterDeploymentStatus
 from kubetune.api.common import GROUP, RESOURCE_NAME_RULE, VERSION
 from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
 

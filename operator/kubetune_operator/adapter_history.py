@@ -6,7 +6,8 @@ History is what rollback pins from, so it keeps one version per URI: every run w
 
 from __future__ import annotations
 
-from kubetune.api.adapterdeployment import HISTORY_LIMIT, AdapterDeployment, HistoryEntry
+from kubetune.api.adapterdeployment import AdapterDeployment
+from kubetune.api.adapterdeployment_status import HISTORY_LIMIT, HistoryEntry
 from kubetune_operator.builders.serving import ResolvedAdapter
 
 

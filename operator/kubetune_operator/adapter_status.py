@@ -7,11 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api.adapterdeployment import (
+from kubetune.api.adapterdeployment import AdapterDeployment, ExtraTask
+from kubetune.api.adapterdeployment_status import (
     ActiveAdapter,
-    AdapterDeployment,
     AdapterDeploymentStatus,
-    ExtraTask,
     HistoryEntry,
     ServedTask,
 )

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from kubetune.api.adapterdeployment import AdapterDeployment, CanaryStatus
+from kubetune.api.adapterdeployment import AdapterDeployment
+from kubetune.api.adapterdeployment_status import CanaryStatus
 from kubetune.api.telemetry import ACCURACY, DRIFT_SCORE, ERRORS_TOTAL, REQUESTS_TOTAL
 
 # Tolerances: a canary is "worse" only by more than noise.

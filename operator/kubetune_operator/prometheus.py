@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from kubetune.api.adapterdeployment import MonitoringSpec
+from kubetune.api.monitoring import MonitoringSpec
 from kubetune.api.telemetry import ACCURACY, ACCURACY_ESTIMATED, DRIFT_SCORE, DRIFT_WINDOW, FEEDBACK_TOTAL
 from kubetune.api.uris import PROMETHEUS_RULES, UnsafeUriError, address_problem, check_uri
 

@@ -9,18 +9,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kubetune.api.adapterdeployment import (
-    FRESH_HOLDOUT_PERCENT,
-    ActiveAdapter,
-    AdapterDeployment,
-    MonitoringSpec,
-    RetrainingSpec,
-    RetrainOutcome,
-    RetrainRecord,
-    fresh_data_uris,
-)
+from kubetune.api.adapterdeployment import AdapterDeployment, RetrainingSpec
+from kubetune.api.adapterdeployment_status import ActiveAdapter, RetrainOutcome, RetrainRecord
 from kubetune.api.common import ConditionStatus
 from kubetune.api.finetunejob import DataSource, ExtraSource, FineTuneJobSpec, FineTuneJobStatus
+from kubetune.api.monitoring import FRESH_HOLDOUT_PERCENT, MonitoringSpec, fresh_data_uris
 from kubetune_operator.builders.meta import LABEL_ADAPTERDEPLOYMENT, child_name, owner_reference
 from kubetune_operator.paired_difference import PairedDifference, paired_difference
 from kubetune_operator.status import EventType

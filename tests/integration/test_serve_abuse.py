@@ -35,7 +35,7 @@ from test_serve_helpers import (
     wait_for,
 )
 
-from kubetune.api.adapterdeployment import ReviewSpec
+from kubetune.api.monitoring import ReviewSpec
 from kubetune.kubectl_plugin.main import main as kubectl_kubetune
 
 MB10 = 10 * 2**20

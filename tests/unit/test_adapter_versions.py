@@ -21,7 +21,7 @@ from kubetune_trainer import artifacts
 from pydantic import ValidationError
 from test_serving_builders import adep
 
-from kubetune.api.adapterdeployment import HISTORY_LIMIT, HistoryEntry
+from kubetune.api.adapterdeployment_status import HISTORY_LIMIT, HistoryEntry
 from kubetune.api.finetunejob import FineTuneJob
 from kubetune.api.trainconfig import TrainConfig, run_output_uri
 from kubetune.kubectl_plugin.errors import PluginError

@@ -28,7 +28,8 @@ from kubetune_operator.builders.serving import (
 from kubetune_trainer.serve.config import load_serve_config
 from pydantic import ValidationError
 
-from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus, ServedTask
+from kubetune.api.adapterdeployment import AdapterDeployment
+from kubetune.api.adapterdeployment_status import AdapterDeploymentStatus, ServedTask
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/k8s/adapterdeployment-multi-task.yaml"

@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 from kubetune_operator.canary import VersionHealth, canary_replicas, compare, health_queries, step_decision
 
-from kubetune.api.adapterdeployment import AdapterDeployment, CanaryStatus
+from kubetune.api.adapterdeployment import AdapterDeployment
+from kubetune.api.adapterdeployment_status import CanaryStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -25,13 +25,8 @@ from kubetune_operator.retraining import (
 )
 from kubetune_trainer.entrypoint import gate_failure
 
-from kubetune.api.adapterdeployment import (
-    ActiveAdapter,
-    AdapterDeployment,
-    MonitoringSpec,
-    RetrainingSpec,
-    RetrainRecord,
-)
+from kubetune.api.adapterdeployment import AdapterDeployment, RetrainingSpec
+from kubetune.api.adapterdeployment_status import ActiveAdapter, RetrainRecord
 from kubetune.api.finetunejob import (
     FineTuneJob,
     FineTuneJobSpec,
@@ -39,6 +34,7 @@ from kubetune.api.finetunejob import (
     PairedCounts,
     TrainResult,
 )
+from kubetune.api.monitoring import MonitoringSpec
 from kubetune.api.trainconfig import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]

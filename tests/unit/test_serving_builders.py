@@ -19,7 +19,8 @@ from kubetune_operator.builders.serving import (
 )
 from pydantic import ValidationError
 
-from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentSpec, AdapterDeploymentStatus
+from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentSpec
+from kubetune.api.adapterdeployment_status import AdapterDeploymentStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"

@@ -16,9 +16,10 @@ from kubetune_trainer.serve.config import (
     TaskServing,
 )
 
-from kubetune.api.adapterdeployment import AdapterDeployment, ExtraTask, ReviewSpec
+from kubetune.api.adapterdeployment import AdapterDeployment, ExtraTask
 from kubetune.api.common import SecretKeyRef
 from kubetune.api.finetunejob import TaskType
+from kubetune.api.monitoring import ReviewSpec
 from kubetune_operator.builders.meta import (
     LABEL_ADAPTERDEPLOYMENT,
     child_metadata,

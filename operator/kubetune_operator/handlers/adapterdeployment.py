@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import kopf
 from pydantic import ValidationError
 
-from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus
+from kubetune.api.adapterdeployment import AdapterDeployment
+from kubetune.api.adapterdeployment_status import AdapterDeploymentStatus
 from kubetune.api.loading import format_validation_error
 from kubetune_operator.adapter_history import gate_applies, record_skip, shortfall
 from kubetune_operator.adapter_status import (

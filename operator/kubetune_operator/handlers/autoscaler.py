@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus
+from kubetune.api.adapterdeployment import AdapterDeployment
+from kubetune.api.adapterdeployment_status import AdapterDeploymentStatus
 from kubetune_operator.builders.autoscaling import HPA_API, KEDA_API, build_autoscaler
 from kubetune_operator.conditions import get_condition, set_condition
 from kubetune_operator.kube import Kube, object_path

@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 
-from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus, RetrainRecord
+from kubetune.api.adapterdeployment import AdapterDeployment
+from kubetune.api.adapterdeployment_status import AdapterDeploymentStatus, RetrainRecord
 from kubetune.api.finetunejob import FineTuneJob, FineTuneJobSpec
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.kube import Kube, collection_path

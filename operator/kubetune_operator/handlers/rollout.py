@@ -7,7 +7,8 @@ from typing import Any
 
 import aiohttp
 
-from kubetune.api.adapterdeployment import AdapterDeployment, AdapterDeploymentStatus, CanaryStatus
+from kubetune.api.adapterdeployment import AdapterDeployment
+from kubetune.api.adapterdeployment_status import AdapterDeploymentStatus, CanaryStatus
 from kubetune_operator.builders.serving import (
     ResolvedAdapter,
     ResolvedTask,

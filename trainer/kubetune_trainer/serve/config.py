@@ -9,10 +9,11 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
-from kubetune.api.adapterdeployment import Precision, Quantize, ReviewSpec
+from kubetune.api.adapterdeployment import Precision, Quantize
 from kubetune.api.common import DNS1123_LABEL, ApiModel
 from kubetune.api.finetunejob import BaseModelSpec
 from kubetune.api.loading import ConfigError, format_validation_error
+from kubetune.api.monitoring import ReviewSpec
 
 ADMIN_TOKEN_ENV = "KUBETUNE_ADMIN_TOKEN"
 ENGINE_API_KEY_ENV = "KUBETUNE_ENGINE_API_KEY"
@@ -106,7 +107,7 @@ class ServeMonitoring(ApiModel):
         str | None,
         Field(
             description="Directory (pvc://<claim>/<path> or a local path) where labelled traffic is kept: "
-            "<dir>/<adapter>/train.jsonl and holdout.jsonl (kubetune.api.adapterdeployment.fresh_data_uris)."
+            "<dir>/<adapter>/train.jsonl and holdout.jsonl (kubetune.api.monitoring.fresh_data_uris)."
         ),
     ] = None
     fresh_max_rows: Annotated[int, Field(description="Cap of kept rows (oldest dropped).", ge=100)] = 20000

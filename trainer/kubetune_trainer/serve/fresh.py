@@ -1,6 +1,6 @@
 """The fresh dataset for retraining: labelled traffic kept on the serving volume.
 
-Layout and split follow kubetune.api.adapterdeployment.fresh_data_uris: <dir>/<adapter>/train.jsonl and
+Layout and split follow kubetune.api.monitoring.fresh_data_uris: <dir>/<adapter>/train.jsonl and
 holdout.jsonl, rows {"text", "label"} (+ "metadata" when the request carried some, scrubbed of PII),
 each text always on the same side (sha256 of the text, HOLDOUT_PERCENT of the hash space held out).
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.adapterdeployment import FRESH_HOLDOUT_FILE, FRESH_HOLDOUT_PERCENT, FRESH_TRAIN_FILE
+from kubetune.api.monitoring import FRESH_HOLDOUT_FILE, FRESH_HOLDOUT_PERCENT, FRESH_TRAIN_FILE
 
 HOLDOUT_PERCENT = FRESH_HOLDOUT_PERCENT  # the operator's retrain gate reads the same share
 COMPACT_SLACK = 0.1  # rewrite once a file holds 10% more than its share of the cap
