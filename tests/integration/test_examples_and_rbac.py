@@ -65,8 +65,6 @@ def test_trainer_service_account_can_do_nothing(cluster: Cluster, operator_kubec
         ("patch", "adapterdeployments.kubetune.dev/status", True),
         ("create", "deployments.apps", True),
         ("create", "horizontalpodautoscalers.autoscaling", True),
-        ("patch", "scaledobjects.keda.sh", True),
-        ("update", "adapterdeployments.kubetune.dev/scale", False),
         ("get", "pods/log", True),
         ("create", "events", True),
         ("get", "secrets", False),

@@ -123,6 +123,7 @@ class ServingPod:
         )
         self.in_flight = Gauge(telemetry.IN_FLIGHT, "in flight", labels, registry=r)
         self.accuracy = Gauge(telemetry.ACCURACY, "accuracy", labels, registry=r)
+        self.estimated = Gauge(telemetry.ACCURACY_ESTIMATED, "estimated accuracy", labels, registry=r)
         self.window = Gauge(telemetry.DRIFT_WINDOW, "window", labels, registry=r)
         self.drift = Gauge(telemetry.DRIFT_SCORE, "drift", [*labels, "kind"], registry=r)
         self.queue = Gauge(telemetry.QUEUE_LENGTH, "requests waiting or computing", registry=r)
@@ -135,6 +136,8 @@ class ServingPod:
         self.window.labels(ADAPTER, "v2").set(180)
         self.accuracy.labels(ADAPTER, "v1").set(0.71)
         self.accuracy.labels(ADAPTER, "v2").set(0.93)
+        self.estimated.labels(ADAPTER, "v1").set(0.78)  # the drifted champion's confidence fell too
+        self.estimated.labels(ADAPTER, "v2").set(0.94)
         self.feedback.labels(ADAPTER, "v1").inc(140)
         self.feedback_correct.labels(ADAPTER, "v1").inc(100)
         self.in_flight.labels(ADAPTER, "v1").set(3)
