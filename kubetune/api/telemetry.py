@@ -25,6 +25,7 @@ TOKENS_TOTAL = "kubetune_tokens_total"  # counter {adapter, version}
 QUEUE_LENGTH = "kubetune_queue_length"  # gauge: inference requests admitted, waiting or computing
 SHED_TOTAL = "kubetune_requests_shed_total"  # counter {adapter, version}: answered 429 (maxQueued)
 CANCELLED_TOTAL = "kubetune_requests_cancelled_total"  # counter {adapter, version}: client gone/timeout
+RUNTIME_INFO = "kubetune_runtime_info"  # gauge {adapter, engine} = 1: "kubetune", or the engine fronted
 REVIEW_QUEUE = "kubetune_review_queue_length"  # gauge {adapter}: inputs waiting for a person's label
 REVIEW_DROPPED_TOTAL = "kubetune_review_dropped_total"  # counter {adapter, reason}: too_long, queue_full
 

@@ -20,13 +20,16 @@ from kubetune.api.runtime import VLLM_NO_CLASSIFIER
 from kubetune_operator.adapter_history import append_history, history_entry
 from kubetune_operator.builders.serving import (
     EXTRA_VERSIONS_ANNOTATION,
+    PROGRESS_DEADLINE_SECONDS,
     VERSION_ANNOTATION,
     ResolvedAdapter,
     ResolvedTask,
     extra_versions,
+    loads_in_place,
     scale_selector,
 )
-from kubetune_operator.conditions import set_condition
+from kubetune_operator.conditions import get_condition, set_condition
+from kubetune_operator.in_place_load import LOADING, InPlaceLoad, in_place_verdict, loading_since, with_since
 from kubetune_operator.status import Event
 
 
@@ -212,9 +215,13 @@ def derive_adapter_status(
     prev: AdapterDeploymentStatus,
     now: str,
     extras: Sequence[ResolvedTask] = (),
+    serving: InPlaceLoad | None = None,
 ) -> tuple[AdapterDeploymentStatus, list[Event]]:
     """Phase, conditions, served adapters and history from the Deployment's observed state;
-    ``extras``: the adapters of spec.extraTasks written into the same serving pods."""
+    ``extras``: the adapters of spec.extraTasks written into the same serving pods; ``serving``:
+    where the version is loaded in place (builders.serving.loads_in_place), how many ready stable
+    pods report serving it and the load failures they logged (None: not asked, status already
+    records it as the active version); past the deadline the load is stalled (in_place_load.py)."""
     gen = ad.metadata.generation
     status = prev.model_copy(deep=True)
     status.observed_generation = gen
@@ -228,13 +235,26 @@ def derive_adapter_status(
         conds = set_condition(
             conds, "AdapterResolved", "True", "Resolved", f"{resolved.version} from {resolved.uri}", now, gen
         )
-        status.phase, status.message, reason = _rollout_phase(ad, resolved, deployment, extras)
+        progressing = get_condition(prev.conditions, "Progressing")
+        status.phase, status.message, reason = _rollout_phase(ad, resolved, deployment, extras, serving)
+        if reason == LOADING and serving is not None:
+            status.phase, status.message, reason = in_place_verdict(
+                resolved.version,
+                serving,
+                ad.spec.replicas,
+                prev.active_adapter.version if prev.active_adapter else None,
+                progressing,
+                _deadline(deployment),
+                now,
+            )
         ds = (deployment or {}).get("status", {})
         status.ready_replicas = int(ds.get("readyReplicas") or 0)
         status.updated_replicas = int(ds.get("updatedReplicas") or 0)
         conds = set_condition(
             conds, "Progressing", _bool(status.phase == "Progressing"), reason, status.message or "", now, gen
         )
+        if reason == LOADING:  # a new target version restarts the deadline's clock (in_place_load.py)
+            conds = with_since(conds, "Progressing", loading_since(progressing, resolved.version, now))
         conds = set_condition(
             conds, "Available", _bool(status.phase == "Available"), reason, status.message or "", now, gen
         )
@@ -275,20 +295,29 @@ def derive_adapter_status(
     return status, events
 
 
+def _deadline(deployment: dict[str, Any] | None) -> int:
+    """The Deployment's progressDeadlineSeconds, as rendered (builders.serving)."""
+    spec = (deployment or {}).get("spec") or {}
+    return int(spec.get("progressDeadlineSeconds") or PROGRESS_DEADLINE_SECONDS)
+
+
 def _rollout_phase(
     ad: AdapterDeployment,
     resolved: ResolvedAdapter,
     deployment: dict[str, Any] | None,
     extras: Sequence[ResolvedTask],
+    serving: InPlaceLoad | None = None,
 ) -> tuple[Any, str, str]:
     if deployment is None:
         return "Progressing", "creating the serving Deployment", "Creating"
     want = ad.spec.replicas
     spec, ds = deployment.get("spec", {}), deployment.get("status", {})
     annotations = spec.get("template", {}).get("metadata", {}).get("annotations", {})
-    template_current = annotations.get(VERSION_ANNOTATION) == resolved.version and annotations.get(
-        EXTRA_VERSIONS_ANNOTATION
-    ) == extra_versions(extras)
+    # Loaded in place, the template holds no version: the pods' own reports say which one they serve.
+    template_current = loads_in_place(ad, "stable") or (
+        annotations.get(VERSION_ANNOTATION) == resolved.version
+        and annotations.get(EXTRA_VERSIONS_ANNOTATION) == extra_versions(extras)
+    )
     for cond in ds.get("conditions", []) or []:
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
             return (
@@ -321,4 +350,6 @@ def _rollout_phase(
         )
     if ready < want:
         return "Degraded", f"{ready}/{want} serving pods ready", "ReplicasUnavailable"
+    if loads_in_place(ad, "stable") and serving is not None and serving.serving < want:
+        return "Progressing", "", LOADING  # still loading, or stalled: derive_adapter_status says which
     return "Available", f"serving {resolved.version} on {ready}/{want} pods", "Available"

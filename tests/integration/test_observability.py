@@ -128,6 +128,8 @@ class ServingPod:
         self.drift = Gauge(telemetry.DRIFT_SCORE, "drift", [*labels, "kind"], registry=r)
         self.queue = Gauge(telemetry.QUEUE_LENGTH, "requests waiting or computing", registry=r)
         self.queue.set(9)  # above the HPA's target of 4 per pod: the autoscaler is at its max
+        runtime = Gauge(telemetry.RUNTIME_INFO, "engine", ["adapter", "engine"], registry=r)
+        runtime.labels(ADAPTER, "vllm").set(1)  # spec.runtime.engine vllm: the front names its engine
         # v1: the drifted champion; v2: the canary of a promoted retrain, healthy.
         for kind, score in DRIFT.items():
             self.drift.labels(ADAPTER, "v1", kind).set(score)
@@ -395,6 +397,10 @@ def test_dashboard_model() -> None:
     kinds = {re.findall(r'kind="(\w+)"', p["targets"][0]["expr"])[0] for p in drift_panels}
     assert kinds == set(telemetry.DRIFT_KINDS)
     assert all(p["targets"][1]["expr"] == "vector($drift_threshold)" for p in drift_panels)
+    (runtime,) = (
+        p for p in model["panels"] if any(telemetry.RUNTIME_INFO in t["expr"] for t in p.get("targets", []))
+    )
+    assert runtime["type"] == "table" and "engine" in runtime["targets"][0]["expr"]
 
 
 # --- the chart ships them -------------------------------------------------------------------------

@@ -149,9 +149,7 @@ def test_models_lists_each_adapter_with_its_weights_digest(
     listed = {m["id"]: m for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
     assert set(listed) == {"base", "pirate", "pirate@v1", "poet", "poet@v1"}  # every id a client may send
     assert listed["pirate"]["aliasOf"] == "pirate@v1" and listed["pirate"]["version"] == "v1"
-    import hashlib
+    from kubetune_trainer.artifacts import adapter_digest
 
-    for adapter in running.state.config.adapters:
-        weights = Path(adapter.uri) / "adapter_model.safetensors"
-        digest = "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()
-        assert listed[f"{adapter.name}@v1"]["digest"] == digest
+    for adapter in running.state.config.adapters:  # every served file's sha256, weights included
+        assert listed[f"{adapter.name}@v1"]["digest"] == adapter_digest(Path(adapter.uri))

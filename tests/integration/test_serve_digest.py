@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from kubetune_trainer.artifacts import file_digest
+from kubetune_trainer.artifacts import adapter_digest
 from kubetune_trainer.serve.adapters import WEIGHTS
 from kubetune_trainer.serve.app import create_app
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
@@ -45,7 +45,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def digest(folder: Path) -> str:
-    return file_digest(folder / WEIGHTS)
+    return adapter_digest(folder)
 
 
 def test_startup_refuses_weights_that_are_not_the_recorded_version(

@@ -4,19 +4,23 @@ the endpoints vLLM has (/v1/models, /v1/load_lora_adapter, /v1/unload_lora_adapt
 /v1/chat/completions, /v1/completions); the front is `kubetune serve` with `engine.url`.
 
 Chat and streaming pass through the front with its request ids, metrics and feedback; a rollout
-v1 -> v2 in the front's ServeConfig file loads v2 in the engine, flips the alias, unloads v1 and loses
-no request; a restarted front is not ready until the engine holds every desired adapter.
+v1 -> v2 in the front's ServeConfig file, swapped the way the kubelet refreshes a ConfigMap volume,
+loads v2 in the engine, flips the alias, unloads v1, logs the line the operator reads and loses no
+request, and a version the engine cannot load next leaves the front ready on v2; a restarted front is
+not ready until the engine holds every desired adapter.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ import pytest
 import yaml
 from kubetune_trainer.serve.config import load_serve_config
 from kubetune_trainer.serve.main import DrainingServer, make_server
+from kubetune_trainer.serve.served_report import last_served
 from test_serve_helpers import (
     ADMIN_TOKEN,
     SMOLLM,
@@ -73,14 +78,37 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(30)
 
 
-def write_front_config(path: Path, engine_url: str, adapters: dict[str, Path]) -> None:
+def front_yaml(engine_url: str, adapters: dict[str, Path]) -> str:
     doc: dict[str, Any] = {
         "baseModel": SMOLLM.wire(),
         "task": "causal-lm",
         "engine": {"url": engine_url, "syncIntervalS": 0.3},
         "adapters": [{"name": "triage", "version": v, "uri": str(p)} for v, p in adapters.items()],
     }
-    path.write_text(yaml.safe_dump(doc))
+    return yaml.safe_dump(doc)
+
+
+def write_front_config(path: Path, engine_url: str, adapters: dict[str, Path]) -> None:
+    path.write_text(front_yaml(engine_url, adapters))
+
+
+def project_config_map(volume: Path, name: str, text: str) -> Path:
+    """Write ``name`` into ``volume`` as the kubelet's atomic writer updates a ConfigMap volume: the
+    data in a new timestamped folder, ``..data`` switched to it by one rename, the file a symlink
+    through ``..data`` (a subPath mount binds the old file itself, which is why it never updates)."""
+    volume.mkdir(exist_ok=True)
+    stamp = volume / f"..{time.time_ns()}"
+    stamp.mkdir()
+    (stamp / name).write_text(text)
+    link = volume / "..data_tmp"
+    link.symlink_to(stamp.name)
+    old = os.readlink(volume / "..data") if (volume / "..data").is_symlink() else None
+    link.replace(volume / "..data")
+    if not (volume / name).is_symlink():
+        (volume / name).symlink_to(f"..data/{name}")
+    if old is not None:
+        shutil.rmtree(volume / old)
+    return volume / name
 
 
 def front_config(path: Path) -> Any:
@@ -161,6 +189,9 @@ def test_chat_and_stream_through_the_front(engine: str, folders: dict[str, Path]
         assert metric(url, "kubetune_drift_window_size", adapter="triage", version="v1") == 3
         assert metric(url, "kubetune_drift_score", adapter="triage", version="v1", kind="length_psi") > 1
         assert 'kind="label_psi"' not in httpx.get(f"{url}/metrics").text
+        # The runtime, as the dashboard shows it: the front names the engine it fronts (its owned_by).
+        assert metric(url, "kubetune_runtime_info", adapter="triage", engine="kubetune") == 1
+        assert metric(engine, "kubetune_runtime_info", adapter="triage", engine="kubetune") == 1
         models = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
         assert models["triage"]["aliasOf"] == "triage@v1" and models["triage@v1"]["parent"] == "base"
         # What vLLM-built routers scrape, on the kubetune engine: every loaded adapter, not only busy ones.
@@ -197,12 +228,17 @@ def chat_load(url: str, stop: threading.Event, results: list[tuple[int, str]], s
                 results.append((0, repr(err)))
 
 
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_rollout_loads_flips_unloads_without_failures(
-    engine: str, folders: dict[str, Path], tmp_path: Path
+    engine: str, folders: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clear_engine(engine)
-    path = tmp_path / "front.yaml"
-    write_front_config(path, engine, {"v1": folders["v1"]})
+    caplog.set_level(logging.INFO, "kubetune.serve")
+    volume = tmp_path / "etc-kubetune"  # the pod's ConfigMap volume, mounted as a directory
+    path = project_config_map(volume, "serve-config.yaml", front_yaml(engine, {"v1": folders["v1"]}))
     with running_server(front_config(path)) as (url, _):
         stop, results = threading.Event(), []  # type: ignore[var-annotated]
         clients = [threading.Thread(target=chat_load, args=(url, stop, results, s)) for s in (False, True)]
@@ -210,10 +246,21 @@ def test_rollout_loads_flips_unloads_without_failures(
             c.start()
         try:
             wait_for(lambda: len(results) >= 2, 120, "answers from v1")
-            write_front_config(path, engine, {"v2": folders["v2"]})  # as a ConfigMap update lands
-            wait_for(lambda: engine_loras(engine) == {"triage@v2"}, 120, "v1 unloaded from the engine")
+            assert last_served(caplog.text) == {"triage": "triage@v1"}  # what the operator reads
+            # The operator changed the ConfigMap; the kubelet swaps the mounted file in place.
+            project_config_map(volume, "serve-config.yaml", front_yaml(engine, {"v2": folders["v2"]}))
+            # Logged once v1 is unloaded and the engine no longer lists it.
+            wait_for(lambda: last_served(caplog.text) == {"triage": "triage@v2"}, 120, "serving v2")
+            assert engine_loras(engine) == {"triage@v2"}
+            # A version the engine cannot load reaches every pod at once: they stay ready on v2.
+            broken = project_config_map(
+                volume, "serve-config.yaml", front_yaml(engine, {"v3": tmp_path / "missing"})
+            )
+            wait_for(lambda: warnings(caplog), 60, "v3 refused")
             seen = len(results)
-            wait_for(lambda: len(results) >= seen + 2, 120, "answers after the rollout")
+            wait_for(lambda: len(results) >= seen + 2, 120, "answers after the rollout, v3 refused")
+            assert is_ready(url) and engine_loras(engine) == {"triage@v2"} and broken.is_symlink()
+            assert "missing" in " ".join(warnings(caplog))
         finally:
             stop.set()
             for c in clients:
@@ -224,6 +271,7 @@ def test_rollout_loads_flips_unloads_without_failures(
         assert is_ready(url)
         models = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
         assert models["triage"]["aliasOf"] == "triage@v2" and "triage@v1" not in models
+        assert last_served(caplog.text) == {"triage": "triage@v2"}  # the operator keeps seeing v2
 
 
 def test_restarted_front_is_ready_only_once_the_engine_holds_every_adapter(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kubetune_trainer.artifacts import file_digest
+from kubetune_trainer.artifacts import adapter_digest
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
 from kubetune_trainer.serve.main import DrainingServer
 from test_serve_helpers import ADMIN_TOKEN, LABELS, MINILM, error_of, make_adapters, running_server
@@ -92,7 +92,7 @@ def test_a_bare_name_gets_the_weights_digest_as_its_version(
     url, _ = server
     body = {"lora_name": "intent", "lora_path": str(folders["b"])}
     assert httpx.post(f"{url}/v1/load_lora_adapter", json=body, headers=AUTH, timeout=60).status_code == 200
-    version = file_digest(folders["b"] / "adapter_model.safetensors").removeprefix("sha256:")[:12]
+    version = adapter_digest(folders["b"]).removeprefix("sha256:")[:12]
     assert f"intent@{version}" in served(url)
     # The same name again, even with other weights, is refused: a name never changes its weights.
     other = httpx.post(

@@ -10,6 +10,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import openai
 from kubetune_trainer.closed_set import AnswerSchema, field_accuracy
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig
@@ -80,7 +81,12 @@ def test_heads_adapter_serves_the_answers_it_was_scored_with(tmp_path: Path) -> 
         # the same prompt as plain text: the same answer, whatever max_tokens says
         text = _rendered_prompt(rows[0]["messages"][:-1])
         completion = client.completions.create(model="triage", prompt=text, max_tokens=4).choices[0].text
+        # the bare tickets, framed as the training rows were (kubetune.json "prompt"): the same answers
+        tickets = [r["messages"][1]["content"] for r in rows]
+        classified = httpx.post(f"{url}/v1/classify", json={"model": "triage", "input": tickets}, timeout=300)
     assert completion == chats[0]
+    assert meta["prompt"] == {"format": "messages", "system": rows[0]["messages"][0]["content"]}
+    assert [item["answer"] for item in classified.json()["data"]] == chats, classified.text
     answers = [schema.parse(c) for c in chats]
     assert all(a is not None and set(a) == {"intent", "priority"} for a in answers), chats
     served = field_accuracy(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from kubetune_trainer.artifacts import file_digest
+from kubetune_trainer.artifacts import adapter_digest
 from test_trainer_minilm import kubetune_train, write_dataset, write_manifest
 
 from kubetune.api.finetunejob import TrainResult
@@ -34,12 +34,12 @@ def test_two_runs_write_two_folders_and_never_overwrite_each_other(tmp_path: Pat
     first = train_run(workspace, RUN_1, seed=1)
     weights_1 = workspace / "out" / "tiny" / "tiny" / RUN_1 / "adapter" / "adapter_model.safetensors"
     assert first.adapter_uri == f"pvc://out/tiny/tiny/{RUN_1}/adapter"
-    assert first.digest == file_digest(weights_1)
+    assert first.digest == adapter_digest(weights_1.parent)
     assert (weights_1.parents[1] / "checkpoints").is_dir()  # a resumed pod of this run finds them here
     assert not (workspace / "out" / "tiny" / "adapter").exists()
 
     second = train_run(workspace, RUN_2, seed=2)
     weights_2 = workspace / "out" / "tiny" / "tiny" / RUN_2 / "adapter" / "adapter_model.safetensors"
     assert second.adapter_uri == f"pvc://out/tiny/tiny/{RUN_2}/adapter"
-    assert second.digest == file_digest(weights_2) != first.digest
-    assert file_digest(weights_1) == first.digest, "the second run changed the first run's adapter"
+    assert second.digest == adapter_digest(weights_2.parent) != first.digest
+    assert adapter_digest(weights_1.parent) == first.digest, "the second run changed the first run's adapter"

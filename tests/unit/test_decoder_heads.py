@@ -173,3 +173,51 @@ def test_heads_recipe_is_refused_for_classification() -> None:
     }
     with pytest.raises(ValueError, match=r"training\.recipe heads applies only to task\.type causal-lm"):
         FineTuneJobSpec.model_validate(spec)
+
+
+def test_heads_read_at_a_depth_run_only_those_layers(tmp_path: Path) -> None:
+    ids, targets = rows()
+    decoder = tiny_llama(layers=4)
+    assert dh.depth_candidates(4) == [4, 2]
+    by_depth = dh.pooled_by_depth(decoder, ids, 0, "mean", [4, 2])
+    shallow = dh.FieldHeads(decoder, SCHEMA, "mean", depth=2)
+    for depth, pooled in by_depth.items():  # the one pass with hooks = embed() at that depth
+        assert np.allclose(
+            pooled, dh.embeddings(dh.FieldHeads(decoder, SCHEMA, "mean", depth), ids, 0), atol=1e-5
+        )
+    assert not np.allclose(by_depth[2], by_depth[4], atol=1e-3)
+    ran: list[int] = []
+    hooks = [
+        layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+        for i, layer in enumerate(decoder.model.layers)
+    ]
+    dh.embeddings(shallow, ids[:3], 0)
+    for hook in hooks:
+        hook.remove()
+    assert sorted(set(ran)) == [0, 1]  # layers above the depth never run
+    # LoRA on the top layer below the depth, trained from the cached trunk, answers like the whole model
+    top = dh.top_layers(decoder, 1, depth=2)
+    assert top == [1]
+    model = dh.FieldHeads(
+        get_peft_model(decoder, LoraConfig(r=4, target_modules=["q_proj"], layers_to_transform=top)),
+        SCHEMA,
+        "mean",
+        2,
+    )
+    cached, pooled = dh.trunk_inputs(model, ids, 0, top[0])
+    dh.init_from_probes(model, pooled, targets)
+    dh.train_heads(model, cached, top[0], targets, dh.HeadsTraining(2, 8, 1e-2, 0.0, 7))
+    batch = dh.padded_hidden(cached[:5], torch.device("cpu"))
+    with torch.no_grad():
+        from_top = model.forward_top(batch["hidden"], batch["attention_mask"], top[0])
+        whole = model(**dh.right_padded(ids[:5], 0, torch.device("cpu")))
+    for a, b in zip(from_top, whole, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    entry = dh.save_heads(model, tmp_path)  # the depth travels with the adapter
+    assert entry["depth"] == 2
+    (tmp_path / "kubetune.json").write_text(json.dumps({"heads": entry}))
+    loaded = dh.load_heads(model.decoder, tmp_path, dh.read_heads_meta(tmp_path))
+    assert loaded.depth == 2
+    assert [a.text for a in dh.predict(loaded, ids, 0)] == [a.text for a in dh.predict(model, ids, 0)]
+    with pytest.raises(ValueError, match=r"depth 5 outside 1\.\.4"):
+        dh.FieldHeads(tiny_llama(layers=4), SCHEMA, "mean", 5)

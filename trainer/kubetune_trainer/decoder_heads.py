@@ -6,8 +6,13 @@ pooled hidden state feeds one Linear head per field, and the answer is each head
 with schema.render, so it is valid by construction and picked the way a classifier would.
 
     prompt ids (the chat template's prompt with its generation prompt, exactly what generation reads)
-    -> decoder + LoRA -> last hidden states
+    -> the decoder's first `depth` layers (+ LoRA) -> its final norm
     -> pool ("mean" over the tokens, or the "last" token) -> L2-normalise -> head per field -> argmax
+
+`depth` is chosen per job (choose_depth) on rows held out of train: a decoder's middle layers carry
+more of a ticket's meaning than its last, which is shaped for predicting the next token (SmolLM2-135M
+on the triage tickets, frozen probes: priority 82-85% from layer 30 of 30, 88-90% from layers 16-24;
+benchmarks/TRIAGE_HEADS_RESULTS.md). Layers above `depth` never run, in training or serving.
 
 LP-FT as on the encoder path (models.init_head_from_probe): each head starts as the logistic
 regression fitted on the frozen base's pooled embeddings (the same input), then LoRA and heads are
@@ -15,14 +20,15 @@ trained together with the summed per-field cross-entropy. Trainer, evaluation an
 through `predict`, so a served answer is the evaluated one.
 
 The adapter folder holds the LoRA (peft, CAUSAL_LM, so a causal-lm server loads it as usual) plus
-heads.safetensors and kubetune.json "heads" {pooling, fields}.
+heads.safetensors and kubetune.json "heads" {pooling, depth, schema}.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,18 +61,39 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Te
     return F.normalize(picked.float(), dim=-1)
 
 
-class FieldHeads(torch.nn.Module):
-    """A decoder (a peft LoRA model, or a plain base) plus one Linear head per answer field."""
+@contextmanager
+def layer_range(body: Any, first: int, stop: int) -> Iterator[None]:
+    """The transformer body runs only its layers first..stop-1 (it loops over self.layers; its final
+    norm still applies)."""
+    every = body.layers
+    body.layers = torch.nn.ModuleList(every[first:stop])
+    try:
+        yield
+    finally:
+        body.layers = every
 
-    def __init__(self, decoder: Any, schema: AnswerSchema, pooling: Pooling) -> None:
+
+class FieldHeads(torch.nn.Module):
+    """A decoder (a peft LoRA model, or a plain base) read at `depth` layers (None: all), plus one
+    Linear head per answer field."""
+
+    def __init__(
+        self, decoder: Any, schema: AnswerSchema, pooling: Pooling, depth: int | None = None
+    ) -> None:
         super().__init__()
         self.decoder, self.schema, self.pooling = decoder, schema, pooling
+        total = len(backbone(decoder).model.layers)
+        if depth is not None and not 1 <= depth <= total:
+            raise ValueError(f"depth {depth} outside 1..{total} (the decoder's layers)")
+        self.depth = total if depth is None else depth
         width = backbone(decoder).config.hidden_size
         self.heads = torch.nn.ModuleList(torch.nn.Linear(width, len(f.values)) for f in schema.fields)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # The transformer body only: the lm_head's vocabulary-wide logits are never needed here.
-        hidden = backbone(self.decoder).model(input_ids=input_ids, attention_mask=attention_mask)
+        body = backbone(self.decoder).model
+        with layer_range(body, 0, self.depth):
+            hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return pool(hidden.last_hidden_state, attention_mask, self.pooling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
@@ -79,21 +106,84 @@ class FieldHeads(torch.nn.Module):
         """The same answer as forward() from `hidden`, the (cached) input of decoder layer `first`:
         only layers first.. run, which is exact when no LoRA sits below `first` (top_layers)."""
         body = backbone(self.decoder).model
-        every = body.layers
-        body.layers = torch.nn.ModuleList(every[first:])  # the body loops over self.layers
-        try:
+        with layer_range(body, first, self.depth):
             out = body(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False)
-        finally:
-            body.layers = every
         pooled = pool(out.last_hidden_state, attention_mask, self.pooling)
         return [head(pooled) for head in self.heads]
 
 
-def top_layers(decoder: Any, count: int) -> list[int]:
-    """The indices of the last `count` decoder layers: where the heads recipe puts its LoRA, so the
-    frozen trunk below runs once per row (trunk_inputs) instead of once per step."""
-    total = len(backbone(decoder).model.layers)
+def top_layers(decoder: Any, count: int, depth: int | None = None) -> list[int]:
+    """The indices of the last `count` of the first `depth` (None: all) decoder layers: where the heads
+    recipe puts its LoRA, so the frozen trunk below runs once per row (trunk_inputs) instead of once
+    per step."""
+    total = len(backbone(decoder).model.layers) if depth is None else depth
     return list(range(max(0, total - count), total))
+
+
+def depth_candidates(total: int, step: int = 2) -> list[int]:
+    """The depths choose_depth tries: from every layer down to half of them, every `step`.
+
+    >>> depth_candidates(30)
+    [30, 28, 26, 24, 22, 20, 18, 16]
+    >>> depth_candidates(3)
+    [3, 1]
+    """
+    return [*range(total, max(1, total // 2) - 1, -step)]
+
+
+@torch.no_grad()
+def pooled_by_depth(
+    decoder: Any, ids: Sequence[Sequence[int]], pad_id: int, pooling: Pooling, depths: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """One frozen pass: for each depth, what FieldHeads(depth=...).embed returns for each prompt (the
+    output of layer depth-1, through the body's final norm, pooled and L2-normalised)."""
+    body = backbone(decoder).model
+    body.eval()
+    device = next(body.parameters()).device
+    outputs: dict[int, torch.Tensor] = {}
+    hooks = [
+        body.layers[d - 1].register_forward_hook(
+            lambda m, args, out, d=d: outputs.__setitem__(d, out[0] if isinstance(out, tuple) else out)
+        )
+        for d in depths
+    ]
+    rows: dict[int, list[torch.Tensor]] = {d: [] for d in depths}
+    try:
+        for i in range(0, len(ids), BATCH):
+            batch = right_padded(ids[i : i + BATCH], pad_id, device)
+            with layer_range(body, 0, max(depths)):
+                body(**batch, use_cache=False)
+            for d in depths:
+                rows[d].append(pool(body.norm(outputs[d]), batch["attention_mask"], pooling).cpu())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {d: torch.cat(r).numpy() for d, r in rows.items()}
+
+
+def probe_accuracy(
+    fit: np.ndarray, y_fit: Sequence[np.ndarray], held: np.ndarray, y_held: Sequence[np.ndarray]
+) -> float:
+    """The mean over fields of a standardised logistic probe's accuracy (fit on `fit`, scored on `held`;
+    unknown values, -1, left out of the fit and counted wrong)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, sd = fit.mean(0), fit.std(0) + 1e-6
+    scores = []
+    for yf, yh in zip(y_fit, y_held, strict=True):
+        known = yf >= 0
+        probe = LogisticRegression(max_iter=2000, C=PROBE_C).fit(((fit - mean) / sd)[known], yf[known])
+        scores.append(float((probe.predict((held - mean) / sd) == yh).mean()))
+    return float(np.mean(scores))
+
+
+def choose_depth(scores: dict[int, float]) -> int:
+    """The depth whose probe scored best; a tie goes to the shallower (fewer layers to run).
+
+    >>> choose_depth({30: 0.9, 24: 0.93, 20: 0.93})
+    20
+    """
+    return min(scores, key=lambda d: (-scores[d], d))
 
 
 @torch.no_grad()
@@ -211,9 +301,11 @@ def train_heads(
     targets: Sequence[np.ndarray],
     training: HeadsTraining,
     on_step: Any = None,
+    checkpoints: Any = None,
 ) -> list[float]:
     """LoRA (on layers first..) + heads from the trunk's cached outputs (trunk_inputs), AdamW with the
-    trainer's warm-up + cosine schedule; returns the loss per step."""
+    trainer's warm-up + cosine schedule; returns the loss per step. `checkpoints`
+    (heads_checkpoint.HeadsCheckpoints) resumes from the newest checkpoint and writes new ones."""
     from kubetune_trainer.train import build_scheduler
 
     device = next(model.parameters()).device
@@ -227,7 +319,10 @@ def train_heads(
     losses: list[float] = []
     model.train()
     order = torch.randperm(len(cached), generator=generator)
-    for step in range(total):
+    resumed = 0
+    if checkpoints is not None:  # heads_checkpoint.py: restores the state above in place
+        resumed, order = checkpoints.resume(model, optimizer, scheduler, generator, losses, order)
+    for step in range(resumed, total):
         start = (step % per_epoch) * training.batch_size
         if step and start == 0:
             order = torch.randperm(len(cached), generator=generator)
@@ -244,6 +339,8 @@ def train_heads(
         losses.append(float(loss.item()))
         if on_step is not None:
             on_step(step + 1, total, losses[-1], scheduler.get_last_lr()[0])
+        if checkpoints is not None:  # heads_checkpoint.py: checkpoint when due, Preempted on SIGTERM
+            checkpoints.after_step(step + 1, total, model, optimizer, scheduler, generator, order, losses)
     model.eval()
     return losses
 
@@ -306,7 +403,7 @@ def save_heads(model: FieldHeads, folder: Path) -> dict[str, Any]:
         for name, t in head.state_dict().items()
     }
     save_file(tensors, str(folder / HEADS_FILE))
-    return {"pooling": model.pooling, "schema": model.schema.wire(), "input": "prompt"}
+    return {"pooling": model.pooling, "depth": model.depth, "schema": model.schema.wire(), "input": "prompt"}
 
 
 def load_heads(decoder: Any, folder: Path, meta: dict[str, Any]) -> FieldHeads:
@@ -314,7 +411,7 @@ def load_heads(decoder: Any, folder: Path, meta: dict[str, Any]) -> FieldHeads:
     from safetensors.torch import load_file
 
     entry = meta["heads"]
-    model = FieldHeads(decoder, AnswerSchema.from_wire(entry["schema"]), entry["pooling"])
+    model = FieldHeads(decoder, AnswerSchema.from_wire(entry["schema"]), entry["pooling"], entry.get("depth"))
     tensors = load_file(str(folder / HEADS_FILE))
     for i, head in enumerate(model.heads):
         head.load_state_dict({name: tensors[f"{i}.{name}"] for name in ("weight", "bias")})

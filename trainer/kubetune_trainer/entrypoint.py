@@ -128,6 +128,7 @@ def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int
     from kubetune_trainer.fit import Preempted, RunContext, fit, linear_probe
     from kubetune_trainer.llm_baseline import probe_rows
     from kubetune_trainer.models import classifier_pooling, load_tokenizer_and_model
+    from kubetune_trainer.prompt_frame import prompt_frame
     from kubetune_trainer.recipes import ORDER, candidate_recipes, pick_winner
     from kubetune_trainer.temperature import calibration_split
 
@@ -204,7 +205,14 @@ def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int
                 set_seed(config.training.seed)
                 base = load_tokenizer_and_model(config, data.labels)[1].to(processes.device)
             candidate = (
-                heads_recipe.fit_heads(ctx, base, train_rows, start, recipe if several else "after")
+                heads_recipe.fit_heads(
+                    ctx,
+                    base,
+                    train_rows,
+                    start,
+                    recipe if several else "after",
+                    checkpoints=ctx.checkpoint_dir(recipe, several),
+                )
                 if recipe == "heads"
                 else fit(
                     ctx,
@@ -266,8 +274,10 @@ def _train(config: TrainConfig, log: EventLog, stop: Any, processes: Any) -> int
         pooling,
         calibration.temperature if calibration else None,
         ctx.answer_schema,
+        prompt_frame(data.train) if ctx.answer_schema is not None else None,
     )
-    heads_recipe.write_heads(fitted, out / "adapter")
+    if heads_recipe.write_heads(fitted, out / "adapter"):
+        digest = artifacts.adapter_digest(out / "adapter")  # the heads are served too: the digest covers them
     champion: dict[str, float] = {}
     paired = None
     if champion_dir is not None:  # the adapter serving now, scored on the same rows with the same metrics

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from kubetune_trainer.checkpoint import Progress
 from kubetune_trainer.closed_set import AnswerSchema, answer_of, field_accuracy
 from kubetune_trainer.data import Example, split_train_validation
 from kubetune_trainer.evaluate import Evaluation, prompt_and_reference
+from kubetune_trainer.heads_checkpoint import HeadsCheckpoints, train_with_checkpoints
 
 SELECTION_FRACTION = 0.2
 # Mean vs last-token pooling on held-out train tickets: benchmarks/triage_heads.py (not yet measured
@@ -96,10 +98,12 @@ def fit_heads(
     start: Progress,
     stage: str,
     pooling: dh.Pooling = DEFAULT_POOLING,
+    checkpoints: Path | None = None,
 ) -> Any:
-    """LoRA on the top TOP_LAYERS decoder layers + one head per field, the heads started from probes
-    on the frozen base (LP-FT), trained on `train` from the frozen trunk's cached outputs, scored on
-    the validation rows as `stage`. Returns fit.Fitted with `.heads` set."""
+    """LoRA on the top TOP_LAYERS of the first `depth` decoder layers (read_depth) + one head per
+    field, the heads started from probes on the frozen base (LP-FT), trained on `train` from the
+    frozen trunk's cached outputs, scored on the validation rows as `stage`; with `checkpoints` (a folder) it resumes from and writes
+    checkpoints there, as the LoRA arm does. Returns fit.Fitted with `.heads` set."""
     from peft import LoraConfig, get_peft_model
 
     from kubetune_trainer.fit import Fitted
@@ -110,11 +114,22 @@ def fit_heads(
     ids = prompt_ids(ctx.tokenizer, train)
     targets = dh.field_targets(schema, [answer_of(e) for e in train])
     started = time.monotonic()
-    layers = dh.top_layers(base, TOP_LAYERS)
-    frozen = dh.FieldHeads(base, schema, pooling).to(ctx.processes.device)
+    depth, by_depth = read_depth(
+        base, ids, targets, ctx.tokenizer.pad_token_id, pooling, config.training.seed
+    )
+    layers = dh.top_layers(base, TOP_LAYERS, depth)
+    frozen = dh.FieldHeads(base, schema, pooling, depth).to(ctx.processes.device)
     cached, pooled = dh.trunk_inputs(frozen, ids, ctx.tokenizer.pad_token_id, layers[0])
     dh.init_from_probes(frozen, pooled, targets)
-    ctx.log.emit("head", init="linear-probe", pooling=pooling, recipe="heads", loraLayers=len(layers))
+    ctx.log.emit(
+        "head",
+        init="linear-probe",
+        pooling=pooling,
+        recipe="heads",
+        depth=depth,
+        depthProbes={str(d): round(v, 4) for d, v in by_depth.items()},
+        loraLayers=len(layers),
+    )
     lora = LoraConfig(
         r=config.lora.r,
         lora_alpha=config.lora.alpha,
@@ -124,7 +139,7 @@ def fit_heads(
         task_type="CAUSAL_LM",
     )
     decoder = get_peft_model(base, lora)
-    model = dh.FieldHeads(decoder, schema, pooling).to(ctx.processes.device)
+    model = dh.FieldHeads(decoder, schema, pooling, depth).to(ctx.processes.device)
     model.heads.load_state_dict(frozen.heads.state_dict())
     progress = Progress(before=dict(start.before), baseline=dict(start.baseline))
 
@@ -134,14 +149,43 @@ def fit_heads(
 
     ctx.log.phase("Training")
     training = training_of(config, len(ids))
-    progress.losses = dh.train_heads(model, cached, layers[0], targets, training, on_step)
-    progress.step = len(progress.losses)
+    if checkpoints is None:
+        progress.losses = dh.train_heads(model, cached, layers[0], targets, training, on_step)
+        progress.step = len(progress.losses)
+    else:  # resumes from / writes <checkpoints>/checkpoints/step-N; a resumed run's before/baseline too
+        hook = HeadsCheckpoints(
+            checkpoints, config.training.checkpoint_every, ctx.stop, start, ctx.main, ctx.log
+        )
+        _, progress = train_with_checkpoints(model, cached, layers[0], targets, training, on_step, hook)
     seconds = time.monotonic() - started
     after = heads_evaluation(model, ctx.tokenizer, ctx.val_examples)
     ctx.log.eval(stage, after.metrics)
     fitted = Fitted("heads", decoder, progress, after, seconds)
     fitted.heads = model  # type: ignore[attr-defined]
     return fitted
+
+
+def read_depth(
+    base: Any,
+    ids: Sequence[Sequence[int]],
+    targets: Sequence[np.ndarray],
+    pad_id: int,
+    pooling: dh.Pooling,
+    seed: int,
+) -> tuple[int, dict[int, float]]:
+    """How many decoder layers the heads read: each candidate depth's frozen probe, fitted on part of
+    these (training) rows and scored on the rest (the seeded SELECTION_FRACTION split), the best wins.
+    Returns (depth, candidate -> held-out probe accuracy)."""
+    order = np.random.default_rng(seed + 2).permutation(len(ids))
+    cut = max(1, round(len(ids) * SELECTION_FRACTION))
+    held, fit = order[:cut], order[cut:]
+    total = len(dh.backbone(base).model.layers)
+    pooled = dh.pooled_by_depth(base, ids, pad_id, pooling, dh.depth_candidates(total))
+    scores = {
+        d: dh.probe_accuracy(x[fit], [y[fit] for y in targets], x[held], [y[held] for y in targets])
+        for d, x in pooled.items()
+    }
+    return dh.choose_depth(scores), scores
 
 
 def held_out_metrics(ctx: Any, candidate: Any, rows: Sequence[Example]) -> dict[str, float]:

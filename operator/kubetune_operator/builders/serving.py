@@ -40,6 +40,9 @@ from kubetune_operator.builders.volumes import CACHE_DIR, CONFIG_DIR, MOUNT_ROOT
 SERVER_CONTAINER = "server"
 SERVE_CONFIG_FILE = f"{CONFIG_DIR}/serve-config.yaml"
 DRAIN_SECONDS = 5
+# How long a rollout may go without progress before it is reported stuck: the Deployment's, and an
+# in-place load's (in_place_load.py).
+PROGRESS_DEADLINE_SECONDS = 1200
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class ResolvedTask:
 Track = Literal["stable", "canary"]
 LABEL_TRACK = "kubetune.dev/track"
 VERSION_ANNOTATION = "kubetune.dev/adapter-version"
+CONFIG_HASH_ANNOTATION = "kubetune.dev/config-hash"
 EXTRA_VERSIONS_ANNOTATION = "kubetune.dev/extra-adapter-versions"
 
 
@@ -203,7 +207,42 @@ def build_serve_config_map(
 
 def config_hash(config_map: dict[str, Any]) -> str:
     """Changes whenever the served adapter set changes; in the pod template it rolls the Deployment."""
-    return hashlib.sha256(config_map["data"]["serve-config.yaml"].encode()).hexdigest()[:16]
+    return _hash(config_map["data"]["serve-config.yaml"])
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def loads_in_place(ad: AdapterDeployment, track: Track) -> bool:
+    """Whether a new adapter version reaches this track's pods without a restart: runtime vllm's
+    stable track. Its kubetune container re-reads the ServeConfig ConfigMap (mounted as a directory,
+    which the kubelet refreshes in place) and loads the version into the running engine, which would
+    otherwise spend minutes loading the base and capturing CUDA graphs again. The pods log what they
+    serve (kubetune_trainer.serve.served_report), which the operator reads for status. A canary
+    Deployment keeps the version in its pod template: it starts with its candidate and is judged from
+    its Deployment's rollout, as with engine kubetune."""
+    return uses_vllm(ad) and track == "stable"
+
+
+def template_annotations(
+    ad: AdapterDeployment,
+    adapter: ResolvedAdapter,
+    config_map: dict[str, Any],
+    track: Track,
+    extras: Sequence[ResolvedTask],
+) -> dict[str, str]:
+    """The pod template's annotations, whose change rolls the pods. Loaded in place: the hash of the
+    ServeConfig without its adapters (a new base, limit or engine setting still restarts them; the
+    claims an adapter lives on are the pod's volumes, so a version on another PVC does too). Else the
+    hash of the whole ServeConfig, and the versions, which status reads back."""
+    if loads_in_place(ad, track):
+        pinned = serve_config(ad, adapter, extras).model_copy(update={"adapters": []})
+        return {CONFIG_HASH_ANNOTATION: _hash(yaml_text(pinned.wire()))}
+    annotations = {CONFIG_HASH_ANNOTATION: config_hash(config_map), VERSION_ANNOTATION: adapter.version}
+    if (versions := extra_versions(extras)) is not None:
+        annotations[EXTRA_VERSIONS_ANNOTATION] = versions
+    return annotations
 
 
 def _hf_token(ad: AdapterDeployment, extras: Sequence[ResolvedTask]) -> SecretKeyRef | None:
@@ -339,9 +378,7 @@ def build_deployment(
     if res.priority_class_name:
         pod["priorityClassName"] = res.priority_class_name
     labels = _labels(ad, track)
-    annotations = {"kubetune.dev/config-hash": config_hash(config_map), VERSION_ANNOTATION: adapter.version}
-    if (versions := extra_versions(extras)) is not None:
-        annotations[EXTRA_VERSIONS_ANNOTATION] = versions
+    annotations = template_annotations(ad, adapter, config_map, track, extras)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -350,7 +387,7 @@ def build_deployment(
             "replicas": ad.spec.replicas if replicas is None else replicas,
             "selector": {"matchLabels": track_selector(ad, track)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "progressDeadlineSeconds": 1200,
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
             "template": {
                 "metadata": {"labels": labels, "annotations": annotations},
                 "spec": pod,

@@ -28,6 +28,7 @@ from kubetune_operator.builders.serving import (
     build_pdb,
     build_pod_monitor,
     build_service,
+    loads_in_place,
 )
 from kubetune_operator.builders.training import build_trainer_service_account
 from kubetune_operator.conditions import set_condition, status_patch
@@ -39,6 +40,7 @@ from kubetune_operator.handlers.rollout import (
     canary_message,
     champion_of,
     drop_canary,
+    pods_serving,
     run_canary,
 )
 from kubetune_operator.kube import Kube
@@ -181,14 +183,17 @@ async def reconcile_adapter(body: dict[str, Any], ctl: Controller, logger: loggi
     extras = await _resolve_extras(kube, ad, draft)
     if isinstance(extras, Unresolved) and not isinstance(resolved, Unresolved):
         resolved = extras  # one URL serves every task: nothing changes until all of them resolve
-    deployment, canary_note = None, None
+    deployment, canary_note, serving = None, None, None
     if not isinstance(resolved, Unresolved) and not isinstance(extras, Unresolved):
         resolved, deployment, canary_note = await serve(
             kube, ad, body, draft, resolved, settings, events, now, extras
         )
         await apply_around(kube, ad, body)
+        active = draft.active_adapter.version if draft.active_adapter else None
+        if loads_in_place(ad, "stable") and resolved.version != active:  # the pods say when it serves
+            serving = await pods_serving(kube, ad, resolved.version)
     served = () if isinstance(extras, Unresolved) else extras
-    new, rollout_events = derive_adapter_status(ad, resolved, deployment, draft, now, served)
+    new, rollout_events = derive_adapter_status(ad, resolved, deployment, draft, now, served, serving)
     events += rollout_events
     if canary_note is not None:
         gen = ad.metadata.generation
@@ -201,7 +206,10 @@ async def reconcile_adapter(body: dict[str, Any], ctl: Controller, logger: loggi
     for event in events:
         if event.reason in COUNTED_EVENTS:  # the counter follows the events (retraining.JUDGED)
             RETRAINS.labels(ad.metadata.namespace, ad.metadata.name, COUNTED_EVENTS[event.reason]).inc()
-    return Outcome(status_patch(prev.wire(), new.wire()) if new != prev else None, events)
+    # No event tells us a pod picked the version up (or that a stalled load went through at last):
+    # look again soon until it serves.
+    again = settings.adapter_resync_seconds if serving is not None and new.phase != "Available" else None
+    return Outcome(status_patch(prev.wire(), new.wire()) if new != prev else None, events, again)
 
 
 async def _resolve_extras(

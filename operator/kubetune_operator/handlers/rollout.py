@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+from kubetune_trainer.serve.served_report import last_report
 
 from kubetune.api.adapterdeployment import AdapterDeployment
 from kubetune.api.adapterdeployment_status import AdapterDeploymentStatus, CanaryStatus
 from kubetune_operator.builders.serving import (
+    SERVER_CONTAINER,
     ResolvedAdapter,
     ResolvedTask,
     build_deployment,
     build_serve_config_map,
+    scale_selector,
     server_name,
 )
 from kubetune_operator.canary import (
@@ -25,7 +29,8 @@ from kubetune_operator.canary import (
     step_decision,
 )
 from kubetune_operator.conditions import set_condition
-from kubetune_operator.kube import Kube, object_path
+from kubetune_operator.in_place_load import InPlaceLoad
+from kubetune_operator.kube import Kube, collection_path, object_path
 from kubetune_operator.prometheus import PrometheusError, query_scalar
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import Event
@@ -53,6 +58,36 @@ async def apply_stable(
             extras=extras,
         )
     )
+
+
+SERVED_TAIL = 200  # log lines read per pod: the serving line is logged once per change, and rarely buried
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    live = not pod["metadata"].get("deletionTimestamp")
+    return live and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+async def pods_serving(kube: Kube, ad: AdapterDeployment, version: str) -> InPlaceLoad:
+    """How many ready pods of the stable track say, in their kubetune container's log, that requests
+    to the adapter reach ``version`` (builders.serving.loads_in_place: their template cannot say),
+    and why the others' engines failed to load it, where they logged that."""
+    namespace = ad.metadata.namespace or "default"
+    pods = await kube.list(collection_path("v1", "Pod", namespace), scale_selector(ad))
+    names = [pod["metadata"]["name"] for pod in pods if _ready(pod)]
+    tails = await asyncio.gather(
+        *(kube.pod_log(namespace, name, SERVER_CONTAINER, SERVED_TAIL) for name in names)
+    )
+    want = f"{ad.metadata.name}@{version}"
+    serving, failures = 0, []
+    for name, tail in zip(names, tails, strict=True):
+        report = last_report(tail)
+        if report is not None and report.aliases.get(ad.metadata.name) == want:
+            serving += 1
+        elif report is not None and want in report.failed:
+            failures.append(f"pod {name}: {report.failed[want]}")
+    return InPlaceLoad(serving, tuple(failures))
 
 
 def champion_of(status: AdapterDeploymentStatus, task: Any) -> ResolvedAdapter | None:

@@ -27,7 +27,7 @@ from kubetune.api.finetunejob import BaseModelSpec, LoraSpec, TaskSpec
 from kubetune.api.loading import ConfigError
 from kubetune.api.uris import S3_BUCKET, SYSTEM_PATH, TRAVERSAL, UnsafeUriError, check_uri
 from kubetune_trainer import models
-from kubetune_trainer.artifacts import file_digest
+from kubetune_trainer.artifacts import adapter_digest, file_digest
 from kubetune_trainer.closed_set import AnswerSchema
 from kubetune_trainer.fetch import s3_endpoint
 from kubetune_trainer.serve import closed_answers
@@ -70,6 +70,7 @@ class LoadedAdapter:
     temperature: float = 1.0  # classification: logits / T (the trainer's temperature scaling)
     answer_schema: AnswerSchema | None = None  # causal-lm: answers chosen among these values
     heads: Any = None  # training.recipe heads: decoder_heads.FieldHeads that answer instead of decoding
+    prompt_frame: dict[str, Any] | None = None  # kubetune.json "prompt": how /v1/classify frames an input
 
     @property
     def model_id(self) -> str:
@@ -152,6 +153,7 @@ class AdapterRegistry:
         self._check_compatible(spec, folder, meta, labels)
         temperature = adapter_temperature(spec, meta)
         answer_schema = closed_answers.answer_schema(f"{spec.name}@{spec.version}", meta)
+        prompt_frame = closed_answers.prompt_frame(f"{spec.name}@{spec.version}", meta)
         key = f"kt{next(self._keys)}"
         self.unfold()  # peft adds adapters to unmerged layers; the next step folds again if it can
         before = self.parameter_count()
@@ -178,6 +180,7 @@ class AdapterRegistry:
             temperature=temperature,
             answer_schema=answer_schema,
             heads=heads,
+            prompt_frame=prompt_frame,
         )
         self.warm_up(Target(loaded.model_id, loaded))
         with self._lock:
@@ -251,21 +254,7 @@ class AdapterRegistry:
             )
 
     def adapter_dir(self, uri: str) -> Path:
-        """Local folder holding adapter_config.json + adapter_model.safetensors (s3:// is downloaded);
-        the location rules are checked again first (the admin API takes URIs too)."""
-        try:
-            check_uri(uri, (TRAVERSAL, S3_BUCKET), "adapter")
-            local = (
-                download_s3(uri, self.config.cache_dir)
-                if uri.startswith("s3://")
-                else Path(check_uri(self.config.locate(uri), (SYSTEM_PATH,), "adapter"))
-            )
-        except (ConfigError, UnsafeUriError) as err:
-            raise AdapterLoadError(str(err)) from None
-        for folder in (local, local / "adapter"):
-            if (folder / "adapter_config.json").is_file() and (folder / WEIGHTS).is_file():
-                return folder
-        raise AdapterLoadError(f"{uri}: no adapter_config.json + {WEIGHTS} in {local} or {local}/adapter")
+        return adapter_folder(uri, self.config)
 
     def warm_up(self, target: Target) -> None:
         """One real forward pass, so neither readiness nor the first user waits on lazy initialisation."""
@@ -354,9 +343,21 @@ class AdapterRegistry:
 
 
 def verified_digest(spec: AdapterSpec, folder: Path) -> str:
-    """The digest of the adapter's weights; AdapterDigestError when the spec names another one (the
-    folder was overwritten or tampered with since that version was recorded)."""
-    actual = file_digest(folder / WEIGHTS)
+    """The adapter's digest (artifacts.adapter_digest: every file a server reads from the folder);
+    AdapterDigestError when the spec names another one (the folder was overwritten, tampered with or
+    half copied since that version was recorded). A digest recorded before it covered more than the
+    weights (sha256 of adapter_model.safetensors) still passes for a folder without heads, with a
+    warning: its kubetune.json is not checked."""
+    actual = adapter_digest(folder)
+    if spec.digest is not None and actual != spec.digest and _legacy_weights_digest(spec, folder):
+        log.warning(
+            "adapter %s@%s: digest %s covers adapter_model.safetensors only (recorded by an older "
+            "trainer); kubetune.json and adapter_config.json are not checked",
+            spec.name,
+            spec.version,
+            spec.digest,
+        )
+        return actual
     if spec.digest is not None and actual != spec.digest:
         log.error(
             "refusing adapter %s@%s from %s: expected digest %s, found %s",
@@ -374,6 +375,14 @@ def verified_digest(spec: AdapterSpec, folder: Path) -> str:
     return actual
 
 
+def _legacy_weights_digest(spec: AdapterSpec, folder: Path) -> bool:
+    """The spec pins the weights-only digest of an adapter without heads (never true for heads)."""
+    from kubetune_trainer.decoder_heads import HEADS_FILE
+
+    heads = (folder / HEADS_FILE).exists() or "heads" in read_adapter_meta(folder)
+    return not heads and file_digest(folder / WEIGHTS) == spec.digest
+
+
 def adapter_temperature(spec: AdapterSpec, meta: dict[str, Any]) -> float:
     """kubetune.json's temperature (1.0 for adapters trained before calibration, or elsewhere); a value
     that is not a positive finite number refuses the adapter rather than serving bent probabilities."""
@@ -389,6 +398,25 @@ def read_adapter_meta(folder: Path) -> dict[str, Any]:
     """kubetune.json written by the trainer (task, labels); {} for adapters made elsewhere."""
     path = folder / "kubetune.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def adapter_folder(uri: str, config: ServeConfig) -> Path:
+    """Local folder holding adapter_config.json + adapter_model.safetensors (s3:// is downloaded
+    under cache_dir, which a vLLM container beside this one mounts at the same path); the location
+    rules are checked again first (the admin API takes URIs too)."""
+    try:
+        check_uri(uri, (TRAVERSAL, S3_BUCKET), "adapter")
+        local = (
+            download_s3(uri, config.cache_dir)
+            if uri.startswith("s3://")
+            else Path(check_uri(config.locate(uri), (SYSTEM_PATH,), "adapter"))
+        )
+    except (ConfigError, UnsafeUriError) as err:
+        raise AdapterLoadError(str(err)) from None
+    for folder in (local, local / "adapter"):
+        if (folder / "adapter_config.json").is_file() and (folder / WEIGHTS).is_file():
+            return folder
+    raise AdapterLoadError(f"{uri}: no adapter_config.json + {WEIGHTS} in {local} or {local}/adapter")
 
 
 def download_s3(uri: str, cache_dir: str) -> Path:

@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -28,10 +27,9 @@ from kubetune_trainer.serve.engine_sync import EngineSync
 from kubetune_trainer.serve.errors import error_body, install_error_handlers
 from kubetune_trainer.serve.estimated_accuracy import TrafficEstimates
 from kubetune_trainer.serve.feedback import FeedbackStore
-from kubetune_trainer.serve.fresh import FreshDataWriter, InputMemory
 from kubetune_trainer.serve.limits import BodyLimitMiddleware
 from kubetune_trainer.serve.metrics import UNKNOWN, ServeMetrics
-from kubetune_trainer.serve.review import ReviewQueue
+from kubetune_trainer.serve.review import fresh_and_review
 from kubetune_trainer.serve.router_metrics import RouterMetrics
 from kubetune_trainer.serve.state import ServerState, all_states, server_state
 from kubetune_trainer.serve.tokenizing import TokenizerThread
@@ -160,6 +158,7 @@ def create_app(config: ServeConfig, registry: AdapterRegistry | None = None) -> 
     app.state.kubetune_engine = engine
     if engine is None:  # what vLLM-built routers read (in front of an engine, the engine's own count)
         metrics.before_render.append(RouterMetrics(metrics.registry, states).refresh)
+    metrics.before_render.append(lambda: metrics.set_runtime(*runtime_labels(states, engine)))
     unknown_error = metrics.errors.labels(*UNKNOWN).inc
     install_error_handlers(app, unknown_error)
     app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes, count=unknown_error)
@@ -176,6 +175,15 @@ def create_app(config: ServeConfig, registry: AdapterRegistry | None = None) -> 
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"])
     return app
+
+
+def runtime_labels(states: list[ServerState], engine: EngineSync | None) -> tuple[str, list[str]]:
+    """(engine, adapter names served now) for kubetune_runtime_info: this server with its loaded
+    adapters, or the engine it fronts as that engine names itself (vLLM: "vllm") with the names its
+    aliases route; no series until the engine has answered."""
+    if engine is None:
+        return "kubetune", sorted({a.name for s in states for a in s.registry.served()})
+    return (engine.engine_owner, sorted(engine.alias)) if engine.engine_owner else ("", [])
 
 
 def task_server(
@@ -211,24 +219,7 @@ def monitoring_parts(config: ServeConfig, metrics: ServeMetrics) -> dict[str, An
     metrics.before_render.append(drift.refresh)
     estimates = TrafficEstimates(metrics.accuracy_estimated, metrics.review_rate, monitoring.window_size)
     metrics.before_render.append(estimates.refresh)
-    parts: dict[str, Any] = {"drift": drift, "estimates": estimates}
-    if monitoring.fresh_data_uri:
-        parts["fresh"] = FreshDataWriter(
-            Path(config.locate(monitoring.fresh_data_uri)), monitoring.fresh_max_rows
-        )
-        parts["inputs"] = InputMemory()
-        review = monitoring.review
-        if review.enabled:
-            parts["review"] = ReviewQueue(
-                parts["fresh"].directory,
-                metrics.review_queue,
-                review.margin_threshold,
-                review.novelty_threshold,
-                review.max_items,
-                review.clusters,
-                metrics.review_dropped,
-            )
-    return parts
+    return {"drift": drift, "estimates": estimates, **fresh_and_review(config, metrics)}
 
 
 async def healthz(request: Request) -> JSONResponse:

@@ -9,6 +9,14 @@ Bounded before any model work: at most serving.maxInputsPerRequest inputs (400),
 limits.MAX_CHARS_PER_TOKEN characters per allowed token cut (truncate) or refused before it is
 tokenized, and tokenizing off the event loop. The inputs share forward passes in turn with other
 requests' (batching.take_turns), and stop at the next pass when the client leaves.
+
+Each answered item of a classifier: {"index", "label", "probabilities": {label: p}, "truncated", the
+review signals}. On a causal-lm server, a model of training.recipe heads is answered too
+(classify_heads.py): the same answer /v1/chat/completions gives for the input framed as in training,
+as {"index", "label", "fields": {field: {"label", "probabilities": {value: p}}}, "answer" (the chat
+answer's text), "truncated": false} ("label" is the one field's value, with that field's
+"probabilities" at the top too, or the answer text for several fields); any other causal-lm model is
+refused with wrong_task.
 """
 
 from __future__ import annotations
@@ -19,17 +27,24 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from kubetune_trainer.serve import review_routes
+from kubetune_trainer.serve import classify_heads, review_routes
 from kubetune_trainer.serve.adapters import Target
 from kubetune_trainer.serve.admission import while_client_waits
-from kubetune_trainer.serve.errors import ContextLengthError, InvalidRequestError, ServeError, error_body
+from kubetune_trainer.serve.classify_heads import heads_target
+from kubetune_trainer.serve.errors import (
+    ContextLengthError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServeError,
+    error_body,
+)
 from kubetune_trainer.serve.feedback import Prediction
 from kubetune_trainer.serve.fresh import RememberedInput, scrub_metadata
-from kubetune_trainer.serve.inference import ClassifyRow
+from kubetune_trainer.serve.inference import ClassifyRow, Sampling
 from kubetune_trainer.serve.limits import char_limit, chars_error
 from kubetune_trainer.serve.routes import resolve
 from kubetune_trainer.serve.schemas import ClassifyRequest
-from kubetune_trainer.serve.state import ServerState, task_state
+from kubetune_trainer.serve.state import ServerState, all_states, task_state
 
 router = APIRouter()
 TOKENIZE_SLICE = 16  # inputs per call on the tokenizing thread
@@ -74,13 +89,7 @@ def _token_counts(tok: Any, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tok(texts).input_ids]
 
 
-@router.post("/v1/classify")
-async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
-    s = task_state(
-        request, "sequence-classification", "this server runs no classifier; use /v1/chat/completions"
-    )
-    s.require_ready()
-    target = resolve(s, body.model)
+def _check_count(s: ServerState, body: ClassifyRequest) -> None:
     most = s.config.max_inputs_per_request
     if len(body.inputs) > most:
         raise InvalidRequestError(
@@ -88,6 +97,36 @@ async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
             "send them in several requests",
             "input",
         )
+
+
+def _classifier(request: Request, model: str) -> tuple[ServerState, Target]:
+    """The state answering `model` and its target: the classifier, or, for a model a causal-lm state
+    serves (the only task here, or a name it has loaded), that state: classify_heads.heads_target
+    refuses a model that answers by generation."""
+    states = all_states(request)
+    causal = [x for x in states if x.config.task == "causal-lm"]
+    classifiers = [x for x in states if x.config.task == "sequence-classification"]
+    for s in causal:
+        if classifiers:
+            try:
+                target = s.registry.resolve(model)
+            except ModelNotFoundError:
+                continue
+        s.require_ready()
+        return s, heads_target(target if classifiers else resolve(s, model))
+    s = task_state(
+        request, "sequence-classification", "this server runs no classifier; use /v1/chat/completions"
+    )
+    s.require_ready()
+    return s, resolve(s, model)
+
+
+@router.post("/v1/classify")
+async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
+    s, target = _classifier(request, body.model)
+    _check_count(s, body)
+    if s.config.task == "causal-lm":
+        return await _classify_with_heads(s, request, body, target)
     texts, prepared = await prepare(s, body.inputs)
     if isinstance(body.input, str) and prepared[0].error is not None:
         raise prepared[0].error
@@ -103,7 +142,12 @@ async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         if not ok:
             raise next(p.error for p in prepared if p.error is not None)
         data, served = await _answer(s, request, body, texts, prepared, ok)
-    tokens = sum(prepared[i].tokens for i in ok)
+    return _envelope(request, body, served, data, sum(prepared[i].tokens for i in ok))
+
+
+def _envelope(
+    request: Request, body: ClassifyRequest, served: Target, data: list[dict[str, Any]], tokens: int
+) -> dict[str, Any]:
     return {
         "id": f"clf-{request.state.request_id}",
         "object": "classification",
@@ -113,6 +157,56 @@ async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         "data": data,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+async def _classify_with_heads(
+    s: ServerState, request: Request, body: ClassifyRequest, target: Target
+) -> dict[str, Any]:
+    """A heads adapter on a causal-lm server (classify_heads.py): each input framed as in training and
+    answered by the chat endpoint's code, one item per input, a refused input with its own error."""
+    assert target.adapter is not None and target.adapter.prompt_frame is not None
+    limit = s.config.max_input_tokens
+    errors = classify_heads.input_errors(body.inputs, limit)
+    fine = [i for i, e in enumerate(errors) if e is None]
+    frame = target.adapter.prompt_frame
+    ids = await s.tokenize.call(classify_heads.prompt_ids, frame, [body.inputs[i] for i in fine])
+    prompts = dict(zip(fine, ids, strict=True))
+    for i, row_ids in prompts.items():
+        errors[i] = classify_heads.length_error(i, row_ids, limit)
+    if isinstance(body.input, str) and errors[0] is not None:
+        raise errors[0]
+    with s.admission.slot(target.label_values), s.metrics.track(target.label_values):
+        rows = classify_heads.rows_for(target, {i: p for i, p in prompts.items() if errors[i] is None})
+        if rows:
+            left = s.metrics.cancelled.labels(*target.label_values).inc
+            work = s.batcher.generate(list(rows.values()), Sampling())
+            await while_client_waits(request, work, list(rows.values()), left)
+        for i, row in rows.items():
+            if row.error is not None and not isinstance(row.error, ServeError):
+                raise row.error  # a model failure, not this input's fault: 500, as on the chat endpoint
+            errors[i] = errors[i] or row.error
+        ok = {i: row for i, row in rows.items() if errors[i] is None and row.heads_answer is not None}
+        if not ok:
+            raise next(e for e in errors if e is not None)
+        served = next(iter(ok.values())).target
+        tokens = sum(len(row.prompt_ids) for row in ok.values())
+        s.metrics.tokens.labels(*served.label_values).inc(tokens)
+        # Feedback compares with what the chat endpoint would have answered: the answer text.
+        texts = tuple(ok[i].text if i in ok else "" for i in range(len(errors)))
+        s.feedback.remember(request.state.request_id, Prediction(*served.label_values, texts))
+    schema = served.adapter.heads.schema  # type: ignore[union-attr]
+    data = [
+        {"index": i, **classify_heads.answer_item(schema, ok[i].heads_answer), "truncated": False}
+        if i in ok
+        else {"index": i, **_error_item(errors[i])}
+        for i in range(len(errors))
+    ]
+    return _envelope(request, body, served, data, tokens)
+
+
+def _error_item(error: ServeError | None) -> dict[str, Any]:
+    assert error is not None
+    return error_body(error.message, error.type, error.code, error.param)
 
 
 async def _answer(

@@ -4,15 +4,19 @@ function its evaluation scored it with, on the same prompt ids; the answer is co
 decode steps), whatever the request's temperature, max_tokens or stop strings.
 
 An adapter of training.recipe heads (kubetune.json "heads", decoder_heads.py) answers with its heads
-instead: decoder_heads.predict on the same prompt ids, as its evaluation did.
+instead: decoder_heads.predict on the same prompt ids, as its evaluation did; /v1/classify gets the
+same answer with its per-field probabilities (GenerationRow.heads_answer, classify_heads.py).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer import decoder_heads
 from kubetune_trainer.closed_set import AnswerSchema, choose_answer
+from kubetune_trainer.prompt_frame import check_frame
 from kubetune_trainer.serve.errors import AdapterLoadError
 
 if TYPE_CHECKING:  # inference imports adapters, which imports this module
@@ -33,10 +37,28 @@ def answer_schema(name: str, meta: dict[str, Any]) -> AnswerSchema | None:
     return schema
 
 
+def prompt_frame(name: str, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """kubetune.json's "prompt" (prompt_frame.py), or None; a malformed one refuses the adapter."""
+    frame = meta.get("prompt")
+    if frame is None:
+        return None
+    try:
+        return check_frame(frame)
+    except ValueError as err:
+        raise AdapterLoadError(f"{name}: kubetune.json {err}") from None
+
+
 def field_heads(name: str, model: Any, folder: Any) -> decoder_heads.FieldHeads | None:
-    """The adapter's answer heads over the served model, or None for an adapter that has none."""
+    """The adapter's answer heads over the served model, or None for an adapter that has none; a
+    kubetune.json naming heads without heads.safetensors beside it (a half-copied folder) refuses the
+    adapter rather than answering another way than it was evaluated."""
     meta = decoder_heads.read_heads_meta(folder)
     if meta is None:
+        meta_file = Path(folder) / "kubetune.json"
+        if meta_file.is_file() and "heads" in json.loads(meta_file.read_text()):
+            raise AdapterLoadError(
+                f"{name}: kubetune.json names answer heads but {decoder_heads.HEADS_FILE} is missing"
+            )
         return None
     try:
         return decoder_heads.load_heads(model, folder, meta)
@@ -82,4 +104,5 @@ def _answer_with_heads(registry: Any, row: GenerationRow) -> None:
     registry.route([row.target])  # one adapter: peft's active adapter (or folded), no per-row kwargs
     heads.decoder = registry.model  # the served model object changes when adapters come and go
     answer = decoder_heads.predict(heads, [row.prompt_ids], registry.tokenizer.pad_token_id)[0]
+    row.heads_answer = answer  # /v1/classify reports its per-field probabilities
     _finish(registry, row, answer.text)

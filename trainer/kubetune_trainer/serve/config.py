@@ -22,8 +22,9 @@ Version = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0
 Digest = Annotated[
     str,
     Field(
-        description="sha256 of adapter_model.safetensors (the trainer's TrainResult.digest): the adapter is "
-        "refused unless the file at `uri` has exactly this digest.",
+        description="The adapter's digest (the trainer's TrainResult.digest: sha256 over every file a "
+        "server reads from the folder, heads included): the adapter is refused unless the folder at `uri` "
+        "has exactly this digest.",
         pattern=r"^sha256:[0-9a-f]{64}$",
     ),
 ]

@@ -26,7 +26,14 @@ from transformers import DynamicCache
 
 from kubetune_trainer.serve.adapters import AdapterRegistry
 from kubetune_trainer.serve.closed_answers import answer_closed, is_closed
-from kubetune_trainer.serve.inference import GenerationRow, advance, eos_ids, live_rows, next_tokens
+from kubetune_trainer.serve.inference import (
+    GenerationRow,
+    advance,
+    eos_ids,
+    live_rows,
+    next_tokens,
+    token_logprobs,
+)
 
 
 class RunningBatch:
@@ -98,9 +105,18 @@ class RunningBatch:
         tokens = next_tokens(logits, [r.sampling for r in rows])
         tok = self.registry.tokenizer
         eos = set(eos_ids(tok))
-        for row, token in zip(rows, tokens.tolist(), strict=True):
+        chosen = [int(t) for t in tokens.tolist()]
+        asked = [i for i, r in enumerate(rows) if r.top_logprobs is not None and not r.done]
+        if asked:  # only rows that asked pay for the softmax and decoding
+            found = token_logprobs(
+                logits[asked], [chosen[i] for i in asked], [rows[i].top_logprobs or 0 for i in asked], tok
+            )
+            for i, entry in zip(asked, found, strict=True):
+                if chosen[i] not in eos:  # as `generated`: the end-of-turn token is not part of the answer
+                    rows[i].logprobs.append(entry)
+        for row, token in zip(rows, chosen, strict=True):
             if not row.done:
-                advance(row, int(token), tok, eos)
+                advance(row, token, tok, eos)
         return tokens.reshape(-1, 1)
 
     def _merge(

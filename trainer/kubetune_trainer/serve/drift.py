@@ -163,14 +163,20 @@ class Window:
         self.length_counts = np.zeros(len(self.reference.length_edges) - 1)
         self.confidence_counts = np.zeros(len(self.reference.confidence_edges) - 1)
 
-    def add(self, label: str, confidence: float, length: int, embedding: np.ndarray | None) -> None:
+    def add(
+        self, label: str | None, confidence: float | None, length: int, embedding: np.ndarray | None
+    ) -> None:
+        """One input; a label outside the reference's (or None) and a None confidence take a slot
+        but no count (an engine front sees no confidence here, and free-text answers name no label)."""
         ref = self.reference
         if len(self.labels) == self.size:
             gone = self.labels.popleft()
             if gone >= 0:
                 self.label_counts[gone] -= 1
             self.length_counts[self.lengths.popleft()] -= 1
-            self.confidence_counts[self.confidences.popleft()] -= 1
+            gone = self.confidences.popleft()
+            if gone >= 0:
+                self.confidence_counts[gone] -= 1
             if self.embeddings and self.embedding_sum is not None:
                 self.embedding_sum -= self.embeddings.popleft()
         li = ref.labels.index(label) if label in ref.labels else -1
@@ -179,8 +185,9 @@ class Window:
             self.label_counts[li] += 1
         self.lengths.append(bin_index(length, ref.length_edges))
         self.length_counts[self.lengths[-1]] += 1
-        self.confidences.append(bin_index(confidence, ref.confidence_edges))
-        self.confidence_counts[self.confidences[-1]] += 1
+        self.confidences.append(bin_index(confidence, ref.confidence_edges) if confidence is not None else -1)
+        if confidence is not None:
+            self.confidence_counts[self.confidences[-1]] += 1
         if embedding is not None and ref.centroid.size == embedding.size:
             e = embedding.astype(np.float64)
             self.embeddings.append(e)

@@ -39,10 +39,12 @@ class EngineCallError(Exception):
 
 @dataclass(frozen=True)
 class EngineModels:
-    """What the engine serves: its base model id and the LoRA ids it holds."""
+    """What the engine serves: its base model id, the LoRA ids it holds, and who it says serves them
+    (the base card's owned_by: "vllm" for vLLM, "kubetune" for our server)."""
 
     base: str | None
     loras: frozenset[str]
+    owner: str | None = None
 
 
 def parse_models(listing: dict[str, Any]) -> EngineModels:
@@ -51,12 +53,12 @@ def parse_models(listing: dict[str, Any]) -> EngineModels:
 
     >>> parse_models({"data": [{"id": "b", "parent": None}, {"id": "t@v1", "parent": "b"},
     ...                        {"id": "t", "parent": "b", "aliasOf": "t@v1"}]})
-    EngineModels(base='b', loras=frozenset({'t@v1'}))
+    EngineModels(base='b', loras=frozenset({'t@v1'}), owner=None)
     """
     cards = listing.get("data") or []
-    base = next((c["id"] for c in cards if not c.get("parent")), None)
+    base_card = next((c for c in cards if not c.get("parent")), {})
     loras = frozenset(c["id"] for c in cards if c.get("parent") and not c.get("aliasOf"))
-    return EngineModels(base, loras)
+    return EngineModels(base_card.get("id"), loras, base_card.get("owned_by"))
 
 
 class EngineClient:

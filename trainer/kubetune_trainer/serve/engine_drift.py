@@ -1,11 +1,17 @@
-"""Drift in front of an engine: the scores the kubetune container can compute without the model.
+"""Drift in front of an engine: the scores the kubetune container computes from what the engine
+answers.
 
-  length_psi  PSI of the prompt lengths the engine reports (usage.prompt_tokens: the chat-templated
-              prompt, as the trainer measured its validation prompts) over the reference's bins
-  label_psi   PSI of the predicted label, where answers are closed-set JSON objects with an
-              "intent" (the trainer's reference predictionDistribution of such answers)
+  length_psi       PSI of the prompt lengths the engine reports (usage.prompt_tokens: the
+                   chat-templated prompt, as the trainer measured its validation prompts) over the
+                   reference's bins
+  label_psi        PSI of the predicted label, where answers are closed-set JSON objects with an
+                   "intent" (the trainer's reference predictionDistribution of such answers)
+  confidence_drop  reference mean confidence minus the window's, both read off the reference's
+                   histogram bins (drift.Window's rule); the answer's confidence comes from the token
+                   logprobs the engine returns (engine_monitor.py, answer_confidence.py)
 
-Confidence and embedding scores need the model's probabilities and hidden states: not computed here.
+Embedding scores (embedding_cosine, embedding_mmd) need the model's hidden states, which an
+OpenAI-compatible engine does not return: not computed here.
 The reference is the trainer's reference_stats.json beside the adapter (drift.find_reference).
 """
 
@@ -15,6 +21,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +29,14 @@ import numpy as np
 from prometheus_client import Gauge
 
 from kubetune_trainer.closed_set import parse_json_object
-from kubetune_trainer.serve.drift import REFERENCE_FILE, Reference, bin_index, find_reference, psi
+from kubetune_trainer.serve.drift import (
+    REFERENCE_FILE,
+    Reference,
+    Window,
+    bin_index,
+    find_reference,
+    histogram_mean,
+)
 
 log = logging.getLogger("kubetune.serve")
 
@@ -38,40 +52,45 @@ def answer_label(answer: str) -> str | None:
     return str(label) if label is not None else None
 
 
+class LengthLabelWindow(Window):
+    """drift.Window (the same sliding counts and PSI as our own server's) over the last `size`
+    requests of one version, fed what the engine reports: prompt lengths and closed-set labels."""
+
+    def add_request(self, prompt_tokens: int, label: str | None) -> None:
+        self.add(label, None, prompt_tokens, None)
+
+    def scores(self) -> dict[str, float]:
+        """length_psi, and label_psi once closed-set answers were seen (only then does the label
+        distribution mean something); confidence is ConfidenceWindow's, embeddings are not seen."""
+        every = super().scores()
+        out = {"length_psi": every["length_psi"]}
+        if self.label_counts.sum() > 0:
+            out["label_psi"] = every["label_psi"]
+        return out
+
+
 @dataclass
-class LengthLabelWindow:
-    """The last `size` requests of one version: length bins and label indexes, with running counts."""
+class ConfidenceWindow:
+    """The last `size` answers' confidences of one version, as bins of the reference histogram."""
 
     reference: Reference
     size: int
-    lengths: deque[int] = field(default_factory=deque)
-    labels: deque[int] = field(default_factory=deque)
-    length_counts: np.ndarray = field(init=False)
-    label_counts: np.ndarray = field(init=False)
+    bins: deque[int] = field(default_factory=deque)
+    counts: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.length_counts = np.zeros(len(self.reference.length_edges) - 1)
-        self.label_counts = np.zeros(len(self.reference.labels))
+        self.counts = np.zeros(len(self.reference.confidence_edges) - 1)
 
-    def add(self, prompt_tokens: int, label: str | None) -> None:
-        if len(self.lengths) == self.size:
-            self.length_counts[self.lengths.popleft()] -= 1
-            gone = self.labels.popleft()
-            if gone >= 0:
-                self.label_counts[gone] -= 1
-        self.lengths.append(bin_index(prompt_tokens, self.reference.length_edges))
-        self.length_counts[self.lengths[-1]] += 1
-        index = self.reference.labels.index(label) if label in self.reference.labels else -1
-        self.labels.append(index)
-        if index >= 0:
-            self.label_counts[index] += 1
+    def add(self, confidence: float) -> None:
+        if len(self.bins) == self.size:
+            self.counts[self.bins.popleft()] -= 1
+        self.bins.append(bin_index(confidence, self.reference.confidence_edges))
+        self.counts[self.bins[-1]] += 1
 
-    def scores(self) -> dict[str, float]:
-        ref = self.reference
-        out = {"length_psi": psi(ref.length_counts.tolist(), self.length_counts.tolist())}
-        if self.label_counts.sum() > 0:  # closed-set answers seen: the label distribution means something
-            out["label_psi"] = psi(ref.label_shares.tolist(), self.label_counts.tolist())
-        return out
+    def drop(self) -> float:
+        return self.reference.confidence_mean - histogram_mean(
+            self.counts.tolist(), self.reference.confidence_edges
+        )
 
 
 class EngineDrift:
@@ -82,6 +101,8 @@ class EngineDrift:
         self.window_gauge = window_gauge
         self.size = size
         self._windows: dict[tuple[str, str], LengthLabelWindow] = {}
+        self._confidence: dict[tuple[str, str], ConfidenceWindow] = {}
+        self.on_forget: list[Callable[[str, str], None]] = []  # the estimates of an unloaded version go too
 
     def load_reference(self, adapter: str, version: str, adapter_dir: Path) -> bool:
         """Watch a version whose folder has the trainer's reference (False, logged, otherwise)."""
@@ -91,12 +112,16 @@ class EngineDrift:
             return False
         reference = Reference.from_stats(json.loads(path.read_text()))
         self._windows[(adapter, version)] = LengthLabelWindow(reference, self.size)
+        self._confidence[(adapter, version)] = ConfidenceWindow(reference, self.size)
         return True
 
     def forget(self, adapter: str, version: str) -> None:
+        self._confidence.pop((adapter, version), None)
+        for follower in self.on_forget:
+            follower(adapter, version)
         if self._windows.pop((adapter, version), None) is None:
             return
-        for kind in ("length_psi", "label_psi"):
+        for kind in ("length_psi", "label_psi", "confidence_drop"):
             with contextlib.suppress(KeyError):  # a score never set has no series to remove
                 self.score.remove(adapter, version, kind)
         with contextlib.suppress(KeyError):
@@ -108,10 +133,24 @@ class EngineDrift:
     def observe(self, adapter: str, version: str, prompt_tokens: int, answer: str) -> None:
         window = self._windows.get((adapter, version))
         if window is not None and prompt_tokens > 0:
-            window.add(prompt_tokens, answer_label(answer))
+            window.add_request(prompt_tokens, answer_label(answer))
+
+    def observe_confidence(self, adapter: str, version: str, confidence: float) -> None:
+        """One answer's confidence (read off the engine's token logprobs)."""
+        window = self._confidence.get((adapter, version))
+        if window is not None:
+            window.add(confidence)
+
+    def reference_labels(self, adapter: str, version: str) -> list[str]:
+        """The labels of a watched version's reference (the review page's choices)."""
+        window = self._windows.get((adapter, version))
+        return list(window.reference.labels) if window is not None else []
 
     def refresh(self) -> None:
         for (adapter, version), window in list(self._windows.items()):
             for kind, value in window.scores().items():
                 self.score.labels(adapter, version, kind).set(value)
             self.window_gauge.labels(adapter, version).set(len(window.lengths))
+        for (adapter, version), confidence in list(self._confidence.items()):
+            if confidence.bins:
+                self.score.labels(adapter, version, "confidence_drop").set(confidence.drop())

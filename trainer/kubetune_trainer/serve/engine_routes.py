@@ -1,7 +1,8 @@
 """Engine mode: /v1/chat/completions, /v1/completions (SSE included) and /v1/models answered by
 forwarding to the engine, with what is ours kept here: the request id (sent on as x-request-id, and
 the response ids chatcmpl-<id>/cmpl-<id> that /v1/feedback takes), maxQueued shedding, the request,
-error, latency and token metrics, the feedback memory.
+error, latency and token metrics, the feedback memory, and each answer's confidence (from token
+logprobs, asked of the engine where the client did not ask and taken out again: engine_monitor.py).
 
 The bare adapter name is rewritten to the version the engine holds (`name@version`); the client's
 `model` is written back into every answer. Engine errors keep their status and reach the client as
@@ -19,6 +20,8 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from kubetune_trainer.serve.answer_confidence import TokenLogprob
+from kubetune_trainer.serve.engine_monitor import ask_logprobs, choice_tokens, strip_logprobs
 from kubetune_trainer.serve.engine_sync import EngineSync, Route, desired_set
 from kubetune_trainer.serve.errors import InvalidRequestError, ServeError, error_body
 from kubetune_trainer.serve.feedback import Prediction
@@ -104,10 +107,12 @@ async def forward(request: Request, path: str, chat: bool) -> dict[str, Any] | S
     rid = request.state.request_id
     response_id = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
     headers = {"x-request-id": rid}
+    monitor = sync.monitor if route.labels[1] else None  # the base has no reference to compare with
+    out, added = ask_logprobs(body, chat) if monitor is not None else (body, False)
     if body.get("stream"):
-        return await _open_stream(sync, request, body, route, path, response_id, chat)
+        return await _open_stream(sync, request, body, out, added, route, path, response_id, chat)
     with s.admission.slot(route.labels), s.metrics.track(route.labels), sync.running(route):
-        async with sync.client.forward(path, {**body, "model": route.engine_model}, headers) as answer:
+        async with sync.client.forward(path, {**out, "model": route.engine_model}, headers) as answer:
             raw = await answer.aread()
         if answer.status_code != 200:
             raise EngineAnswerError(answer.status_code, raw)
@@ -117,7 +122,12 @@ async def forward(request: Request, path: str, chat: bool) -> dict[str, Any] | S
         texts = [
             c.get("message", {}).get("content") or "" if chat else c.get("text", "") for c in reply["choices"]
         ]
+        tokens = [choice_tokens(c, chat) for c in reply["choices"]] if monitor is not None else []
+        for c in reply["choices"] if added else []:
+            strip_logprobs(c)
         s.feedback.remember(rid, Prediction(*route.labels, tuple(texts)))
+        if monitor is not None:
+            await monitor.observe(route.labels, body, chat, list(zip(texts, tokens, strict=True)))
     return {**reply, "id": response_id, "model": body["model"]}
 
 
@@ -142,6 +152,8 @@ async def _open_stream(
     sync: EngineSync,
     request: Request,
     body: dict[str, Any],
+    asked: dict[str, Any],
+    added: bool,
     route: Route,
     path: str,
     response_id: str,
@@ -149,13 +161,13 @@ async def _open_stream(
 ) -> StreamingResponse:
     """Open the engine's stream before answering, so its refusals keep their HTTP status; then relay
     it chunk by chunk. Usage is always asked of the engine (for the token metric) and passed on only
-    where the client asked for it."""
+    where the client asked for it; so are logprobs where monitoring reads them (`asked`, `added`)."""
     s = sync.state
     s.admission.check(route.labels)  # 429 while headers can still say so
     given = body.get("stream_options")
     options: dict[str, Any] = given if isinstance(given, dict) else {}
     wants_usage = bool(options.get("include_usage"))
-    out = {**body, "model": route.engine_model, "stream_options": {**options, "include_usage": True}}
+    out = {**asked, "model": route.engine_model, "stream_options": {**options, "include_usage": True}}
     stack = AsyncExitStack()
     await stack.__aenter__()
     try:
@@ -170,7 +182,7 @@ async def _open_stream(
     except BaseException as err:  # the metrics and the admission place see the failure, then let go
         await stack.__aexit__(type(err), err, err.__traceback__)
         raise
-    relay = _relay(sync, request, answer, stack, route, response_id, body["model"], chat, wants_usage)
+    relay = _relay(sync, request, answer, stack, route, response_id, body, chat, wants_usage, added)
     return StreamingResponse(relay, media_type="text/event-stream")
 
 
@@ -181,13 +193,16 @@ async def _relay(
     stack: AsyncExitStack,
     route: Route,
     response_id: str,
-    model: str,
+    body: dict[str, Any],
     chat: bool,
     wants_usage: bool,
+    added: bool,
 ) -> AsyncIterator[str]:
-    """The engine's SSE events with our id and the client's model written in; a broken engine
-    stream ends with an error event, counted as an error."""
+    """The engine's SSE events with our id and the client's model written in (and the logprobs
+    kubetune added taken out); a broken engine stream ends with an error event, counted as an error."""
+    model = body["model"]
     texts: list[str] = []
+    tokens: list[TokenLogprob] = []
     try:
         async for line in answer.aiter_lines():
             if not line.startswith("data:"):
@@ -203,6 +218,9 @@ async def _relay(
             choices = event.get("choices") or []
             for c in choices:
                 texts.append((c.get("delta") or {}).get("content") or "" if chat else c.get("text") or "")
+                tokens += choice_tokens(c, chat)
+                if added:
+                    strip_logprobs(c)
             if not choices and event.get("usage"):
                 _count(sync, route, event["usage"])
                 _observe(sync, route, event["usage"], [{"text": "".join(texts)}], chat=False)
@@ -212,6 +230,8 @@ async def _relay(
                 event.pop("usage", None)
             yield f"data: {json.dumps({**event, 'id': response_id, 'model': model})}\n\n"
         sync.state.feedback.remember(request.state.request_id, Prediction(*route.labels, ("".join(texts),)))
+        if sync.monitor is not None and route.labels[1]:
+            await sync.monitor.observe(route.labels, body, chat, [("".join(texts), tokens)])
         yield "data: [DONE]\n\n"
     except (httpx.HTTPError, ValueError) as err:
         sync.state.metrics.errors.labels(*route.labels).inc()

@@ -5,7 +5,15 @@ Each version is loaded as ``name@version`` and never reloaded under that name wi
 version's in-flight requests, unloads it and checks that the engine no longer lists it (vLLM #54839).
 The same reconcile runs at start, on every change of the ServeConfig file and every
 ``engine.syncIntervalS``, so a restarted or scaled-out engine gets every adapter back (AIBrix #1095);
-``/readyz`` is ready only while the engine holds every desired adapter.
+``/readyz`` turns ready only once the engine holds every desired adapter.
+
+With runtime vllm a new version arrives in place: the operator rewrites the ServeConfig ConfigMap,
+the kubelet swaps the mounted file (a directory mount, never subPath, so it is refreshed), and the
+next pass here picks it up; the pod keeps running. Because that reaches every pod at once, a version
+the engine cannot load leaves a ready pod ready, serving the versions its aliases still route to
+(the rollout shows it stuck, see served_report.py); a pod that never held its set is not ready.
+Each change of what the aliases route to, or of why a version failed to load, is logged as
+served_report's line, which the operator reads (and quotes when an in-place load stalls).
 """
 
 from __future__ import annotations
@@ -19,10 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubetune.api.loading import ConfigError
+from kubetune_trainer.serve.adapters import adapter_folder
 from kubetune_trainer.serve.config import AdapterSpec, ServeConfig, load_serve_config
 from kubetune_trainer.serve.engine_client import EngineCallError, EngineClient, EngineUnavailableError
 from kubetune_trainer.serve.engine_drift import EngineDrift
-from kubetune_trainer.serve.errors import ModelNotFoundError
+from kubetune_trainer.serve.engine_monitor import EngineMonitor
+from kubetune_trainer.serve.errors import AdapterLoadError, ModelNotFoundError
+from kubetune_trainer.serve.served_report import serving_line
 from kubetune_trainer.serve.state import ServerState
 
 log = logging.getLogger("kubetune.serve")
@@ -57,11 +68,17 @@ class EngineSync:
     client: EngineClient
     alias: dict[str, str] = field(default_factory=dict)  # name -> name@version the engine answers with
     engine_base: str | None = None  # the engine's id of the base model
+    engine_owner: str | None = None  # who the engine says it is (owned_by: "vllm"), for kubetune_runtime_info
     served: set[str] = field(default_factory=set)  # name@version ids requests may be sent to
     in_flight: Counter[str] = field(default_factory=Counter)  # engine model id -> requests running
     last_error: str | None = None
+    folders: dict[str, Path] = field(default_factory=dict)  # name@version -> its local adapter folder
     drift: EngineDrift | None = None  # monitoring.enabled: the scores computable without the model
+    monitor: EngineMonitor | None = None  # monitoring.enabled: answers' confidence from their logprobs
     _config_text: str | None = None
+    load_errors: dict[str, str] = field(default_factory=dict)  # name@version -> why its last load failed
+    _reported: tuple[dict[str, str], dict[str, str]] | None = None  # the last serving line logged
+    unmonitored: set[str] = field(default_factory=set)  # name@version whose drift reference is missing
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -69,6 +86,7 @@ class EngineSync:
         if monitoring.enabled:
             self.drift = EngineDrift(metrics.drift_score, metrics.drift_window, monitoring.window_size)
             metrics.before_render.append(self.drift.refresh)
+            self.monitor = EngineMonitor.build(self.state, self.drift)
 
     @property
     def config(self) -> ServeConfig:
@@ -108,12 +126,27 @@ class EngineSync:
                 self._reread_config()
                 await self._reconcile()
                 self.last_error = None
-            except (EngineUnavailableError, EngineCallError, ConfigError) as err:
+            except (EngineUnavailableError, EngineCallError, ConfigError, AdapterLoadError) as err:
                 text = getattr(err, "message", None) or str(err)
                 if text != self.last_error:
                     log.warning("engine sync: %s", text)
                 self.last_error = text
-                self.state.ready = False
+                self.state.ready = self.state.ready and self._aliases_served(err)
+            self._report()
+
+    def _report(self) -> None:
+        """Log the serving line when what the aliases route to, or a version's load failure, changed."""
+        report = (dict(self.alias), dict(self.load_errors))
+        if report != self._reported and (self._reported is not None or any(report)):
+            log.info("%s", serving_line(*report))
+            self._reported = report
+
+    def _aliases_served(self, err: Exception) -> bool:
+        """Whether a ready pod stays ready after a failed pass: the engine answers and every alias
+        still routes to a version it held at the last pass (the new version failed, the old serves)."""
+        if isinstance(err, EngineUnavailableError):
+            return False
+        return bool(self.alias) and set(self.alias.values()) <= self.served
 
     def _reread_config(self) -> None:
         engine = self.config.engine
@@ -138,17 +171,27 @@ class EngineSync:
         config = self.config
         wanted = desired_set(config.adapters)
         held = await self.client.models()
-        self.engine_base = held.base
+        self.engine_base, self.engine_owner = held.base, held.owner
         if self.served - held.loras:  # the engine restarted and lost adapters it served: not ready
             self.state.ready = False
         self.served &= held.loras
+        self.load_errors = {m: e for m, e in self.load_errors.items() if m in wanted and m not in held.loras}
         for model_id, spec in wanted.items():
             if model_id not in held.loras:
-                log.info("engine sync: loading %s from %s", model_id, spec.uri)
-                await self.client.load_lora(model_id, config.locate(spec.uri))
+                try:
+                    folder = await self._folder(model_id, spec)
+                    log.info("engine sync: loading %s from %s (%s)", model_id, spec.uri, folder)
+                    await self.client.load_lora(model_id, str(folder))
+                except (EngineCallError, AdapterLoadError) as err:
+                    self.load_errors[model_id] = getattr(err, "message", None) or str(err)
+                    raise
+                self.load_errors.pop(model_id, None)
             self.served.add(model_id)
-            if self.drift is not None and not self.drift.watching(spec.name, spec.version):
-                self.drift.load_reference(spec.name, spec.version, Path(config.locate(spec.uri)))
+            # A version without a reference is tried once: a log line per pass would bury the
+            # serving line the operator reads.
+            unwatched = self.drift is not None and not self.drift.watching(spec.name, spec.version)
+            if unwatched and model_id not in self.unmonitored:
+                await self._watch(model_id, spec)
         self.alias = aliases(config.adapters)
         stale = sorted(m for m in held.loras if "@" in m and m not in wanted)
         self.served -= set(stale)  # no new request goes there; those running finish first
@@ -156,11 +199,14 @@ class EngineSync:
             await self._drain(model_id)
             log.info("engine sync: unloading %s", model_id)
             await self.client.unload_lora(model_id)
+            self.folders.pop(model_id, None)
             if self.drift is not None:
                 self.drift.forget(*model_id.split("@", 1))
         now = await self.client.models()
         missing = sorted(set(wanted) - now.loras)
         left = sorted(set(stale) & now.loras)
+        for model_id in missing:
+            self.load_errors.setdefault(model_id, "the engine accepted the load but does not list it")
         if missing or left:
             raise EngineCallError(
                 f"engine still lacks {missing} / still lists unloaded {left}", 409, "reconcile incomplete"
@@ -168,6 +214,25 @@ class EngineSync:
         if not self.state.ready:
             log.info("engine sync: ready; the engine holds %s", ", ".join(sorted(wanted)) or "no adapters")
         self.state.ready = True
+
+    async def _folder(self, model_id: str, spec: AdapterSpec) -> Path:
+        """The version's local folder, located once: s3:// is copied into cache_dir, the emptyDir
+        the engine's container mounts at the same path, so the engine reads the path we send."""
+        if model_id not in self.folders:
+            self.folders[model_id] = await asyncio.to_thread(adapter_folder, spec.uri, self.config)
+        return self.folders[model_id]
+
+    async def _watch(self, model_id: str, spec: AdapterSpec) -> None:
+        """Drift-monitor a version the engine serves; monitoring never fails the reconcile."""
+        assert self.drift is not None
+        try:
+            folder = await self._folder(model_id, spec)
+        except AdapterLoadError as err:
+            log.warning("drift: %s not monitored: %s", model_id, err)
+            self.unmonitored.add(model_id)
+            return
+        if not self.drift.load_reference(spec.name, spec.version, folder):
+            self.unmonitored.add(model_id)
 
     async def _drain(self, model_id: str) -> None:
         """Wait (up to the engine timeout) for requests already sent to `model_id` to finish."""

@@ -15,6 +15,7 @@ import torch
 
 from kubetune_trainer.models import mean_pool
 from kubetune_trainer.serve.adapters import AdapterRegistry, Target
+from kubetune_trainer.serve.answer_confidence import TokenLogprob
 from kubetune_trainer.serve.errors import ServeError
 
 Delta = Callable[[str], None]  # receives each new piece of text (thread-safe hand-off to the event loop)
@@ -43,10 +44,13 @@ class GenerationRow:
     stop: tuple[str, ...] = ()
     on_delta: Delta | None = None
     sampling: Sampling = Sampling()
+    top_logprobs: int | None = None  # None: no logprobs asked for; else alternatives per token
     generated: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per generated token, if asked
     text: str = ""
     finish_reason: str | None = None
     error: Exception | None = None
+    heads_answer: Any = None  # decoder_heads.HeadsAnswer, when the adapter answered with its heads
 
     @property
     def done(self) -> bool:
@@ -99,6 +103,20 @@ def advance(row: GenerationRow, token: int, tokenizer: Any, eos: set[int]) -> No
     delta, row.text = text[len(row.text) :], text
     if delta and row.on_delta is not None:
         row.on_delta(delta)
+
+
+def token_logprobs(
+    logits: torch.Tensor, tokens: list[int], counts: list[int], tokenizer: Any
+) -> list[TokenLogprob]:
+    """The chosen token's logprob and the `count` most likely tokens of each row, from the model's raw
+    logits (as vLLM's default logprobs mode, before temperature), each token decoded on its own."""
+    logp = torch.log_softmax(logits, dim=-1)
+    out = []
+    for row, (token, count) in enumerate(zip(tokens, counts, strict=True)):
+        values, ids = logp[row].topk(count) if count else (torch.zeros(0), torch.zeros(0))
+        top = tuple((tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, ids, strict=True))
+        out.append(TokenLogprob(tokenizer.decode([token]), float(logp[row, token]), top))
+    return out
 
 
 def eos_ids(tokenizer: Any) -> list[int]:

@@ -21,8 +21,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
 from kubetune.api.loading import format_validation_error
-from kubetune_trainer.artifacts import file_digest
-from kubetune_trainer.serve.adapters import WEIGHTS
+from kubetune_trainer.artifacts import adapter_digest
 from kubetune_trainer.serve.admin import authorized, state_for_folder
 from kubetune_trainer.serve.config import AdapterSpec
 from kubetune_trainer.serve.errors import AdapterLoadError, ServeError
@@ -93,7 +92,7 @@ async def load_lora_adapter(body: LoadLoRAAdapterRequest, request: Request) -> P
     try:
         folder = await asyncio.to_thread(s.registry.adapter_dir, body.lora_path)
         if version is None:
-            digest = await asyncio.to_thread(file_digest, folder / WEIGHTS)
+            digest = await asyncio.to_thread(adapter_digest, folder)
             version = digest.removeprefix("sha256:")[:12]
         spec = AdapterSpec(name=name, version=version, uri=body.lora_path)
     except ValidationError as err:

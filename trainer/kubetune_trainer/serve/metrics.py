@@ -8,7 +8,7 @@ Requests whose model is unknown count under adapter="unknown", version="".
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -79,6 +79,12 @@ class ServeMetrics:
         self.review_rate = Gauge(
             names.REVIEW_RATE, "Share of recent inputs meeting the review queue's rule.", LABELS, registry=r
         )
+        self.runtime = Gauge(
+            names.RUNTIME_INFO,
+            "1 per served adapter name: the engine running it (kubetune, or the fronted engine's owned_by).",
+            ("adapter", "engine"),
+            registry=r,
+        )
 
     @contextmanager
     def track(self, labels: tuple[str, str]) -> Iterator[None]:
@@ -95,6 +101,12 @@ class ServeMetrics:
         finally:
             self.latency.labels(*labels).observe(time.perf_counter() - start)
             self.in_flight.labels(*labels).dec()
+
+    def set_runtime(self, engine: str, adapters: Iterable[str]) -> None:
+        """kubetune_runtime_info: exactly one series per adapter name served now."""
+        self.runtime.clear()
+        for name in adapters:
+            self.runtime.labels(name, engine).set(1)
 
     def render(self) -> bytes:
         for refresh in self.before_render:

@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Gauge
 
+from kubetune_trainer.serve.config import ServeConfig
+from kubetune_trainer.serve.fresh import FreshDataWriter, InputMemory
+from kubetune_trainer.serve.metrics import ServeMetrics
 from kubetune_trainer.serve.selection import Rule, order_for_labelling
 
 QUEUE_FILE = "review.jsonl"
@@ -210,6 +213,28 @@ class ReviewQueue:
             waiting = self._compact(folder)
         self.gauge.labels(adapter).set(waiting)
         return item
+
+
+def fresh_and_review(config: ServeConfig, metrics: ServeMetrics) -> dict[str, Any]:
+    """ServerState's fresh-data writer and input memory (monitoring.freshDataUri) and review queue
+    (with review.enabled), for the local model and in front of an engine alike."""
+    monitoring = config.monitoring
+    if not monitoring.fresh_data_uri:
+        return {}
+    fresh = FreshDataWriter(Path(config.locate(monitoring.fresh_data_uri)), monitoring.fresh_max_rows)
+    parts: dict[str, Any] = {"fresh": fresh, "inputs": InputMemory()}
+    review = monitoring.review
+    if review.enabled:
+        parts["review"] = ReviewQueue(
+            fresh.directory,
+            metrics.review_queue,
+            review.margin_threshold,
+            review.novelty_threshold,
+            review.max_items,
+            review.clusters,
+            metrics.review_dropped,
+        )
+    return parts
 
 
 def _read_queue(folder: Path) -> list[ReviewItem]:

@@ -117,18 +117,31 @@ def review_state(request: Request) -> ServerState:
     return next((t for t in all_states(request) if t.review is not None), first)
 
 
-def _queue_and_labels(s: ServerState, model: str | None) -> tuple[ReviewQueue, str, list[str]]:
+def served_labels(request: Request, s: ServerState) -> dict[str, list[str]]:
+    """Each served adapter name and the labels a person may give its inputs: the loaded adapter's,
+    or in front of an engine its active version's reference labels (engine_monitor.py)."""
+    engine = request.app.state.kubetune_engine
+    if engine is not None and engine.monitor is not None:
+        return dict(engine.monitor.review_labels(engine.alias))
+    out: dict[str, list[str]] = {}
+    for a in s.registry.served():
+        out.setdefault(a.name, list(a.labels or s.registry.labels))
+    return out
+
+
+def _queue_and_labels(
+    request: Request, s: ServerState, model: str | None
+) -> tuple[ReviewQueue, str, list[str]]:
     if s.review is None:
         raise ReviewDisabledError(
             "the review queue is off: it needs monitoring.freshDataUri and monitoring.review.enabled"
         )
-    served = s.registry.served()
-    names = sorted({a.name for a in served})
+    served = served_labels(request, s)
+    names = sorted(served)
     name = model or (names[0] if names else None)
-    if name is None or name not in names:
+    if name is None or name not in served:
         raise ModelNotFoundError(f"model {model!r} is not served here (served: {', '.join(names)})", "model")
-    labels = next(a.labels for a in served if a.name == name) or s.registry.labels
-    return s.review, name, list(labels)
+    return s.review, name, served[name]
 
 
 @router.get("/queue")
@@ -139,7 +152,7 @@ async def review_queue(
     order: Literal["entropy", "diverse", "uncertainty"] = "entropy",
 ) -> dict[str, Any]:
     s = review_state(request)
-    queue, name, labels = _queue_and_labels(s, model)
+    queue, name, labels = _queue_and_labels(request, s, model)
     items = await asyncio.to_thread(queue.pending, name, order)
     return {
         "object": "list",
@@ -154,7 +167,7 @@ async def review_queue(
 @router.post("/label")
 async def review_label(body: LabelRequest, request: Request) -> dict[str, Any]:
     s = review_state(request)
-    queue, name, labels = _queue_and_labels(s, body.model)
+    queue, name, labels = _queue_and_labels(request, s, body.model)
     if body.skip == (body.label is not None):
         raise InvalidRequestError("give either label or skip: true", "label")
     if body.label is not None and body.label not in labels:

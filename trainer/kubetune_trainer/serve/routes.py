@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from kubetune_trainer.serve.adapters import Target
 from kubetune_trainer.serve.admission import cancel_rows, client_deadline, disconnected, while_client_waits
+from kubetune_trainer.serve.answer_confidence import TokenLogprob, chat_wire, completion_wire
 from kubetune_trainer.serve.errors import (
     ContextLengthError,
     InvalidRequestError,
@@ -165,7 +166,12 @@ def _raise_row_error(rows: list[Any]) -> None:
 async def _complete(
     s: ServerState, request: Request, body: _Sampling, target: Target, prompts: list[list[int]], chat: bool
 ) -> dict[str, Any] | StreamingResponse:
-    rows = [GenerationRow(target, ids, _max_new_tokens(s, body), body.stop_strings) for ids in prompts]
+    rows = [
+        GenerationRow(
+            target, ids, _max_new_tokens(s, body), body.stop_strings, top_logprobs=body.logprob_count
+        )
+        for ids in prompts
+    ]
     sampling = Sampling(body.temperature, body.top_p)
     rid = request.state.request_id
     response_id = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
@@ -186,9 +192,14 @@ async def _complete(
         s.metrics.tokens.labels(*served.label_values).inc(usage["total_tokens"])
         s.feedback.remember(rid, Prediction(*served.label_values, tuple(r.text for r in rows)))
     choices = [
-        {"index": i, "message": {"role": "assistant", "content": r.text}, "finish_reason": r.finish_reason}
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": r.text},
+            "logprobs": _logprobs(r, chat),
+            "finish_reason": r.finish_reason,
+        }
         if chat
-        else {"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
+        else {"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": _logprobs(r, chat)}
         for i, r in enumerate(rows)
     ]
     return {
@@ -200,6 +211,16 @@ async def _complete(
         "choices": choices,
         "usage": usage,
     }
+
+
+def _logprobs(
+    row: GenerationRow, chat: bool, tokens: list[TokenLogprob] | None = None, offset: int = 0
+) -> dict[str, Any] | None:
+    """`tokens` (the row's, by default) in vLLM's logprobs shape; None where none were asked for."""
+    if row.top_logprobs is None:
+        return None
+    tokens = row.logprobs if tokens is None else tokens
+    return chat_wire(tokens) if chat else completion_wire(tokens, offset)
 
 
 def _abandoned(s: ServerState, rows: list[GenerationRow]) -> None:
@@ -230,16 +251,22 @@ async def _stream(
     deltas: asyncio.Queue[str] = asyncio.Queue()
     row.on_delta = lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text)
     created = int(time.time())
+    sent = [0, 0]  # tokens whose logprobs went out, characters of their text
 
     def chunk(delta: str | None, finish: str | None, usage: dict[str, int] | None = None) -> str:
+        tokens = row.logprobs[sent[0] :]  # the model thread appends: what is here now goes out now
+        logprobs = _logprobs(row, chat, tokens, sent[1])
+        sent[0] += len(tokens)
+        sent[1] += sum(len(t.token) for t in tokens)
         if chat:
             choice: dict[str, Any] = {
                 "index": 0,
                 "delta": {"content": delta} if delta is not None else {},
+                "logprobs": logprobs,
                 "finish_reason": finish,
             }
         else:
-            choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+            choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": logprobs}
         payload = {
             "id": response_id,
             "object": "chat.completion.chunk" if chat else "text_completion",
@@ -296,5 +323,12 @@ def _role_chunk(response_id: str, created: int, model: str, row: GenerationRow) 
         "created": created,
         "model": model,
         "system_fingerprint": row.target.served_id,
-        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        ],
     }

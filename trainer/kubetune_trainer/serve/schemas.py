@@ -51,6 +51,9 @@ class _Body(BaseModel):
         return data
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
@@ -75,6 +78,11 @@ class _Sampling(_Body):
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def logprob_count(self) -> int | None:
+        """None: no logprobs asked for; else how many alternatives per generated token."""
+        return None
+
 
 class TextPart(_Body):
     type: Literal["text"]
@@ -94,10 +102,21 @@ class ChatMessage(_Body):
 
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    logprobs: bool = False
+    top_logprobs: Annotated[int | None, Field(ge=0, le=MAX_TOP_LOGPROBS)] = None
+
+    @property
+    def logprob_count(self) -> int | None:  # vLLM's chat `logprobs` + `top_logprobs`
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Sampling):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=256)]
+    logprobs: Annotated[int | None, Field(ge=0, le=MAX_TOP_LOGPROBS)] = None
+
+    @property
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
     @property
     def prompts(self) -> list[str]:

@@ -2,9 +2,11 @@
 --
 -- Health comes from one condition, Ready (True when the active adapter serves on every wanted pod),
 -- and from status.observedGeneration; status.phase only says which kind of "not ready" it is. The
--- one other condition read is RolledBack: True means the newest rollout was rolled back, which the
--- app must show even though the previous version still serves. A retrain in progress (condition
+-- other conditions read: RolledBack True means the newest rollout was rolled back, which the app must
+-- show even though the previous version still serves; AdapterResolved False names why a Degraded
+-- adapter cannot be served (RuntimeCannotServe). A retrain in progress (condition
 -- Retraining) never changes health: the champion keeps serving; it is only named in the message.
+-- The message names the serving engine when it is not kubetune's own (spec.runtime.engine vllm).
 --
 -- Runs on Lua 5.1 / gopher-lua with only the base and table libraries (what Argo CD gives scripts
 -- from argocd-cm): no string or math functions, and nil-safe on every field.
@@ -68,6 +70,14 @@ local function servingMessage(status, spec)
   if autoscaling ~= nil and autoscaling.maxReplicas ~= nil then
     text = text .. " (autoscaled " .. (autoscaling.minReplicas or 1) .. "-" .. autoscaling.maxReplicas .. ")"
   end
+  -- The serving engine, named when it is not kubetune's own server (spec.runtime.engine's default).
+  local runtime = nil
+  if spec ~= nil then
+    runtime = spec.runtime
+  end
+  if runtime ~= nil and runtime.engine ~= nil and runtime.engine ~= "kubetune" then
+    text = text .. ", runtime " .. runtime.engine
+  end
   return text
 end
 
@@ -126,7 +136,14 @@ end
 
 if phase == "Degraded" then
   hs.status = "Degraded"
-  hs.message = withReason(ready, status.message)
+  -- An adapter the runtime cannot serve (AdapterResolved False, reason RuntimeCannotServe: a LoRA
+  -- rank above runtime.maxLoraRank, answer heads on vllm) is named by its own reason.
+  local resolved = condition(status, "AdapterResolved")
+  if resolved ~= nil and resolved.status == "False" then
+    hs.message = withReason(resolved, status.message)
+  else
+    hs.message = withReason(ready, status.message)
+  end
   return hs
 end
 
