@@ -93,7 +93,7 @@ def _quoted(failures: Sequence[str]) -> str:
     if not failures:
         return "; no pod logged a load failure (see the kubetune container's log)"
     more = f" (and {len(failures) - 1} more pods)" if len(failures) > 1 else ""
-    return f"; the engine refused it: {failures[0]}{more}"
+    return f"; the load failed: {failures[0]}{more}"
 
 
 def with_since(conditions: list[Condition], type_: str, since: str) -> list[Condition]:

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from kubetune_trainer.serve.config import load_serve_config
 from kubetune_trainer.serve.main import DrainingServer, make_server
-from kubetune_trainer.serve.served_report import last_served
+from kubetune_trainer.serve.served_report import last_report, last_served
 from test_serve_helpers import (
     ADMIN_TOKEN,
     SMOLLM,
@@ -261,6 +261,9 @@ def test_rollout_loads_flips_unloads_without_failures(
             wait_for(lambda: len(results) >= seen + 2, 120, "answers after the rollout, v3 refused")
             assert is_ready(url) and engine_loras(engine) == {"triage@v2"} and broken.is_symlink()
             assert "missing" in " ".join(warnings(caplog))
+            refused = last_report(caplog.text)  # what the operator quotes once the load stalls
+            assert refused is not None and refused.aliases == {"triage": "triage@v2"}
+            assert "missing" in refused.failed["triage@v3"]
         finally:
             stop.set()
             for c in clients:

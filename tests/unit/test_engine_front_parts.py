@@ -63,7 +63,7 @@ def test_a_load_failure_reaches_the_serving_line_clipped_and_without_url_secrets
     assert report is not None and report.aliases == {"t": "t@v1"}
     (reason,) = report.failed.values()
     assert (
-        reason.startswith("load t@v2 from s3://b/t: https://h/x said no! no!") and len(reason) == ERROR_CHARS
+        reason.startswith("load t@v2 from s3://b/t https://h/x said no! no!") and len(reason) == ERROR_CHARS
     )
     assert "deadbeef" not in line and "hunter2" not in line and "\n" not in reason
     # The operator reads a log anyone in the pod can write to: it clips again.

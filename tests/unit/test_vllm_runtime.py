@@ -240,7 +240,7 @@ def test_an_in_place_load_past_the_progress_deadline_is_degraded_once_and_says_w
     assert stalled.phase == "Degraded" and stalled.active_adapter == prev.active_adapter
     assert stalled.message == (
         f"loading {V2.version} in place stalled: 1/2 ready pods serve it after 600s "
-        f"(progressDeadlineSeconds); they keep serving {V1.version}; the engine refused it: {REFUSED}"
+        f"(progressDeadlineSeconds); they keep serving {V1.version}; the load failed: {REFUSED}"
     )
     progressing = progressing_of(stalled)
     assert (progressing.status, progressing.reason) == ("False", "InPlaceLoadStalled")
