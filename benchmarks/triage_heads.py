@@ -53,15 +53,16 @@ def main(poolings: list[str]) -> None:
         cpu, wall = time.process_time(), time.monotonic()
         fitted = heads_recipe.fit_heads(ctx, base, fit_rows, Progress(), f"heads-{pooling}", pooling)  # type: ignore[arg-type]
         held = heads_recipe.held_out_metrics(ctx, fitted, select_rows)
-        rows.append((pooling, held, fitted.after.metrics, time.process_time() - cpu, time.monotonic() - wall))
-        print(f"{pooling}: held-out {held} validation {fitted.after.metrics}", flush=True)
+        reading = f"{pooling}, layers {fitted.heads.depth - fitted.heads.span + 1}-{fitted.heads.depth}"
+        rows.append((reading, held, fitted.after.metrics, time.process_time() - cpu, time.monotonic() - wall))
+        print(f"{reading}: held-out {held} validation {fitted.after.metrics}", flush=True)
     print(
         f"\nfit rows {len(fit_rows)}, held-out rows {len(select_rows)}, "
         f"validation rows {len(data.validation)}"
     )
     print(
-        "| pooling | held-out intent | held-out priority | validation intent | validation priority "
-        "| CPU s | wall s |"
+        "| reading (pooling, layers averaged) | held-out intent | held-out priority "
+        "| validation intent | validation priority | CPU s | wall s |"
     )
     print("|---|---|---|---|---|---|---|")
     for pooling, held, val, cpu_s, wall_s in rows:

@@ -109,8 +109,8 @@ def test_the_confidence_window_reads_off_the_reference_bins_and_slides() -> None
         }
     )
     window = ConfidenceWindow(reference, size=2)
-    window.add(0.9)
-    assert window.drop() == pytest.approx(0.0)
-    window.add(0.1)
-    window.add(0.2)  # 0.9 slid out: both in the low bin
-    assert window.drop() == pytest.approx(0.5)
+    window.add_answer(0.9)
+    assert window.confidence_drop() == pytest.approx(0.0)
+    window.add_answer(0.1)
+    window.add_answer(0.2)  # 0.9 slid out: both in the low bin
+    assert window.confidence_drop() == pytest.approx(0.5)

@@ -96,8 +96,9 @@ def test_top_layers_from_the_cached_trunk_answer_like_the_whole_model() -> None:
         SCHEMA,
         "mean",
     )
-    cached, pooled = dh.trunk_inputs(model, ids, 0, top[0])
+    cached, pooled, below = dh.trunk_inputs(model, ids, 0, top[0])
     assert [c.size(0) for c in cached] == [len(i) for i in ids]
+    assert below.abs().sum() == 0  # span 1: no read layer under the LoRA
     batch = dh.padded_hidden(cached[:5], torch.device("cpu"))
     with torch.no_grad():
         from_top = model.forward_top(batch["hidden"], batch["attention_mask"], top[0])
@@ -114,7 +115,7 @@ def test_training_moves_lora_and_heads_but_not_the_base() -> None:
     base_before = {n: p.clone() for n, p in decoder.named_parameters() if "lora_" not in n}
     lora_before = {n: p.clone() for n, p in decoder.named_parameters() if "lora_B" in n}
     head_before = model.heads[0].weight.clone()
-    cached, _ = dh.trunk_inputs(model, ids, 0, 0)
+    cached, _, _ = dh.trunk_inputs(model, ids, 0, 0)
     losses = dh.train_heads(model, cached, 0, targets, dh.HeadsTraining(3, 8, 1e-2, 0.0, 7))
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert all(torch.equal(p, base_before[n]) for n, p in decoder.named_parameters() if n in base_before)
@@ -175,49 +176,50 @@ def test_heads_recipe_is_refused_for_classification() -> None:
         FineTuneJobSpec.model_validate(spec)
 
 
-def test_heads_read_at_a_depth_run_only_those_layers(tmp_path: Path) -> None:
+def test_heads_read_layers_up_to_a_depth_and_run_only_those(tmp_path: Path) -> None:
     ids, targets = rows()
     decoder = tiny_llama(layers=4)
-    assert dh.depth_candidates(4) == [4, 2]
-    by_depth = dh.pooled_by_depth(decoder, ids, 0, "mean", [4, 2])
-    shallow = dh.FieldHeads(decoder, SCHEMA, "mean", depth=2)
-    for depth, pooled in by_depth.items():  # the one pass with hooks = embed() at that depth
-        assert np.allclose(
-            pooled, dh.embeddings(dh.FieldHeads(decoder, SCHEMA, "mean", depth), ids, 0), atol=1e-5
-        )
-    assert not np.allclose(by_depth[2], by_depth[4], atol=1e-3)
+    assert dh.read_candidates(4) == [(4, 1), (4, 2), (2, 1)]
+    by_layer = dh.pooled_by_layer(decoder, ids, 0, "mean", [0, 1, 2, 3])
+    for depth, span in dh.read_candidates(4):  # the one pass with hooks = embed() at that reading
+        heads = dh.FieldHeads(decoder, SCHEMA, "mean", depth, span)
+        assert np.allclose(dh.read_features(by_layer, depth, span), dh.embeddings(heads, ids, 0), atol=1e-5)
+    assert not np.allclose(dh.read_features(by_layer, 2, 1), dh.read_features(by_layer, 4, 1), atol=1e-3)
+    score = dh.cross_validated_accuracy(dh.read_features(by_layer, 4, 2), targets, 3, 0)
+    assert 0.0 <= score <= 1.0
     ran: list[int] = []
+    layers = decoder.model.layers
     hooks = [
-        layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
-        for i, layer in enumerate(decoder.model.layers)
+        layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(layers)
     ]
-    dh.embeddings(shallow, ids[:3], 0)
+    dh.embeddings(dh.FieldHeads(decoder, SCHEMA, "mean", 2), ids[:3], 0)
     for hook in hooks:
         hook.remove()
     assert sorted(set(ran)) == [0, 1]  # layers above the depth never run
-    # LoRA on the top layer below the depth, trained from the cached trunk, answers like the whole model
-    top = dh.top_layers(decoder, 1, depth=2)
-    assert top == [1]
-    model = dh.FieldHeads(
-        get_peft_model(decoder, LoraConfig(r=4, target_modules=["q_proj"], layers_to_transform=top)),
-        SCHEMA,
-        "mean",
-        2,
-    )
-    cached, pooled = dh.trunk_inputs(model, ids, 0, top[0])
+    # LoRA on the top layer below the depth, the read layers spanning below the LoRA: trained from the
+    # cached trunk (inputs of the LoRA layer + the frozen read layers' pooled sum), it answers like the
+    # whole model
+    top = dh.top_layers(decoder, 1, depth=3)
+    assert top == [2]
+    lora = get_peft_model(decoder, LoraConfig(r=4, target_modules=["q_proj"], layers_to_transform=top))
+    model = dh.FieldHeads(lora, SCHEMA, "mean", 3, 3)
+    cached, pooled, below = dh.trunk_inputs(model, ids, 0, top[0])
+    assert below.shape == pooled.shape and below.abs().sum() > 0
     dh.init_from_probes(model, pooled, targets)
-    dh.train_heads(model, cached, top[0], targets, dh.HeadsTraining(2, 8, 1e-2, 0.0, 7))
+    dh.train_heads(model, cached, top[0], targets, dh.HeadsTraining(2, 8, 1e-2, 0.0, 7), below=below)
     batch = dh.padded_hidden(cached[:5], torch.device("cpu"))
     with torch.no_grad():
-        from_top = model.forward_top(batch["hidden"], batch["attention_mask"], top[0])
+        from_top = model.forward_top(batch["hidden"], batch["attention_mask"], top[0], below[:5])
         whole = model(**dh.right_padded(ids[:5], 0, torch.device("cpu")))
     for a, b in zip(from_top, whole, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
-    entry = dh.save_heads(model, tmp_path)  # the depth travels with the adapter
-    assert entry["depth"] == 2
+    entry = dh.save_heads(model, tmp_path)  # the reading travels with the adapter
+    assert (entry["depth"], entry["span"]) == (3, 3)
     (tmp_path / "kubetune.json").write_text(json.dumps({"heads": entry}))
     loaded = dh.load_heads(model.decoder, tmp_path, dh.read_heads_meta(tmp_path))
-    assert loaded.depth == 2
+    assert (loaded.depth, loaded.span) == (3, 3)
     assert [a.text for a in dh.predict(loaded, ids, 0)] == [a.text for a in dh.predict(model, ids, 0)]
     with pytest.raises(ValueError, match=r"depth 5 outside 1\.\.4"):
         dh.FieldHeads(tiny_llama(layers=4), SCHEMA, "mean", 5)
+    with pytest.raises(ValueError, match=r"span 3 outside 1\.\.2"):
+        dh.FieldHeads(tiny_llama(layers=4), SCHEMA, "mean", 2, 3)

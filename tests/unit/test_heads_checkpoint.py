@@ -31,7 +31,7 @@ def fresh_model() -> tuple[dh.FieldHeads, list[torch.Tensor], list]:
         ),
     )
     model = dh.FieldHeads(decoder, SCHEMA, "mean")
-    cached, pooled = dh.trunk_inputs(model, ids, 0, 1)
+    cached, pooled, _ = dh.trunk_inputs(model, ids, 0, 1)
     dh.init_from_probes(model, pooled, targets)
     return model, cached, targets
 

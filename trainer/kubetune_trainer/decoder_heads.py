@@ -6,13 +6,16 @@ pooled hidden state feeds one Linear head per field, and the answer is each head
 with schema.render, so it is valid by construction and picked the way a classifier would.
 
     prompt ids (the chat template's prompt with its generation prompt, exactly what generation reads)
-    -> the decoder's first `depth` layers (+ LoRA) -> its final norm
-    -> pool ("mean" over the tokens, or the "last" token) -> L2-normalise -> head per field -> argmax
+    -> the decoder's first `depth` layers (+ LoRA on the top ones)
+    -> the outputs of layers depth-span..depth-1, each through the final norm, pooled ("mean" over
+       the tokens, or the "last" token) and L2-normalised -> their mean, L2-normalised
+    -> one Linear head per field -> argmax
 
-`depth` is chosen per job (choose_depth) on rows held out of train: a decoder's middle layers carry
-more of a ticket's meaning than its last, which is shaped for predicting the next token (SmolLM2-135M
-on the triage tickets, frozen probes: priority 82-85% from layer 30 of 30, 88-90% from layers 16-24;
-benchmarks/TRIAGE_HEADS_RESULTS.md). Layers above `depth` never run, in training or serving.
+(depth, span) is chosen per job (heads_recipe.read_depth) by 5-fold cross-validated frozen probes on
+the training rows, never on validation: a decoder's last layer is shaped for predicting the next
+token, and its middle layers, averaged, carry more of a ticket's meaning (SmolLM2-135M, the triage
+tickets, cross-validated on train: last layer alone 93.3% mean field accuracy, layers 15-30 averaged
+94.7%; benchmarks/TRIAGE_HEADS_RESULTS.md). Layers above `depth` never run, in training or serving.
 
 LP-FT as on the encoder path (models.init_head_from_probe): each head starts as the logistic
 regression fitted on the frozen base's pooled embeddings (the same input), then LoRA and heads are
@@ -20,7 +23,7 @@ trained together with the summed per-field cross-entropy. Trainer, evaluation an
 through `predict`, so a served answer is the evaluated one.
 
 The adapter folder holds the LoRA (peft, CAUSAL_LM, so a causal-lm server loads it as usual) plus
-heads.safetensors and kubetune.json "heads" {pooling, depth, schema}.
+heads.safetensors and kubetune.json "heads" {pooling, depth, span, schema}.
 """
 
 from __future__ import annotations
@@ -73,12 +76,41 @@ def layer_range(body: Any, first: int, stop: int) -> Iterator[None]:
         body.layers = every
 
 
+@contextmanager
+def captured(body: Any, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """The outputs of the body's layers `layers` (indices into the whole stack) while it runs."""
+    outputs: dict[int, torch.Tensor] = {}
+    hooks = [
+        body.layers[k].register_forward_hook(
+            lambda m, args, out, k=k: outputs.__setitem__(k, out[0] if isinstance(out, tuple) else out)
+        )
+        for k in layers
+    ]
+    try:
+        yield outputs
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def pooled_sum(
+    body: Any, outputs: dict[int, torch.Tensor], mask: torch.Tensor, pooling: Pooling
+) -> torch.Tensor:
+    """Sum over the captured layers of each one's output through the body's final norm, pooled and
+    L2-normalised (zeros when none is captured)."""
+    total = torch.zeros(mask.size(0), body.norm.weight.numel(), device=mask.device)
+    for out in outputs.values():
+        total = total + pool(body.norm(out), mask, pooling)
+    return total
+
+
 class FieldHeads(torch.nn.Module):
-    """A decoder (a peft LoRA model, or a plain base) read at `depth` layers (None: all), plus one
-    Linear head per answer field."""
+    """A decoder (a peft LoRA model, or a plain base) read at its layers depth-span..depth-1 (their
+    pooled, normalised outputs averaged; depth None: all layers, span 1: the last read layer only),
+    plus one Linear head per answer field."""
 
     def __init__(
-        self, decoder: Any, schema: AnswerSchema, pooling: Pooling, depth: int | None = None
+        self, decoder: Any, schema: AnswerSchema, pooling: Pooling, depth: int | None = None, span: int = 1
     ) -> None:
         super().__init__()
         self.decoder, self.schema, self.pooling = decoder, schema, pooling
@@ -86,29 +118,43 @@ class FieldHeads(torch.nn.Module):
         if depth is not None and not 1 <= depth <= total:
             raise ValueError(f"depth {depth} outside 1..{total} (the decoder's layers)")
         self.depth = total if depth is None else depth
+        if not 1 <= span <= self.depth:
+            raise ValueError(f"span {span} outside 1..{self.depth} (the layers up to depth)")
+        self.span = span
         width = backbone(decoder).config.hidden_size
         self.heads = torch.nn.ModuleList(torch.nn.Linear(width, len(f.values)) for f in schema.fields)
+
+    @property
+    def read_layers(self) -> list[int]:
+        return list(range(self.depth - self.span, self.depth))
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # The transformer body only: the lm_head's vocabulary-wide logits are never needed here.
         body = backbone(self.decoder).model
-        with layer_range(body, 0, self.depth):
-            hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return pool(hidden.last_hidden_state, attention_mask, self.pooling)
+        with captured(body, self.read_layers) as outputs, layer_range(body, 0, self.depth):
+            body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return F.normalize(pooled_sum(body, outputs, attention_mask, self.pooling), dim=-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         pooled = self.embed(input_ids, attention_mask)
         return [head(pooled) for head in self.heads]
 
     def forward_top(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor, first: int
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        first: int,
+        below: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """The same answer as forward() from `hidden`, the (cached) input of decoder layer `first`:
-        only layers first.. run, which is exact when no LoRA sits below `first` (top_layers)."""
+        """The same answer as forward() from `hidden`, the (cached) input of decoder layer `first`, and
+        `below`, the (cached) pooled_sum of the read layers under `first`: only layers first..depth-1
+        run, which is exact when no LoRA sits below `first` (top_layers; trunk_inputs caches both)."""
         body = backbone(self.decoder).model
-        with layer_range(body, first, self.depth):
-            out = body(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False)
-        pooled = pool(out.last_hidden_state, attention_mask, self.pooling)
+        above = [k for k in self.read_layers if k >= first]
+        with captured(body, above) as outputs, layer_range(body, first, self.depth):
+            body(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False)
+        summed = pooled_sum(body, outputs, attention_mask, self.pooling)
+        pooled = F.normalize(summed if below is None else summed + below, dim=-1)
         return [head(pooled) for head in self.heads]
 
 
@@ -120,96 +166,97 @@ def top_layers(decoder: Any, count: int, depth: int | None = None) -> list[int]:
     return list(range(max(0, total - count), total))
 
 
-def depth_candidates(total: int, step: int = 2) -> list[int]:
-    """The depths choose_depth tries: from every layer down to half of them, every `step`.
+def read_candidates(total: int) -> list[tuple[int, int]]:
+    """The (depth, span) pairs choose_reading tries: depths from every layer down to half of them,
+    every other one, each read alone (span 1) or averaged with the layers down to half its depth.
 
-    >>> depth_candidates(30)
-    [30, 28, 26, 24, 22, 20, 18, 16]
-    >>> depth_candidates(3)
-    [3, 1]
+    >>> read_candidates(8)
+    [(8, 1), (8, 4), (6, 1), (6, 3), (4, 1), (4, 2)]
+    >>> read_candidates(1)
+    [(1, 1)]
     """
-    return [*range(total, max(1, total // 2) - 1, -step)]
+    depths = range(total, max(1, total // 2) - 1, -2)
+    return [(d, s) for d in depths for s in sorted({1, max(1, d // 2)})]
 
 
 @torch.no_grad()
-def pooled_by_depth(
-    decoder: Any, ids: Sequence[Sequence[int]], pad_id: int, pooling: Pooling, depths: Sequence[int]
+def pooled_by_layer(
+    decoder: Any, ids: Sequence[Sequence[int]], pad_id: int, pooling: Pooling, layers: Sequence[int]
 ) -> dict[int, np.ndarray]:
-    """One frozen pass: for each depth, what FieldHeads(depth=...).embed returns for each prompt (the
-    output of layer depth-1, through the body's final norm, pooled and L2-normalised)."""
+    """One frozen pass: each layer's output for each prompt, through the body's final norm, pooled and
+    L2-normalised (what FieldHeads sums over its read layers)."""
     body = backbone(decoder).model
     body.eval()
     device = next(body.parameters()).device
-    outputs: dict[int, torch.Tensor] = {}
-    hooks = [
-        body.layers[d - 1].register_forward_hook(
-            lambda m, args, out, d=d: outputs.__setitem__(d, out[0] if isinstance(out, tuple) else out)
-        )
-        for d in depths
-    ]
-    rows: dict[int, list[torch.Tensor]] = {d: [] for d in depths}
-    try:
-        for i in range(0, len(ids), BATCH):
-            batch = right_padded(ids[i : i + BATCH], pad_id, device)
-            with layer_range(body, 0, max(depths)):
-                body(**batch, use_cache=False)
-            for d in depths:
-                rows[d].append(pool(body.norm(outputs[d]), batch["attention_mask"], pooling).cpu())
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {d: torch.cat(r).numpy() for d, r in rows.items()}
+    rows: dict[int, list[torch.Tensor]] = {k: [] for k in layers}
+    for i in range(0, len(ids), BATCH):
+        batch = right_padded(ids[i : i + BATCH], pad_id, device)
+        with captured(body, layers) as outputs, layer_range(body, 0, max(layers) + 1):
+            body(**batch, use_cache=False)
+        for k in layers:
+            rows[k].append(pool(body.norm(outputs[k]), batch["attention_mask"], pooling).cpu())
+    return {k: torch.cat(r).numpy() for k, r in rows.items()}
 
 
-def probe_accuracy(
-    fit: np.ndarray, y_fit: Sequence[np.ndarray], held: np.ndarray, y_held: Sequence[np.ndarray]
-) -> float:
-    """The mean over fields of a standardised logistic probe's accuracy (fit on `fit`, scored on `held`;
-    unknown values, -1, left out of the fit and counted wrong)."""
+def read_features(by_layer: dict[int, np.ndarray], depth: int, span: int) -> np.ndarray:
+    """What FieldHeads(depth=, span=).embed returns, from pooled_by_layer's per-layer rows."""
+    summed = sum(by_layer[k] for k in range(depth - span, depth))
+    return summed / np.linalg.norm(summed, axis=1, keepdims=True)
+
+
+def cross_validated_accuracy(x: np.ndarray, targets: Sequence[np.ndarray], folds: int, seed: int) -> float:
+    """The mean over fields and `folds` seeded folds of a standardised logistic probe's held-out accuracy
+    (unknown values, -1, left out of each fit and counted wrong)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold
 
-    mean, sd = fit.mean(0), fit.std(0) + 1e-6
     scores = []
-    for yf, yh in zip(y_fit, y_held, strict=True):
-        known = yf >= 0
-        probe = LogisticRegression(max_iter=2000, C=PROBE_C).fit(((fit - mean) / sd)[known], yf[known])
-        scores.append(float((probe.predict((held - mean) / sd) == yh).mean()))
+    for fit, held in KFold(folds, shuffle=True, random_state=seed).split(x):
+        mean, sd = x[fit].mean(0), x[fit].std(0) + 1e-6
+        for y in targets:
+            known = fit[y[fit] >= 0]
+            probe = LogisticRegression(max_iter=2000, C=PROBE_C).fit((x[known] - mean) / sd, y[known])
+            scores.append(float((probe.predict((x[held] - mean) / sd) == y[held]).mean()))
     return float(np.mean(scores))
 
 
-def choose_depth(scores: dict[int, float]) -> int:
-    """The depth whose probe scored best; a tie goes to the shallower (fewer layers to run).
+def choose_reading(scores: dict[tuple[int, int], float]) -> tuple[int, int]:
+    """The (depth, span) whose probe scored best; a tie goes to the shallower, then the narrower.
 
-    >>> choose_depth({30: 0.9, 24: 0.93, 20: 0.93})
-    20
+    >>> choose_reading({(30, 1): 0.9, (24, 12): 0.93, (20, 1): 0.93})
+    (20, 1)
     """
-    return min(scores, key=lambda d: (-scores[d], d))
+    return min(scores, key=lambda r: (-scores[r], r))
 
 
 @torch.no_grad()
 def trunk_inputs(
     model: FieldHeads, ids: Sequence[Sequence[int]], pad_id: int, first: int
-) -> tuple[list[torch.Tensor], np.ndarray]:
-    """One frozen pass: each prompt's input to layer `first` (its real tokens only) and its pooled
-    last hidden state (the probes' input)."""
+) -> tuple[list[torch.Tensor], np.ndarray, torch.Tensor]:
+    """One frozen pass: each prompt's input to layer `first` (its real tokens only), its pooled
+    embedding (the probes' input) and the pooled_sum of its read layers under `first` (forward_top's
+    `below`: those layers never change while LoRA trains above them)."""
     model.eval()
     device = next(model.parameters()).device
-    layer = backbone(model.decoder).model.layers[first]
+    body = backbone(model.decoder).model
     caught: list[torch.Tensor] = []
-    hook = layer.register_forward_pre_hook(
+    hook = body.layers[first].register_forward_pre_hook(
         lambda m, args, kwargs: caught.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True
     )
     cached: list[torch.Tensor] = []
-    pooled = []
+    pooled, below = [], []
     try:
         for i in range(0, len(ids), BATCH):
             chunk = ids[i : i + BATCH]
-            pooled.append(model.embed(**right_padded(chunk, pad_id, device)).cpu())
+            batch = right_padded(chunk, pad_id, device)
+            with captured(body, [k for k in model.read_layers if k < first]) as outputs:
+                pooled.append(model.embed(**batch).cpu())
+            below.append(pooled_sum(body, outputs, batch["attention_mask"], model.pooling).cpu())
             hidden = caught.pop()
             cached += [hidden[j, : len(row)].cpu() for j, row in enumerate(chunk)]
     finally:
         hook.remove()
-    return cached, torch.cat(pooled).numpy()
+    return cached, torch.cat(pooled).numpy(), torch.cat(below)
 
 
 def padded_hidden(rows: Sequence[torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -302,8 +349,10 @@ def train_heads(
     training: HeadsTraining,
     on_step: Any = None,
     checkpoints: Any = None,
+    below: torch.Tensor | None = None,
 ) -> list[float]:
-    """LoRA (on layers first..) + heads from the trunk's cached outputs (trunk_inputs), AdamW with the
+    """LoRA (on layers first..) + heads from the trunk's cached outputs (trunk_inputs: `cached` and
+    `below`), AdamW with the
     trainer's warm-up + cosine schedule; returns the loss per step. `checkpoints`
     (heads_checkpoint.HeadsCheckpoints) resumes from the newest checkpoint and writes new ones."""
     from kubetune_trainer.train import build_scheduler
@@ -328,8 +377,9 @@ def train_heads(
             order = torch.randperm(len(cached), generator=generator)
         rows = order[start : start + training.batch_size].tolist()
         batch = padded_hidden([cached[i] for i in rows], device)
+        under = below[rows].to(device) if below is not None else None
         loss = heads_loss(
-            model.forward_top(batch["hidden"], batch["attention_mask"], first), y[rows].to(device)
+            model.forward_top(batch["hidden"], batch["attention_mask"], first, under), y[rows].to(device)
         )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -403,7 +453,13 @@ def save_heads(model: FieldHeads, folder: Path) -> dict[str, Any]:
         for name, t in head.state_dict().items()
     }
     save_file(tensors, str(folder / HEADS_FILE))
-    return {"pooling": model.pooling, "depth": model.depth, "schema": model.schema.wire(), "input": "prompt"}
+    return {
+        "pooling": model.pooling,
+        "depth": model.depth,
+        "span": model.span,
+        "schema": model.schema.wire(),
+        "input": "prompt",
+    }
 
 
 def load_heads(decoder: Any, folder: Path, meta: dict[str, Any]) -> FieldHeads:
@@ -411,7 +467,13 @@ def load_heads(decoder: Any, folder: Path, meta: dict[str, Any]) -> FieldHeads:
     from safetensors.torch import load_file
 
     entry = meta["heads"]
-    model = FieldHeads(decoder, AnswerSchema.from_wire(entry["schema"]), entry["pooling"], entry.get("depth"))
+    model = FieldHeads(
+        decoder,
+        AnswerSchema.from_wire(entry["schema"]),
+        entry["pooling"],
+        entry.get("depth"),
+        entry.get("span", 1),
+    )
     tensors = load_file(str(folder / HEADS_FILE))
     for i, head in enumerate(model.heads):
         head.load_state_dict({name: tensors[f"{i}.{name}"] for name in ("weight", "bias")})

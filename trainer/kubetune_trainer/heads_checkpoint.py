@@ -108,6 +108,7 @@ def train_with_checkpoints(
     training: dh.HeadsTraining,
     on_step: Any,
     checkpoints: HeadsCheckpoints,
+    below: torch.Tensor | None = None,
 ) -> tuple[list[float], Progress]:
     """train_heads resuming from and writing `checkpoints`, with SIGTERM armed (finish the step,
     checkpoint, Preempted) while it runs; the losses of every step (restored ones first) and the
@@ -116,7 +117,9 @@ def train_with_checkpoints(
     if stop is not None:
         stop.armed = True
     try:
-        losses = dh.train_heads(model, cached, first, targets, training, on_step, checkpoints=checkpoints)
+        losses = dh.train_heads(
+            model, cached, first, targets, training, on_step, checkpoints=checkpoints, below=below
+        )
     finally:
         if stop is not None:
             stop.armed = False

@@ -30,6 +30,7 @@ DEFAULT_POOLING: dh.Pooling = "mean"
 # LoRA on the last layers only: the frozen trunk below runs once per row, not once per step, so an
 # epoch costs about 3 x TOP_LAYERS / layers of a forward pass (30-layer SmolLM2-135M: 0.6).
 TOP_LAYERS = 6
+READ_FOLDS = 5
 
 
 def selection_split(train: Sequence[Example], seed: int) -> tuple[list[Example], list[Example]]:
@@ -100,10 +101,11 @@ def fit_heads(
     pooling: dh.Pooling = DEFAULT_POOLING,
     checkpoints: Path | None = None,
 ) -> Any:
-    """LoRA on the top TOP_LAYERS of the first `depth` decoder layers (read_depth) + one head per
-    field, the heads started from probes on the frozen base (LP-FT), trained on `train` from the
-    frozen trunk's cached outputs, scored on the validation rows as `stage`; with `checkpoints` (a folder) it resumes from and writes
-    checkpoints there, as the LoRA arm does. Returns fit.Fitted with `.heads` set."""
+    """LoRA on the top TOP_LAYERS of the first `depth` decoder layers + one head per field reading
+    layers depth-span..depth-1 (read_depth), the heads started from probes on the frozen base (LP-FT),
+    trained on `train` from the frozen trunk's cached outputs, scored on the validation rows as
+    `stage`; with `checkpoints` (a folder) it resumes from and writes checkpoints there, as the LoRA
+    arm does. Returns fit.Fitted with `.heads` set."""
     from peft import LoraConfig, get_peft_model
 
     from kubetune_trainer.fit import Fitted
@@ -114,12 +116,12 @@ def fit_heads(
     ids = prompt_ids(ctx.tokenizer, train)
     targets = dh.field_targets(schema, [answer_of(e) for e in train])
     started = time.monotonic()
-    depth, by_depth = read_depth(
+    (depth, span), by_reading = read_depth(
         base, ids, targets, ctx.tokenizer.pad_token_id, pooling, config.training.seed
     )
     layers = dh.top_layers(base, TOP_LAYERS, depth)
-    frozen = dh.FieldHeads(base, schema, pooling, depth).to(ctx.processes.device)
-    cached, pooled = dh.trunk_inputs(frozen, ids, ctx.tokenizer.pad_token_id, layers[0])
+    frozen = dh.FieldHeads(base, schema, pooling, depth, span).to(ctx.processes.device)
+    cached, pooled, below = dh.trunk_inputs(frozen, ids, ctx.tokenizer.pad_token_id, layers[0])
     dh.init_from_probes(frozen, pooled, targets)
     ctx.log.emit(
         "head",
@@ -127,7 +129,8 @@ def fit_heads(
         pooling=pooling,
         recipe="heads",
         depth=depth,
-        depthProbes={str(d): round(v, 4) for d, v in by_depth.items()},
+        span=span,
+        readProbes={f"{d}/{n}": round(v, 4) for (d, n), v in by_reading.items()},
         loraLayers=len(layers),
     )
     lora = LoraConfig(
@@ -139,7 +142,7 @@ def fit_heads(
         task_type="CAUSAL_LM",
     )
     decoder = get_peft_model(base, lora)
-    model = dh.FieldHeads(decoder, schema, pooling, depth).to(ctx.processes.device)
+    model = dh.FieldHeads(decoder, schema, pooling, depth, span).to(ctx.processes.device)
     model.heads.load_state_dict(frozen.heads.state_dict())
     progress = Progress(before=dict(start.before), baseline=dict(start.baseline))
 
@@ -150,13 +153,15 @@ def fit_heads(
     ctx.log.phase("Training")
     training = training_of(config, len(ids))
     if checkpoints is None:
-        progress.losses = dh.train_heads(model, cached, layers[0], targets, training, on_step)
+        progress.losses = dh.train_heads(model, cached, layers[0], targets, training, on_step, below=below)
         progress.step = len(progress.losses)
     else:  # resumes from / writes <checkpoints>/checkpoints/step-N; a resumed run's before/baseline too
         hook = HeadsCheckpoints(
             checkpoints, config.training.checkpoint_every, ctx.stop, start, ctx.main, ctx.log
         )
-        _, progress = train_with_checkpoints(model, cached, layers[0], targets, training, on_step, hook)
+        _, progress = train_with_checkpoints(
+            model, cached, layers[0], targets, training, on_step, hook, below
+        )
     seconds = time.monotonic() - started
     after = heads_evaluation(model, ctx.tokenizer, ctx.val_examples)
     ctx.log.eval(stage, after.metrics)
@@ -172,20 +177,19 @@ def read_depth(
     pad_id: int,
     pooling: dh.Pooling,
     seed: int,
-) -> tuple[int, dict[int, float]]:
-    """How many decoder layers the heads read: each candidate depth's frozen probe, fitted on part of
-    these (training) rows and scored on the rest (the seeded SELECTION_FRACTION split), the best wins.
-    Returns (depth, candidate -> held-out probe accuracy)."""
-    order = np.random.default_rng(seed + 2).permutation(len(ids))
-    cut = max(1, round(len(ids) * SELECTION_FRACTION))
-    held, fit = order[:cut], order[cut:]
+) -> tuple[tuple[int, int], dict[tuple[int, int], float]]:
+    """Which decoder layers the heads read: every (depth, span) of dh.read_candidates scored by a frozen
+    probe cross-validated over these (training) rows (READ_FOLDS seeded folds: every row is held out
+    once, steadier than one small split), the best wins. Returns ((depth, span), candidate -> score)."""
     total = len(dh.backbone(base).model.layers)
-    pooled = dh.pooled_by_depth(base, ids, pad_id, pooling, dh.depth_candidates(total))
+    candidates = dh.read_candidates(total)
+    layers = sorted({k for d, span in candidates for k in range(d - span, d)})
+    by_layer = dh.pooled_by_layer(base, ids, pad_id, pooling, layers)
     scores = {
-        d: dh.probe_accuracy(x[fit], [y[fit] for y in targets], x[held], [y[held] for y in targets])
-        for d, x in pooled.items()
+        (d, span): dh.cross_validated_accuracy(dh.read_features(by_layer, d, span), targets, READ_FOLDS, seed)
+        for d, span in candidates
     }
-    return dh.choose_depth(scores), scores
+    return dh.choose_reading(scores), scores
 
 
 def held_out_metrics(ctx: Any, candidate: Any, rows: Sequence[Example]) -> dict[str, float]:

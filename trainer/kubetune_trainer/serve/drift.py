@@ -164,16 +164,19 @@ class Window:
         self.confidence_counts = np.zeros(len(self.reference.confidence_edges) - 1)
 
     def add(
-        self, label: str | None, confidence: float | None, length: int, embedding: np.ndarray | None
+        self, label: str | None, confidence: float | None, length: int | None, embedding: np.ndarray | None
     ) -> None:
-        """One input; a label outside the reference's (or None) and a None confidence take a slot
-        but no count (an engine front sees no confidence here, and free-text answers name no label)."""
+        """One input; a label outside the reference's (or None), a None confidence and a None length
+        take a slot but no count (an engine front sees lengths and labels per request, confidences per
+        answer, and free-text answers name no label)."""
         ref = self.reference
         if len(self.labels) == self.size:
             gone = self.labels.popleft()
             if gone >= 0:
                 self.label_counts[gone] -= 1
-            self.length_counts[self.lengths.popleft()] -= 1
+            gone = self.lengths.popleft()
+            if gone >= 0:
+                self.length_counts[gone] -= 1
             gone = self.confidences.popleft()
             if gone >= 0:
                 self.confidence_counts[gone] -= 1
@@ -183,8 +186,9 @@ class Window:
         self.labels.append(li)
         if li >= 0:
             self.label_counts[li] += 1
-        self.lengths.append(bin_index(length, ref.length_edges))
-        self.length_counts[self.lengths[-1]] += 1
+        self.lengths.append(bin_index(length, ref.length_edges) if length is not None else -1)
+        if length is not None:
+            self.length_counts[self.lengths[-1]] += 1
         self.confidences.append(bin_index(confidence, ref.confidence_edges) if confidence is not None else -1)
         if confidence is not None:
             self.confidence_counts[self.confidences[-1]] += 1
@@ -200,12 +204,16 @@ class Window:
         out = {
             "label_psi": psi(ref.label_shares, self.label_counts),
             "length_psi": psi(ref.length_counts, self.length_counts),
-            "confidence_drop": ref.confidence_mean
-            - histogram_mean(self.confidence_counts, ref.confidence_edges),
+            "confidence_drop": self.confidence_drop(),
         }
         if self.embeddings and self.embedding_sum is not None:
             out["embedding_cosine"] = cosine_distance(self.embedding_sum / len(self.embeddings), ref.centroid)
         return out
+
+    def confidence_drop(self) -> float:
+        """The reference's mean confidence minus the window's, both read off the reference's bins."""
+        ref = self.reference
+        return ref.confidence_mean - histogram_mean(self.confidence_counts, ref.confidence_edges)
 
     def embedding_sample(self, n: int) -> np.ndarray:
         recent = list(self.embeddings)[-n:]

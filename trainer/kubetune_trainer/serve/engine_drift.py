@@ -20,12 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from prometheus_client import Gauge
 
 from kubetune_trainer.closed_set import parse_json_object
@@ -33,9 +30,7 @@ from kubetune_trainer.serve.drift import (
     REFERENCE_FILE,
     Reference,
     Window,
-    bin_index,
     find_reference,
-    histogram_mean,
 )
 
 log = logging.getLogger("kubetune.serve")
@@ -69,28 +64,12 @@ class LengthLabelWindow(Window):
         return out
 
 
-@dataclass
-class ConfidenceWindow:
-    """The last `size` answers' confidences of one version, as bins of the reference histogram."""
+class ConfidenceWindow(Window):
+    """drift.Window over the last `size` answers' confidences of one version (answers, not requests:
+    a request may have several, or none with logprobs, so this window slides apart from the other)."""
 
-    reference: Reference
-    size: int
-    bins: deque[int] = field(default_factory=deque)
-    counts: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.counts = np.zeros(len(self.reference.confidence_edges) - 1)
-
-    def add(self, confidence: float) -> None:
-        if len(self.bins) == self.size:
-            self.counts[self.bins.popleft()] -= 1
-        self.bins.append(bin_index(confidence, self.reference.confidence_edges))
-        self.counts[self.bins[-1]] += 1
-
-    def drop(self) -> float:
-        return self.reference.confidence_mean - histogram_mean(
-            self.counts.tolist(), self.reference.confidence_edges
-        )
+    def add_answer(self, confidence: float) -> None:
+        self.add(None, confidence, None, None)
 
 
 class EngineDrift:
@@ -139,7 +118,7 @@ class EngineDrift:
         """One answer's confidence (read off the engine's token logprobs)."""
         window = self._confidence.get((adapter, version))
         if window is not None:
-            window.add(confidence)
+            window.add_answer(confidence)
 
     def reference_labels(self, adapter: str, version: str) -> list[str]:
         """The labels of a watched version's reference (the review page's choices)."""
@@ -152,5 +131,5 @@ class EngineDrift:
                 self.score.labels(adapter, version, kind).set(value)
             self.window_gauge.labels(adapter, version).set(len(window.lengths))
         for (adapter, version), confidence in list(self._confidence.items()):
-            if confidence.bins:
-                self.score.labels(adapter, version, "confidence_drop").set(confidence.drop())
+            if confidence.confidences:
+                self.score.labels(adapter, version, "confidence_drop").set(confidence.confidence_drop())
