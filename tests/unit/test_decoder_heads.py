@@ -58,8 +58,6 @@ def test_pooling_ignores_padding() -> None:
 
 
 def test_heads_start_as_the_probes_and_predict_like_them() -> None:
-    from sklearn.linear_model import LogisticRegression
-
     ids, targets = rows()
     model = dh.FieldHeads(tiny_llama(), SCHEMA, "mean")
     emb = dh.embeddings(model, ids, 0)
@@ -67,10 +65,19 @@ def test_heads_start_as_the_probes_and_predict_like_them() -> None:
     answers = dh.predict(model, ids, 0)
     standard = (emb - emb.mean(0)) / (emb.std(0) + 1e-6)
     for f, y in enumerate(targets):
-        probe = LogisticRegression(max_iter=2000, C=dh.PROBE_C).fit(standard, y)
+        probe = dh.head_probe(standard, y)
         expected = [SCHEMA.fields[f].values[k] for k in probe.predict(standard)]
         assert [a.values[f] for a in answers] == expected  # the folded standardisation is exact
     assert json.loads(answers[0].text).keys() == {"intent", "priority"}  # rendered as the schema says
+
+
+def test_the_lp_head_is_the_calibrated_probe_not_the_separating_one() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 40))  # 60 rows in 40 dimensions: separable whatever the labels
+    y = (x[:, 0] + rng.normal(scale=1.5, size=60) > 0).astype(int)
+    head = dh.head_probe(x, y)
+    assert float(np.ravel(head.C_)[0]) < 1.0  # a noisy label: cross-validated log-loss wants a strong L2
+    assert dh.HEAD_CS[len(dh.HEAD_CS) // 2] == dh.head_probe(x[:6], np.array([0, 0, 0, 0, 0, 1])).C
 
 
 def test_unseen_value_is_never_chosen() -> None:

@@ -46,7 +46,10 @@ Pooling = Literal["mean", "last"]
 POOLINGS: tuple[Pooling, ...] = ("mean", "last")
 HEADS_FILE = "heads.safetensors"
 BATCH = 16
-PROBE_C = 1.0  # inverse L2 strength of the probes on standardised embeddings
+PROBE_C = 1.0  # inverse L2 strength of the probes that choose the layers read (cross_validated_accuracy)
+# The LP head's inverse L2 strengths, one chosen per field by cross-validated log-loss (head_probe).
+HEAD_CS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+HEAD_FOLDS = 5
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
@@ -304,13 +307,11 @@ def init_from_probes(model: FieldHeads, emb: np.ndarray, targets: Sequence[np.nd
     reads the pooled embedding as is. Standardising matters on a decoder: every prompt shares the
     chat template and system message, so the raw pooled states differ in a few directions only.
     Rows with an unknown value (-1) are left out of their field's fit."""
-    from sklearn.linear_model import LogisticRegression
-
     mean, sd = emb.mean(0), emb.std(0) + 1e-6
     standard = (emb - mean) / sd
     for head, y in zip(model.heads, targets, strict=True):
         known = y >= 0
-        probe = LogisticRegression(max_iter=2000, C=PROBE_C).fit(standard[known], y[known])
+        probe = head_probe(standard[known], y[known])
         coef, intercept, classes = probe.coef_ / sd, probe.intercept_, probe.classes_
         intercept = intercept - coef @ mean
         if coef.shape[0] == 1:  # two classes: sklearn's sigmoid is the softmax of (-z/2, +z/2)
@@ -322,6 +323,28 @@ def init_from_probes(model: FieldHeads, emb: np.ndarray, targets: Sequence[np.nd
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(weight))
             head.bias.copy_(torch.from_numpy(bias))
+
+
+def head_probe(x: np.ndarray, y: np.ndarray) -> Any:
+    """The LP head of one field: a logistic regression whose L2 strength (HEAD_CS) is chosen by
+    cross-validated log-loss, i.e. the best-calibrated head, not the one that separates the training
+    rows: a few hundred rows in hundreds of dimensions are always separable, and a weakly regularised
+    head then reaches a cross-entropy near zero, leaving the FT stage no gradient (SmolLM2 triage:
+    0.007 at C = 1 from the first step). Too few rows of some value to cross-validate: the middle C."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    counts = np.unique(y, return_counts=True)[1]
+    folds = min(HEAD_FOLDS, int(counts.min()) if len(counts) else 0)
+    if folds < 2 or len(counts) < 2:
+        return LogisticRegression(max_iter=2000, C=HEAD_CS[len(HEAD_CS) // 2]).fit(x, y)
+    return LogisticRegressionCV(
+        Cs=list(HEAD_CS),
+        cv=folds,
+        scoring="neg_log_loss",
+        max_iter=2000,
+        l1_ratios=(0.0,),  # L2 only
+        use_legacy_attributes=False,
+    ).fit(x, y)
 
 
 def heads_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
