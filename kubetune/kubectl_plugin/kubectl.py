@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -112,7 +113,11 @@ class Kubectl:
                 proc.terminate()
             stderr = proc.stderr.read()
             code = proc.wait()
-        if code != 0 and code != -15:
+        if code in (-signal.SIGINT, 128 + signal.SIGINT):
+            # Ctrl-C reaches kubectl too (same process group): when it dies first, the stream ends here
+            # before Python raises KeyboardInterrupt; it is the same interruption, not a kubectl error.
+            raise KeyboardInterrupt
+        if code != 0 and code != -signal.SIGTERM:
             line = error_line(stderr)
             raise (NotFound if "(NotFound)" in line else KubectlFailed)(line)
 

@@ -100,7 +100,8 @@ def test_one_url_serves_a_classifier_and_a_chat_adapter(server: tuple[str, Drain
     classified = httpx.post(f"{url}/v1/classify", json={"model": "triage", "input": ["where is my parcel?"]})
     assert classified.status_code == 200 and classified.json()["data"][0]["label"] in LABELS
     wrong = httpx.post(f"{url}/v1/classify", json={"model": "pirate", "input": "x"})
-    assert wrong.status_code == 404, "a chat adapter is not a classifier"
+    assert wrong.status_code == 400, "a chat adapter is not a classifier"
+    assert "answers by generation" in wrong.json()["error"]["message"]  # and the error says which to use
 
     listed = {m.id: m for m in client.models.list().data}
     assert set(listed) == {"base", "pirate", "pirate@v1", "triage", "triage@v1"}

@@ -528,6 +528,7 @@ def contract_series() -> set[str]:
         telemetry.IN_FLIGHT,
         telemetry.TOKENS_TOTAL,
         telemetry.QUEUE_LENGTH,
+        telemetry.RUNTIME_INFO,
     }
     names.update(telemetry.REQUEST_LATENCY + s for s in SERIES_SUFFIXES)
     return names
