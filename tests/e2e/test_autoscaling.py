@@ -112,6 +112,10 @@ def canary(cluster: Cluster) -> tuple[int | None, int | None]:
     return weight, deployment.get("spec", {}).get("replicas")
 
 
+def active_adapter(cluster: Cluster) -> dict[str, Any] | None:
+    return ((cluster.get("adep", cluster.ns, ADEP) or {}).get("status") or {}).get("activeAdapter")
+
+
 def hpa(cluster: Cluster) -> dict[str, Any] | None:
     return cluster.get("horizontalpodautoscalers.autoscaling", cluster.ns, ADEP)
 
@@ -179,6 +183,9 @@ def _scale_up_and_down(
     assert set(served.values()) == {0.0}, served
     rendered = wait(cluster, kubelet, operator, lambda: hpa(cluster), "the operator's HPA", 60)
     assert rendered["spec"]["scaleTargetRef"]["kind"] == "AdapterDeployment"
+    # A canary needs a champion: v1 must be the active adapter first (a ready pod alone can come before
+    # the operator records it; a new version arriving before that is a first rollout, not a canary).
+    wait(cluster, kubelet, operator, lambda: active_adapter(cluster), "v1 active", 60)
     # A new adapter goes out as a canary on CANARY_WEIGHT % of the pods, on top of the stable track.
     patch = {"spec": {"adapter": {"uri": "pvc://kubetune-output/adapters/v2"}}}
     cluster.kubectl("patch", "adep", ADEP, "--type=merge", "-p", json.dumps(patch))
