@@ -260,6 +260,9 @@ def test_logs_follow_streams_new_lines_until_interrupted(cluster: Cluster) -> No
         text=True,
         env=plugin_env(cluster),
         start_new_session=True,  # its own process group, so that the test can press Ctrl-C on it
+        # Ctrl-C as in a terminal: a test run from a background job inherits SIGINT ignored, and then
+        # only kubectl (which un-ignores it) would stop, the plugin never seeing the interruption.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert follow.stdout is not None
     watchdog = threading.Timer(TIMEOUT, follow.kill)  # a hung stream ends the reads below with EOF
