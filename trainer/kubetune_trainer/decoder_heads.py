@@ -103,8 +103,13 @@ def pooled_sum(
     L2-normalised (zeros when none is captured)."""
     total = torch.zeros(mask.size(0), body.norm.weight.numel(), device=mask.device)
     for out in outputs.values():
-        total = total + pool(body.norm(out), mask, pooling)
+        total = total + layer_pooled(body, out, mask, pooling)
     return total
+
+
+def layer_pooled(body: Any, out: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """What one read layer contributes: its output through the body's final norm, pooled, normalised."""
+    return pool(body.norm(out), mask, pooling)
 
 
 class FieldHeads(torch.nn.Module):
@@ -197,7 +202,7 @@ def pooled_by_layer(
         with captured(body, layers) as outputs, layer_range(body, 0, max(layers) + 1):
             body(**batch, use_cache=False)
         for k in layers:
-            rows[k].append(pool(body.norm(outputs[k]), batch["attention_mask"], pooling).cpu())
+            rows[k].append(layer_pooled(body, outputs[k], batch["attention_mask"], pooling).cpu())
     return {k: torch.cat(r).numpy() for k, r in rows.items()}
 
 
