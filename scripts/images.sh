@@ -77,8 +77,35 @@ base_image() {
   fi
 }
 
+# Free space where the layers go, in GiB.
+free_gib() {
+  local root
+  root=$("${BUILDAH[@]}" info --format '{{.store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers)
+  while [ ! -d "${root}" ]; do root=$(dirname "${root}"); done
+  df -Pk "${root}" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'
+}
+
+# vfs keeps every layer as a whole copy of the rootfs, and committing the trainer's one big RUN holds
+# the working container, the layer blob and the new layer at once (~3 x 6.3 GB, ~20 GiB at the peak).
+# The previous image under the same tag, and working containers a killed build or test run left of it,
+# would come on top of that: they go first (the rebuild replaces them anyway; --layers is off).
+clear_previous() {
+  local tag=$1 id image
+  while read -r id image; do
+    if [ "${image}" = "${tag}" ]; then "${BUILDAH[@]}" rm "${id}" >/dev/null 2>&1 || true; fi
+  done < <("${BUILDAH[@]}" containers --format '{{.ContainerID}} {{.ImageName}}' 2>/dev/null || true)
+  "${BUILDAH[@]}" rmi "${tag}" >/dev/null 2>&1 || true
+  "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
+}
+
 build() {
   local target=$1 tag=$2 base=$3 start=${SECONDS}
+  clear_previous "${tag}"
+  local need=2
+  if [ "${target}" = trainer ]; then need=20; fi
+  if [ "$(free_gib)" -lt "${need}" ]; then
+    log "warning: ${target} needs ~${need} GiB free for its layers (vfs), $(free_gib) GiB left"
+  fi
   local args=(--build-arg "PYTHON_IMAGE=${base}" --build-arg "VERSION=${VERSION}")
   if [ -f "${CA_BUNDLE_FILE}" ]; then
     args+=(-v "${CA_BUNDLE_FILE}:/run/kubetune-ca.crt:ro" --build-arg CA_BUNDLE=/run/kubetune-ca.crt)
@@ -91,9 +118,12 @@ build() {
   done
   log "building ${target} -> ${tag} (base ${base})"
   # Optional ARGs left unset are meant (pip must not see an empty index URL): drop buildah's warning.
-  "${BUILDAH[@]}" bud --isolation chroot --quiet --target "${target}" --tag "${tag}" "${args[@]}" \
-    --file Dockerfile . 2> >(grep -v 'build argument. Try adding' >&2) >/dev/null
-  log "built ${tag} in $((SECONDS - start)) s"
+  if ! "${BUILDAH[@]}" bud --isolation chroot --quiet --target "${target}" --tag "${tag}" "${args[@]}" \
+    --file Dockerfile . 2> >(grep -v 'build argument. Try adding' >&2) >/dev/null; then
+    log "building ${target} failed after $((SECONDS - start)) s ($(free_gib) GiB free now)"
+    return 1
+  fi
+  log "built ${tag} in $((SECONDS - start)) s ($(free_gib) GiB free after)"
 }
 
 main() {
