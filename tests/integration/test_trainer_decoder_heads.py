@@ -53,7 +53,10 @@ def test_heads_adapter_serves_the_answers_it_was_scored_with(tmp_path: Path) -> 
     assert code == 0, result
     adapter = tmp_path / "out" / "heads" / "adapter"
     meta = json.loads((adapter / "kubetune.json").read_text())
-    assert meta["heads"]["pooling"] in ("mean", "last") and (adapter / "heads.safetensors").is_file()
+    assert (adapter / "heads.safetensors").is_file()
+    # the default reading: the prompt's mean beside the state where the answer's first value begins
+    assert meta["heads"]["pooling"] == "answer" and all(isinstance(t, int) for t in meta["heads"]["lead"])
+    assert meta["heads"]["lead"]
     assert any(e["event"] == "head" and e["init"] == "linear-probe" for e in log)
     schema = AnswerSchema.from_wire(meta["heads"]["schema"])
     assert [f.name for f in schema.fields] == ["intent", "priority"]

@@ -230,3 +230,44 @@ def test_heads_read_layers_up_to_a_depth_and_run_only_those(tmp_path: Path) -> N
         dh.FieldHeads(tiny_llama(layers=4), SCHEMA, "mean", 5)
     with pytest.raises(ValueError, match=r"span 3 outside 1\.\.2"):
         dh.FieldHeads(tiny_llama(layers=4), SCHEMA, "mean", 2, 3)
+
+
+def test_answer_pooling_reads_the_prompt_mean_beside_the_state_at_the_answers_lead(tmp_path: Path) -> None:
+    """"answer": the prompt's mean (the lead left out) beside the lead's last token, from one pass over
+    prompt + lead; the cached-trunk path, the per-layer chooser and a saved adapter all read the same."""
+    ids, targets = rows()
+    lead = [33, 34]
+    decoder = tiny_llama(layers=3)
+    cosine = lambda a, b: float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    answer = dh.embeddings(dh.FieldHeads(decoder, SCHEMA, "answer", 3, 2, lead), ids, 0)
+    mean = dh.embeddings(dh.FieldHeads(decoder, SCHEMA, "mean", 3, 2), ids, 0)
+    last = dh.embeddings(dh.FieldHeads(decoder, SCHEMA, "last", 3, 2), dh.with_lead(ids, lead), 0)
+    assert answer.shape == (len(ids), 32)
+    for row in range(len(ids)):
+        assert cosine(answer[row, :16], mean[row]) > 1 - 1e-5  # the prompt's tokens only
+        assert cosine(answer[row, 16:], last[row]) > 1 - 1e-5  # the lead's last token
+    by_layer = dh.pooled_by_layer(decoder, ids, 0, "answer", [1, 2], lead)
+    assert np.allclose(dh.read_features(by_layer, 3, 2), answer, atol=1e-5)
+
+    top = dh.top_layers(decoder, 1, depth=3)
+    lora = get_peft_model(decoder, LoraConfig(r=4, target_modules=["q_proj"], layers_to_transform=top))
+    model = dh.FieldHeads(lora, SCHEMA, "answer", 3, 2, lead)
+    cached, pooled, below = dh.trunk_inputs(model, ids, 0, top[0])
+    assert [c.size(0) for c in cached] == [len(i) + len(lead) for i in ids]
+    dh.init_from_probes(model, pooled, targets)
+    dh.train_heads(model, cached, top[0], targets, dh.HeadsTraining(2, 8, 1e-2, 0.0, 7), below=below)
+    batch = dh.padded_hidden(cached[:5], torch.device("cpu"))
+    with torch.no_grad():
+        from_top = model.forward_top(batch["hidden"], batch["attention_mask"], top[0], below[:5])
+        whole = model(**dh.right_padded(model.inputs(ids[:5]), 0, torch.device("cpu")))
+    for a, b in zip(from_top, whole, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    entry = dh.save_heads(model, tmp_path)
+    assert (entry["pooling"], entry["lead"]) == ("answer", lead)
+    (tmp_path / "kubetune.json").write_text(json.dumps({"heads": entry}))
+    loaded = dh.load_heads(model.decoder, tmp_path, dh.read_heads_meta(tmp_path))
+    assert [a.text for a in dh.predict(loaded, ids, 0)] == [a.text for a in dh.predict(model, ids, 0)]
+    with pytest.raises(ValueError, match="answer lead is read by pooling 'answer' only"):
+        dh.FieldHeads(decoder, SCHEMA, "mean", lead=lead)
+    with pytest.raises(ValueError, match="pooling 'max'"):
+        dh.FieldHeads(decoder, SCHEMA, "max")  # type: ignore[arg-type]

@@ -87,6 +87,23 @@ class AnswerSchema:
             return self.render(values) + self.end
         return self.render(values)[:-1] + self.separators[0].rstrip()  # "}" -> ","
 
+    def lead(self) -> str:
+        """The text every answer starts with before its first value (json: through the opening quote
+        when the first field's values are all strings; plain: nothing).
+
+        >>> AnswerSchema("json", (AnswerField("intent", ("a", "b")), AnswerField("n", (1,)))).lead()
+        '{"intent": "'
+        >>> AnswerSchema("json", (AnswerField("n", (1, 2)),), separators=(",", ":")).lead()
+        '{"n":'
+        >>> AnswerSchema("plain", (AnswerField("label", ("a",)),)).lead()
+        ''
+        """
+        if self.kind == "plain":
+            return ""
+        first = self.fields[0]
+        quoted = all(isinstance(v, str) for v in first.values)
+        return "{" + json.dumps(first.name) + self.separators[1] + ('"' if quoted else "")
+
     def wire(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

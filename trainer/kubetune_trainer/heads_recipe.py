@@ -24,9 +24,9 @@ from kubetune_trainer.evaluate import Evaluation, prompt_and_reference
 from kubetune_trainer.heads_checkpoint import HeadsCheckpoints, train_with_checkpoints
 
 SELECTION_FRACTION = 0.2
-# Mean vs last-token pooling on held-out train tickets: benchmarks/triage_heads.py (not yet measured
-# on the full data; mean is the encoder path's choice, and the probes read standardised embeddings).
-DEFAULT_POOLING: dh.Pooling = "mean"
+# "answer": the prompt's mean beside the state where the first value would be written (decoder_heads.pool;
+# cross-validated frozen probes and LP-FT on held-out train tickets: benchmarks/TRIAGE_HEADS_RESULTS.md).
+DEFAULT_POOLING: dh.Pooling = "answer"
 # LoRA on the last layers only: the frozen trunk below runs once per row, not once per step, so an
 # epoch costs about 3 x TOP_LAYERS / layers of a forward pass (30-layer SmolLM2-135M: 0.6).
 TOP_LAYERS = 6
@@ -65,6 +65,11 @@ def pick_arm(scores: Mapping[str, Mapping[str, float]], schema: AnswerSchema, or
 def prompt_ids(tokenizer: Any, examples: Sequence[Example]) -> list[list[int]]:
     """Each example's prompt as evaluation and the server render it (evaluate.prompt_and_reference)."""
     return dh.token_ids(tokenizer, [prompt_and_reference(e, tokenizer)[0] for e in examples])
+
+
+def answer_lead(tokenizer: Any, schema: AnswerSchema) -> list[int]:
+    """The token ids of the schema's answer lead ("answer" pooling reads the state at its end)."""
+    return dh.token_ids(tokenizer, [schema.lead()])[0] if schema.lead() else []
 
 
 def heads_evaluation(model: dh.FieldHeads, tokenizer: Any, examples: Sequence[Example]) -> Evaluation:
@@ -115,12 +120,13 @@ def fit_heads(
     config = ctx.config
     ids = prompt_ids(ctx.tokenizer, train)
     targets = dh.field_targets(schema, [answer_of(e) for e in train])
+    lead = answer_lead(ctx.tokenizer, schema) if pooling == "answer" else []
     started = time.monotonic()
     (depth, span), by_reading = read_depth(
-        base, ids, targets, ctx.tokenizer.pad_token_id, pooling, config.training.seed
+        base, ids, targets, ctx.tokenizer.pad_token_id, pooling, config.training.seed, lead
     )
     layers = dh.top_layers(base, TOP_LAYERS, depth)
-    frozen = dh.FieldHeads(base, schema, pooling, depth, span).to(ctx.processes.device)
+    frozen = dh.FieldHeads(base, schema, pooling, depth, span, lead).to(ctx.processes.device)
     cached, pooled, below = dh.trunk_inputs(frozen, ids, ctx.tokenizer.pad_token_id, layers[0])
     dh.init_from_probes(frozen, pooled, targets)
     ctx.log.emit(
@@ -142,7 +148,7 @@ def fit_heads(
         task_type="CAUSAL_LM",
     )
     decoder = get_peft_model(base, lora)
-    model = dh.FieldHeads(decoder, schema, pooling, depth, span).to(ctx.processes.device)
+    model = dh.FieldHeads(decoder, schema, pooling, depth, span, lead).to(ctx.processes.device)
     model.heads.load_state_dict(frozen.heads.state_dict())
     progress = Progress(before=dict(start.before), baseline=dict(start.baseline))
 
@@ -177,6 +183,7 @@ def read_depth(
     pad_id: int,
     pooling: dh.Pooling,
     seed: int,
+    lead: Sequence[int] = (),
 ) -> tuple[tuple[int, int], dict[tuple[int, int], float]]:
     """Which decoder layers the heads read: every (depth, span) of dh.read_candidates scored by a frozen
     probe cross-validated over these (training) rows (READ_FOLDS seeded folds: every row is held out
@@ -184,7 +191,7 @@ def read_depth(
     total = len(dh.backbone(base).model.layers)
     candidates = dh.read_candidates(total)
     layers = sorted({k for d, span in candidates for k in range(d - span, d)})
-    by_layer = dh.pooled_by_layer(base, ids, pad_id, pooling, layers)
+    by_layer = dh.pooled_by_layer(base, ids, pad_id, pooling, layers, lead)
     scores = {
         (d, span): dh.cross_validated_accuracy(dh.read_features(by_layer, d, span), targets, READ_FOLDS, seed)
         for d, span in candidates
