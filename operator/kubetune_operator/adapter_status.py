@@ -230,6 +230,7 @@ def derive_adapter_status(
     if isinstance(resolved, Unresolved):
         refused = resolved.reason == RUNTIME_REFUSED  # waiting would not help: a Warning
         status.phase, status.message = "Degraded" if refused else "Pending", resolved.message
+        why = resolved.reason
         conds = set_condition(conds, "AdapterResolved", "False", resolved.reason, resolved.message, now, gen)
     else:
         conds = set_condition(
@@ -247,6 +248,7 @@ def derive_adapter_status(
                 _deadline(deployment),
                 now,
             )
+        why = reason
         ds = (deployment or {}).get("status", {})
         status.ready_replicas = int(ds.get("readyReplicas") or 0)
         status.updated_replicas = int(ds.get("updatedReplicas") or 0)
@@ -290,8 +292,12 @@ def derive_adapter_status(
     status.replicas = int(((deployment or {}).get("status") or {}).get("replicas") or 0)
     status.selector = scale_selector(ad)
     if status.phase != prev.phase:
-        kind = "Warning" if status.phase == "Degraded" else "Normal"
-        events.insert(0, Event(kind, status.phase or "Pending", status.message or ""))
+        # A Degraded event carries the condition's reason (ReplicasUnavailable, InPlaceLoadStalled,
+        # RuntimeCannotServe...): what `kubectl get events --field-selector reason=...` filters on.
+        if status.phase == "Degraded":
+            events.insert(0, Event("Warning", why, status.message or ""))
+        else:
+            events.insert(0, Event("Normal", status.phase or "Pending", status.message or ""))
     return status, events
 
 

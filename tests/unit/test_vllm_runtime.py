@@ -246,7 +246,7 @@ def test_an_in_place_load_past_the_progress_deadline_is_degraded_once_and_says_w
     assert (progressing.status, progressing.reason) == ("False", "InPlaceLoadStalled")
     ready = next(c for c in stalled.conditions if c.type == "Ready")
     assert ready.status == "False"
-    assert [(e.type, e.reason) for e in events] == [("Warning", "Degraded")]
+    assert [(e.type, e.reason) for e in events] == [("Warning", "InPlaceLoadStalled")]
     assert events[0].message == stalled.message
     # Stays Degraded, without another event, while the pods keep failing; no pod quoted: it says so.
     later, events = derive_adapter_status(ad, V2, deployment, stalled, at(3000), serving=InPlaceLoad(1))
