@@ -269,5 +269,7 @@ def test_answer_pooling_reads_the_prompt_mean_beside_the_state_at_the_answers_le
     assert [a.text for a in dh.predict(loaded, ids, 0)] == [a.text for a in dh.predict(model, ids, 0)]
     with pytest.raises(ValueError, match="answer lead is read by pooling 'answer' only"):
         dh.FieldHeads(decoder, SCHEMA, "mean", lead=lead)
+    with pytest.raises(ValueError, match=r"lead \[33, 40\] has ids outside the vocabulary \(0\.\.39\)"):
+        dh.FieldHeads(lora, SCHEMA, "answer", lead=[33, 40])
     with pytest.raises(ValueError, match="pooling 'max'"):
         dh.FieldHeads(decoder, SCHEMA, "max")  # type: ignore[arg-type]

@@ -167,6 +167,11 @@ class FieldHeads(torch.nn.Module):
             raise ValueError(f"an answer lead is read by pooling 'answer' only, not {pooling!r}")
         self.decoder, self.schema, self.pooling = decoder, schema, pooling
         self.lead = tuple(int(t) for t in lead)
+        vocabulary = backbone(decoder).config.vocab_size
+        if any(not 0 <= t < vocabulary for t in self.lead):
+            raise ValueError(
+                f"answer lead {list(self.lead)} has ids outside the vocabulary (0..{vocabulary - 1})"
+            )
         total = len(backbone(decoder).model.layers)
         if depth is not None and not 1 <= depth <= total:
             raise ValueError(f"depth {depth} outside 1..{total} (the decoder's layers)")
