@@ -86,7 +86,7 @@ free_gib() {
 }
 
 # vfs keeps every layer as a whole copy of the rootfs, and committing the trainer's one big RUN holds
-# the working container, the layer blob and the new layer at once (~3 x 6.3 GB: measured 23.2 GiB at the peak).
+# the working container, the layer blob and the new layer at once (~3 x 6.3 GB: 23.2 GiB measured).
 # The previous image under the same tag, and working containers a killed build or test run left of it,
 # would come on top of that: they go first (the rebuild replaces them anyway; --layers is off).
 clear_previous() {
@@ -101,10 +101,11 @@ clear_previous() {
 build() {
   local target=$1 tag=$2 base=$3 start=${SECONDS}
   clear_previous "${tag}"
-  local need=2
+  local need=2 free
   if [ "${target}" = trainer ]; then need=24; fi
-  if [ "$(free_gib)" -lt "${need}" ]; then
-    log "warning: ${target} needs ~${need} GiB free for its layers (vfs), $(free_gib) GiB left"
+  free=$(free_gib)
+  if [ "${free}" -lt "${need}" ]; then
+    log "warning: ${target} needs ~${need} GiB free for its layers (vfs), ${free} GiB left"
   fi
   local args=(--build-arg "PYTHON_IMAGE=${base}" --build-arg "VERSION=${VERSION}")
   if [ -f "${CA_BUNDLE_FILE}" ]; then

@@ -69,7 +69,8 @@ def prompt_ids(tokenizer: Any, examples: Sequence[Example]) -> list[list[int]]:
 
 def answer_lead(tokenizer: Any, schema: AnswerSchema) -> list[int]:
     """The token ids of the schema's answer lead ("answer" pooling reads the state at its end)."""
-    return dh.token_ids(tokenizer, [schema.lead()])[0] if schema.lead() else []
+    lead = schema.lead()
+    return dh.token_ids(tokenizer, [lead])[0] if lead else []
 
 
 def heads_evaluation(model: dh.FieldHeads, tokenizer: Any, examples: Sequence[Example]) -> Evaluation:
